@@ -1,0 +1,297 @@
+"""Typed configuration: frozen dataclasses whose defaults match the paper, and TOML profiles.
+
+A profile (``bench/profiles/*.toml`` or a user's file) is a flat override of these defaults:
+every key must name a field, every value must have the field's type, and anything else is a
+one-line :class:`~bench.errors.BenchError` naming the key. One source of truth for each number:
+the defaults below, with a comment saying where each comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class AffineConfig:
+    """Ranges of the random affine transforms of the affNIST-style set.
+
+    Defaults are those published for affNIST (Tieleman, 2013,
+    https://www.cs.toronto.edu/~tijmen/affNIST/): rotation uniform in +-20 degrees, shear
+    uniform in +-0.2, horizontal and vertical scale independently uniform in [0.8, 1.2], then a
+    translation such that the transformed digit's bounding box lies inside the 40x40 canvas.
+    """
+
+    rotation_deg: float = 20.0
+    shear: float = 0.2
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the models are trained on and every test set they are evaluated on."""
+
+    dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
+    canvas: int = 40  # affNIST's image size; the paper's affNIST experiment trains at 40x40
+    train_shift: int = 6  # official CapsNet code: random shifts up to 6 px on the 40x40 canvas
+    seed: int = 0  # seed of every generated test set
+    n_test: int = 10_000  # MNIST test digits used for clean, affNIST-style and scrambled sets
+    affnist_k: int = 32  # transforms per digit: affNIST has 32 per MNIST test digit
+    affine: AffineConfig = field(default_factory=AffineConfig)
+    sweep_n: int = 1_000  # digits per point of each per-factor sweep
+    rotation_grid: tuple[float, ...] = (-90, -60, -45, -30, -15, 0, 15, 30, 45, 60, 90)  # degrees
+    scale_grid: tuple[float, ...] = (0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5)
+    shear_grid: tuple[float, ...] = (-0.6, -0.45, -0.3, -0.15, 0.0, 0.15, 0.3, 0.45, 0.6)
+    translate_grid: tuple[float, ...] = (0, 2, 4, 6, 8, 10, 12)  # px, along a seeded direction
+    scramble_grids: tuple[int, ...] = (2, 3)  # g x g cells of the digit's bounding box
+    displace_px: int = 3  # "displaced parts": each cell pushed this far from the centre
+    real_affnist: str = ""  # optional path to the official affNIST .mat test file(s)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Knobs shared by every model; each model's own architecture lives in its factory."""
+
+    width: float = 1.0  # channel multiplier: 1.0 is the paper's size, <1 the small CPU variants
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, from the official CapsNet code (Adam 1e-3, x0.96 every 2,000 steps, batch 128)."""
+
+    lr: float = 1e-3
+    lr_decay: float = 0.96
+    decay_steps: int = 2_000
+    batch_size: int = 128
+    epochs: float = 50.0  # step budget: max(min_steps, epochs * n / batch_size), capped by max_steps
+    min_steps: int = 500
+    max_steps: int = 100_000
+    val_size: int = 5_000  # held out of the training set (never the test set); 0: keep the last step
+    eval_every: int = 500  # steps between validations (best validation checkpoint kept)
+    deterministic: bool = True
+    bf16: bool = False  # autocast on CUDA only
+    channels_last: bool = False  # CUDA only
+    compile: bool = False  # torch.compile the training step
+
+    def steps_for(self, n: int) -> int:
+        """The step budget for a training set of ``n`` images."""
+        steps = max(self.min_steps, -(-int(self.epochs * n) // self.batch_size))
+        return min(steps, self.max_steps)
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    batch_sizes: tuple[int, ...] = (128,)
+    warmup: int = 3
+    repeats: int = 10
+
+
+@dataclass(frozen=True)
+class MnistTableConfig:
+    """The paper's MNIST table (Sabour et al. 2017, Table 1): 28x28, shifts up to 2 px, n=60,000."""
+
+    models: tuple[str, ...] = (
+        "baseline-cnn",
+        "capsnet-r1-norecon",
+        "capsnet-r1",
+        "capsnet-r3-norecon",
+        "capsnet",
+    )
+    sizes: tuple[int, ...] = (60_000,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    canvas: int = 28
+    train_shift: int = 2
+    val_size: int = 0  # the paper reports the test error of the trained model
+
+
+# The paper's Table 1 test errors (%), keyed by our model names, for the report.
+PAPER_MNIST_ERRORS: dict[str, float] = {
+    "baseline-cnn": 0.39,
+    "capsnet-r1-norecon": 0.34,
+    "capsnet-r1": 0.29,
+    "capsnet-r3-norecon": 0.35,
+    "capsnet": 0.25,
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A sweep: models x training-set sizes x seeds, and how to build, train and measure them."""
+
+    name: str = "custom"
+    description: str = ""
+    models: tuple[str, ...] = ("capsnet", "baseline-cnn", "convnet-maxpool", "convnet-k9")
+    sizes: tuple[int, ...] = (100, 300, 1_000, 3_000, 10_000, 60_000)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    targets: tuple[float, ...] = (0.9, 0.95, 0.98)  # clean accuracies for the data-efficiency table
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    mnist_table: MnistTableConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with strict checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BenchError(f"{where}: '{key}' must be a table, got {value!r}")
+        return _build(tp, value, where, prefix=f"{key}.")
+    if origin is tuple:
+        (elem, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise BenchError(f"{where}: '{key}' must be a list of {_type_name(elem)}, got {value!r}")
+        return tuple(_coerce(v, elem, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(f"{where}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BenchError(f"{where}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise BenchError(f"{where}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise BenchError(f"{where}: '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise BenchError(
+                f"{where}: unknown key '{prefix}{key}' (known: {', '.join(names)})"
+            )
+        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+    obj = cls(**kwargs)
+    _validate(obj, where, prefix)
+    return obj
+
+
+def _validate(obj: Any, where: str, prefix: str) -> None:
+    """Value checks beyond types: each failure names the key."""
+
+    def bad(key: str, why: str) -> BenchError:
+        return BenchError(f"{where}: '{prefix}{key}' {why}")
+
+    if isinstance(obj, Profile):
+        from bench.models.registry import model_names  # late: models import config
+
+        for m in obj.models + (obj.mnist_table.models if obj.mnist_table else ()):
+            if m not in model_names():
+                raise bad("models", f"names unknown model '{m}' (known: {', '.join(model_names())})")
+        if not obj.models:
+            raise bad("models", "must name at least one model")
+        if not obj.sizes or any(n < 10 for n in obj.sizes):
+            raise bad("sizes", f"must be training-set sizes >= 10, got {list(obj.sizes)}")
+        if not obj.seeds:
+            raise bad("seeds", "must list at least one seed")
+        if any(not 0 < t <= 1 for t in obj.targets):
+            raise bad("targets", f"must be accuracies in (0, 1], got {list(obj.targets)}")
+        pool = 60_000 - obj.train.val_size
+        if max(obj.sizes) > pool:
+            raise bad("sizes", f"max {max(obj.sizes)} exceeds 60000 - train.val_size = {pool}")
+    elif isinstance(obj, DataConfig):
+        if obj.dataset not in ("mnist", "fashion-mnist", "kmnist"):
+            raise bad("dataset", f"must be mnist, fashion-mnist or kmnist, got {obj.dataset!r}")
+        if obj.canvas < 28:
+            raise bad("canvas", f"must be >= 28, got {obj.canvas}")
+        if not 0 <= obj.train_shift <= (obj.canvas - 28) // 2 + 2:
+            raise bad("train_shift", f"must fit the canvas, got {obj.train_shift}")
+        if not 1 <= obj.n_test <= 10_000 or not 1 <= obj.sweep_n <= 10_000:
+            raise bad("n_test", "and sweep_n must be in [1, 10000]")
+        if obj.affnist_k < 1:
+            raise bad("affnist_k", f"must be >= 1, got {obj.affnist_k}")
+        if any(g < 2 for g in obj.scramble_grids):
+            raise bad("scramble_grids", f"must be >= 2, got {list(obj.scramble_grids)}")
+    elif isinstance(obj, AffineConfig):
+        if not 0 < obj.scale_min <= obj.scale_max:
+            raise bad("scale_min", "must satisfy 0 < scale_min <= scale_max")
+    elif isinstance(obj, ModelConfig):
+        if not 0 < obj.width <= 4:
+            raise bad("width", f"must be in (0, 4], got {obj.width}")
+    elif isinstance(obj, TrainConfig):
+        if obj.batch_size < 1 or obj.lr <= 0 or obj.min_steps < 1 or obj.eval_every < 1:
+            raise bad("batch_size", "lr, min_steps and eval_every must be positive")
+        if not 0 <= obj.val_size < 60_000:
+            raise bad("val_size", f"must be in [0, 60000), got {obj.val_size}")
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profile:
+    """Load a packaged profile by name, or a user's TOML file by path; apply ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml"):
+        if not path.is_file():
+            raise BenchError(f"profile file not found: {path}")
+    else:
+        path = PROFILES_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise BenchError(
+                f"unknown profile '{name_or_path}' (known: {', '.join(profile_names())}; "
+                "or pass a path ending in .toml)"
+            )
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BenchError(f"profile {path}: invalid TOML: {e}") from None
+    for item in overrides or []:
+        _apply_override(values, item)
+    values.setdefault("name", path.stem)
+    return _build(Profile, values, where=f"profile {path.name}")
+
+
+def _apply_override(values: dict[str, Any], item: str) -> None:
+    """``train.lr=0.01`` -> values["train"]["lr"] = 0.01 (the value is parsed as TOML)."""
+    if "=" not in item:
+        raise BenchError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    *parents, leaf = key.strip().split(".")
+    node = values
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise BenchError(f"--set {key}: '{p}' is not a table")
+    node[leaf] = value

@@ -1,0 +1,1 @@
+"""Datasets: canonical MNIST, canvas placement, and the generated test sets."""

@@ -1,0 +1,79 @@
+"""Devices, determinism and the environment a result was produced in."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+
+PACKAGES = ("torch", "torchvision", "kornia", "numpy", "pandas", "seaborn", "matplotlib")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise BenchError(f"unknown device '{name}' (expected auto, cpu or cuda[:N])")
+    return torch.device(name)
+
+
+def set_deterministic(flag: bool = True) -> None:
+    """Ask torch for deterministic kernels (bitwise-repeatable on the CPU)."""
+    torch.use_deterministic_algorithms(flag, warn_only=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = not flag
+        torch.backends.cudnn.deterministic = flag
+    if flag:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def git_commit(root: Path | None = None) -> str:
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def environment(device: torch.device | str) -> dict[str, str]:
+    """Columns that say where a number came from (benchopt-style environment columns)."""
+    return {
+        "platform": platform.platform(),
+        "device": str(torch.device(device)),
+        "device_name": device_name(device),
+        "git_commit": git_commit(),
+        **{f"version_{k}": v for k, v in versions().items()},
+    }
