@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", required=True)
     p.add_argument("--update-baseline", action="store_true",
                    help="rewrite the baseline from this run (an intended change)")
+    p.add_argument("--rerun-cell", action="store_true",
+                   help="also retrain the run's smallest cell and require bitwise-equal weights")
     p.set_defaults(handler="bench.check:cli_check")
 
     p = sub.add_parser("gpu-check", help="the prepared GPU check: agreement, speed, learning")

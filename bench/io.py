@@ -36,11 +36,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

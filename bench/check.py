@@ -1,0 +1,191 @@
+"""``python -m bench check RUN_DIR --baseline FILE``: regression check against a committed baseline.
+
+The baseline (JSON) holds the run's data checksums and every metric, the environment they came
+from, and the tolerances to compare with. Checksums of generated data are always compared
+exactly. Metrics are compared exactly (``same_environment`` tolerance, 0) when the run's torch
+version, device and thread count match the baseline's, since the CPU path is deterministic;
+otherwise with the looser ``other_environment`` bound, and the check says why.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bench.errors import BenchError
+from bench.io import load_torch, read_json, write_json
+
+KEY_COLUMNS = ("setup", "model", "n", "seed", "test_set", "factor_value", "metric")
+DEFAULT_TOLERANCES = {"same_environment": 0.0, "other_environment": 0.03}
+ENV_KEYS = ("device", "version_torch", "version_kornia", "torch_threads")
+
+
+@dataclass
+class Row:
+    name: str
+    baseline: float | str | None
+    now: float | str | None
+    tolerance: str
+    verdict: str  # ok | REGRESSION | missing | new
+
+
+def metric_key(r: dict[str, Any]) -> str:
+    fv = r["factor_value"]
+    fv = "" if fv is None or (isinstance(fv, float) and math.isnan(fv)) else f"{float(fv):g}"
+    return "|".join([str(r["setup"]), str(r["model"]), f"n{int(r['n'])}", f"s{int(r['seed'])}",
+                     str(r["test_set"]), fv, str(r["metric"])])
+
+
+def snapshot(run_dir: Path) -> dict[str, Any]:
+    """What a baseline records of a run: checksums, metrics, environment."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.csv").is_file() or not (run_dir / "manifest.json").is_file():
+        raise BenchError(f"{run_dir}: no metrics.csv/manifest.json: not a finished run folder")
+    manifest = read_json(run_dir / "manifest.json")
+    table = pd.read_csv(run_dir / "metrics.csv")
+    metrics = {metric_key(r): float(r["value"]) for r in table.to_dict("records")}
+    checksums = {f"{setup}/{name}": entry["sha256"]
+                 for setup, sets in manifest.get("data_checksums", {}).items()
+                 for name, entry in sets.items()}
+    env = manifest.get("environment", {})
+    return {
+        "profile": manifest.get("profile", {}).get("name"),
+        "environment": {**{k: env.get(k) for k in ENV_KEYS if k in env},
+                        "torch_threads": manifest.get("torch_threads"),
+                        "device_name": env.get("device_name"),
+                        "git_commit": env.get("git_commit")},
+        "data_checksums": checksums,
+        "metrics": metrics,
+    }
+
+
+def compare(baseline: dict[str, Any], now: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    """Rows of every difference (and every pass), and notes about the environments."""
+    notes = []
+    tol = {**DEFAULT_TOLERANCES, **baseline.get("tolerances", {})}
+    b_env, n_env = baseline.get("environment", {}), now.get("environment", {})
+    differing = [k for k in ENV_KEYS if b_env.get(k) != n_env.get(k)]
+    if differing:
+        bound = tol["other_environment"]
+        notes.append(
+            "environment differs from the baseline's ("
+            + ", ".join(f"{k}: {b_env.get(k)} -> {n_env.get(k)}" for k in differing)
+            + f"): metrics compared within +-{bound}, not exactly; if this is the new reference, "
+            "rerun with --update-baseline"
+        )
+    else:
+        bound = tol["same_environment"]
+    if baseline.get("profile") != now.get("profile"):
+        notes.append(f"profile differs: baseline {baseline.get('profile')}, run {now.get('profile')}")
+
+    rows: list[Row] = []
+    for name in sorted(set(baseline["data_checksums"]) | set(now["data_checksums"])):
+        b, n = baseline["data_checksums"].get(name), now["data_checksums"].get(name)
+        verdict = "ok" if b == n else ("missing" if n is None else "new" if b is None
+                                       else "REGRESSION")
+        rows.append(Row(f"data {name} sha256", b and b[:12], n and n[:12], "exact", verdict))
+    for name in sorted(set(baseline["metrics"]) | set(now["metrics"])):
+        b, n = baseline["metrics"].get(name), now["metrics"].get(name)
+        if b is None or n is None:
+            verdict = "missing" if n is None else "new"
+        elif math.isnan(b) and math.isnan(n):
+            verdict = "ok"
+        else:
+            verdict = "ok" if abs(n - b) <= bound else "REGRESSION"
+        rows.append(Row(name, b, n, "exact" if bound == 0 else f"+-{bound:g}", verdict))
+    return rows, notes
+
+
+def format_table(rows: list[Row]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    head = ("what", "baseline", "now", "tolerance", "verdict")
+    body = [(r.name, fmt(r.baseline), fmt(r.now), r.tolerance, r.verdict) for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_tensors(v, f"{prefix}/{k}"))
+        return out
+    return {}
+
+
+def rerun_cell_matches(run_dir: Path) -> tuple[bool, str]:
+    """Retrain the run's first cell in a temporary folder; weights must match bit for bit."""
+    from bench.sweep import Cell, cell_dir, train_spec
+    from bench.train import train_cell
+
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    profile = _profile_from_manifest(manifest)
+    cell = min((Cell(**{k: c[k] for k in ("setup", "model", "n", "seed")})
+                for c in manifest["cells"]), key=lambda c: (c.n, c.model != "capsnet", c))
+    device = torch.device(manifest["environment"]["device"])
+    original = cell_dir(Path(run_dir), profile, cell, device.type) / "checkpoint.pt"
+    if not original.is_file():
+        raise BenchError(f"{original}: missing, cannot rerun a cell to check determinism")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cell"
+        train_cell(train_spec(profile, cell), folder, device, progress=False)
+        a, b = _tensors(load_torch(original)), _tensors(load_torch(folder / "checkpoint.pt"))
+    differ = [k for k in a if k not in b or not torch.equal(a[k], b[k])]
+    return not differ, f"{cell.label}: {len(a)} tensors, {len(differ)} differ" + (
+        f" (first: {differ[0]})" if differ else "")
+
+
+def _profile_from_manifest(manifest: dict[str, Any]):
+    from bench.config import Profile, _build
+
+    config = dict(manifest["profile"]["config"])
+    return _build(Profile, config, where="manifest profile")
+
+
+def cli_check(args) -> int:
+    run_dir = Path(args.run_dir)
+    now = snapshot(run_dir)
+    baseline_path = Path(args.baseline)
+    if args.update_baseline:
+        old = read_json(baseline_path) if baseline_path.is_file() else {}
+        now["tolerances"] = old.get("tolerances", DEFAULT_TOLERANCES)
+        write_json(baseline_path, now)
+        print(f"baseline written: {baseline_path} ({len(now['metrics'])} metrics, "
+              f"{len(now['data_checksums'])} data checksums)")
+        return 0
+    if not baseline_path.is_file():
+        raise BenchError(f"baseline not found: {baseline_path} (create it with --update-baseline)")
+    baseline = read_json(baseline_path)
+    rows, notes = compare(baseline, now)
+    bad = [r for r in rows if r.verdict != "ok"]
+    for note in notes:
+        print(f"note: {note}")
+    print(f"compared {len(rows)} values with {baseline_path}: {len(rows) - len(bad)} ok, "
+          f"{len(bad)} not")
+    if bad:
+        print(format_table(bad))
+    failed = bool(bad)
+    if getattr(args, "rerun_cell", False):
+        same, detail = rerun_cell_matches(run_dir)
+        print(f"determinism: rerun of {detail}: {'identical' if same else 'DIFFERENT'}")
+        failed |= not same
+    if failed:
+        raise BenchError(f"regression check failed: {len(bad)} values moved"
+                         + ("" if not getattr(args, "rerun_cell", False) or same
+                            else "; a rerun cell differs"))
+    return 0

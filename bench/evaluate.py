@@ -1,0 +1,204 @@
+"""Evaluate one trained cell on every test set of its setup; write tidy metric rows.
+
+The metrics themselves are pure functions in :mod:`bench.metrics`; this module runs the model
+(batched, on the device, in inference mode), pairs scrambled digits with their intact originals
+through ``params["source"]``, and writes the cell's results atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench import metrics
+from bench.config import DataConfig
+from bench.io import atomic_path, read_json, save_torch, stable_hash, write_json
+from bench.sweep import Cell, code_hash
+
+EVAL_BATCH = 500
+N_EXAMPLES = 8
+SCRAMBLED_PREFIXES = ("scramble-", "displaced")
+CALIBRATED_SETS = ("clean", "affnist", "affnist-real")
+
+
+def is_scrambled(name: str) -> bool:
+    return name.startswith(SCRAMBLED_PREFIXES)
+
+
+@dataclasses.dataclass
+class Predictions:
+    scores: torch.Tensor  # (N, 10) class scores in [0, 1]
+    features: torch.Tensor  # (N, F)
+    recon_error: torch.Tensor | None  # (N,) sum of squared errors of the reconstruction
+    recon: torch.Tensor | None  # (k, H, W) the first reconstructions, for figures
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.scores.max(1).values
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self.scores.argmax(1)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+            batch_size: int = EVAL_BATCH) -> Predictions:
+    """Run ``model`` over uint8 images ``(N, C, C)`` in batches; results on the CPU."""
+    from bench.data.canvas import to_float
+
+    model.eval()
+    scores, feats, errs, recon = [], [], [], None
+    for start in range(0, images.shape[0], batch_size):
+        x = to_float(images[start : start + batch_size].to(device))
+        out = model(x)
+        scores.append(out.scores.float().cpu())
+        feats.append(out.features.float().cpu())
+        if out.reconstruction is not None:
+            r = out.reconstruction.float()
+            errs.append((r - x.flatten(1)).pow(2).sum(1).cpu())
+            if recon is None:
+                recon = r[:N_EXAMPLES].reshape(-1, *x.shape[-2:]).cpu()
+    return Predictions(
+        torch.cat(scores), torch.cat(feats), torch.cat(errs) if errs else None, recon
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _test_sets(cfg: DataConfig, names: tuple[str, ...] | None, device: str,
+               data_dir: str | None, download: bool):
+    """Test sets, built or read from the cache once per process."""
+    from bench.data.testsets import build_test_sets
+
+    return build_test_sets(cfg, torch.device(device), names=names, data_dir=data_dir,
+                           download=download, progress=False)
+
+
+def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dict,
+                intact: Predictions | None, has_recon: bool) -> list[dict[str, Any]]:
+    """Metric rows ``{test_set, factor_value, metric, value}`` of one test set."""
+    correct = (preds.pred == labels).numpy()
+    conf = preds.confidence.numpy()
+    nan = math.nan
+    rows = [
+        {"test_set": name, "factor_value": nan, "metric": "accuracy", "value": correct.mean()},
+        {"test_set": name, "factor_value": nan, "metric": "error", "value": 1 - correct.mean()},
+        {"test_set": name, "factor_value": nan, "metric": "mean_confidence", "value": conf.mean()},
+    ]
+    if name in CALIBRATED_SETS:
+        rows.append({"test_set": name, "factor_value": nan, "metric": "ece",
+                     "value": metrics.ece(conf, correct)})
+    if name.startswith("sweep-"):
+        values = params["value"].double().numpy()
+        for v in np.unique(values):
+            mask = values == v
+            rows.append({"test_set": name, "factor_value": float(v), "metric": "accuracy",
+                         "value": correct[mask].mean()})
+        rows.append({"test_set": name, "factor_value": nan, "metric": "probe_r2",
+                     "value": metrics.ridge_r2(preds.features.double().numpy(), values)})
+    if intact is not None:
+        iconf = intact.confidence.numpy()
+        rows += [
+            {"test_set": name, "factor_value": nan, "metric": "mean_confidence_intact",
+             "value": iconf.mean()},
+            {"test_set": name, "factor_value": nan, "metric": "auroc_confidence",
+             "value": metrics.auroc(iconf, conf)},
+        ]
+        if preds.recon_error is not None and intact.recon_error is not None:
+            # A worse reconstruction says "scrambled": intact digits are the positives.
+            rows.append({"test_set": name, "factor_value": nan, "metric": "auroc_recon",
+                         "value": metrics.auroc(-intact.recon_error.numpy(),
+                                                -preds.recon_error.numpy())})
+    return rows
+
+
+def _subset(preds: Predictions, idx: torch.Tensor) -> Predictions:
+    return Predictions(
+        preds.scores[idx], preds.features[idx],
+        None if preds.recon_error is None else preds.recon_error[idx], None,
+    )
+
+
+def eval_key(checksums: dict[str, str]) -> str:
+    return stable_hash(code_hash(), code_hash(("evaluate.py", "metrics.py")), checksums)
+
+
+def evaluate_cell(folder: Path, cell: Cell, cfg: DataConfig, names: Sequence[str] | None,
+                  device: torch.device, data_dir: str | None = None,
+                  download: bool = False) -> dict[str, Any]:
+    """Evaluate a trained cell on its test sets; skipped when ``eval.json`` has the same key."""
+    from bench.data.testsets import test_set_manifest
+    from bench.errors import BenchError
+    from bench.train import load_model
+
+    folder = Path(folder)
+    if not (folder / "train.json").is_file():
+        raise BenchError(f"cell {cell.label} is not trained yet ({folder}): run the train stage")
+    sets = _test_sets(cfg, tuple(names) if names else None, str(device), data_dir, download)
+    checksums = {k: v["sha256"] for k, v in test_set_manifest(sets).items()}
+    key = eval_key(checksums)
+    marker = folder / "eval.json"
+    if marker.is_file() and read_json(marker).get("key") == key:
+        return read_json(marker)
+
+    model = load_model(folder, device)
+    preds = {name: predict(model, ts.images, device) for name, ts in sets.items()}
+    clean = sets.get("clean")
+    row_of_source = (
+        {int(s): i for i, s in enumerate(clean.params["source"].tolist())} if clean else {}
+    )
+    rows: list[dict[str, Any]] = []
+    conf_frames = []
+    for name, ts in sets.items():
+        intact = None
+        if is_scrambled(name) and clean is not None:
+            idx = torch.tensor([row_of_source[int(s)] for s in ts.params["source"].tolist()])
+            intact = _subset(preds["clean"], idx)
+            for flag, p, labels in ((False, preds[name], ts.labels),
+                                    (True, intact, clean.labels[idx])):
+                conf_frames.append(pd.DataFrame({
+                    "test_set": name,
+                    "confidence": p.confidence.numpy(),
+                    "correct": (p.pred == labels).numpy(),
+                    "recon_error": (p.recon_error.numpy() if p.recon_error is not None
+                                    else np.full(len(labels), np.nan)),
+                    "intact": flag,
+                }))
+        rows += set_metrics(name, preds[name], ts.labels, ts.params, intact)
+
+    ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
+    table = pd.DataFrame([{**ident, **r} for r in rows])
+    with atomic_path(folder / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if conf_frames:
+        conf = pd.concat(conf_frames, ignore_index=True)
+        for k, v in ident.items():
+            conf.insert(0, k, v)
+        with atomic_path(folder / "confidences.parquet") as tmp:
+            conf.to_parquet(tmp, index=False)
+    recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
+    if recon:
+        save_torch(folder / "examples.pt", recon)
+    summary = {"key": key, "cell": cell.label, "test_sets": checksums,
+               **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
+                  for k, p in preds.items()}}
+    write_json(marker, summary)  # last: its presence marks the evaluation finished
+    return summary
+
+
+def example_images(sets: dict, k: int = N_EXAMPLES) -> dict[str, torch.Tensor]:
+    """The first ``k`` images and labels of every set, for the report's example grids."""
+    out = {}
+    for name, ts in sets.items():
+        out[f"images/{name}"] = ts.images[:k].cpu()
+        out[f"labels/{name}"] = ts.labels[:k].cpu()
+    return out
+
