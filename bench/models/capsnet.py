@@ -1,0 +1,240 @@
+"""CapsNet with routing-by-agreement (Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+NeurIPS 2017, arXiv:1710.09829).
+
+Architecture (Section 4, Fig. 1 and 2), at width 1.0:
+
+- Conv1: 256 channels, 9x9, stride 1, ReLU.
+- PrimaryCaps: 32 types of 8D capsules, 9x9, stride 2: one convolution with 32 * 8 = 256 output
+  channels whose channels are grouped (type, atom), then squash (Eq. 1).
+- DigitCaps: 10 capsules of 16D. Each primary capsule i (a position and a type) has its own
+  8x16 matrix W_ij per parent j (Eq. 2, no bias), and the parents come out of routing-by-agreement
+  (Procedure 1) in :func:`dynamic_routing`.
+- Decoder (Section 4.1, Fig. 2): the 10x16 DigitCaps activities with every capsule but one masked
+  to zero (the true class while training, the longest capsule when no label is given) ->
+  FC 512 ReLU -> FC 1024 ReLU -> FC H*W sigmoid.
+- Loss: margin loss (Eq. 4, m+ = 0.9, m- = 0.1, lambda = 0.5, summed over classes) plus
+  0.0005 x the sum of squared reconstruction errors (Section 4.1); both averaged over the batch.
+
+At 28x28 this has 8,215,568 parameters, 6,804,224 without the decoder: the paper's "8.2M" and
+"6.8M" (Section 5). ``width`` scales Conv1's channels and the number of primary capsule types;
+the DigitCaps (10 x 16D) and the decoder stay as in the paper, so that every variant classifies
+and reconstructs through the same 160-D bottleneck.
+
+Choices the paper leaves open, settled by the authors' released code (``research/capsules`` in
+tensorflow/models, ``models/layers.py``):
+
+- Gradients flow through every routing iteration: the released ``_update_routing`` uses the votes
+  u_hat unstopped both in the weighted sum s_j and in the agreement <u_hat, v_j> (no
+  ``stop_gradient``). We do the same (some re-implementations stop the gradient through the
+  agreement; that is a different model).
+- The released code adds a bias to s_j; the paper's equations and its parameter counts have none,
+  and we follow the paper.
+- W is initialised from a normal with std 0.1 truncated at 2 std (the released
+  ``weight_variable`` default); convolutions and the decoder use PyTorch's defaults.
+- The released margin loss is 0.5 x Eq. 4; we use Eq. 4 as printed (the constant only rescales the
+  margin term against the 0.0005-weighted reconstruction term, by the factor the paper states).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.models.registry import NUM_CLASSES, Output, register_model
+
+__all__ = ["CapsNet", "dynamic_routing", "margin_loss", "squash"]
+
+RECON_WEIGHT = 0.0005  # Section 4.1: "scale down this reconstruction loss by 0.0005"
+_EPS = 1e-8  # keeps squash's gradient finite at s = 0
+
+
+def squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Eq. 1: v = |s|^2 / (1 + |s|^2) * s / |s|, along ``dim``.
+
+    Short vectors shrink to almost zero length and long ones to a length just below 1, keeping the
+    direction: the length of a capsule's output is the probability that its entity is present.
+    The norm of the result is strictly below 1 and increases with |s|.
+    """
+    sq = (s * s).sum(dim=dim, keepdim=True)
+    return s * (sq / ((1.0 + sq) * torch.sqrt(sq + _EPS)))
+
+
+def dynamic_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routing-by-agreement, Procedure 1 of Sabour et al. (2017), for a whole batch at once.
+
+    Convention: the layout is parent-major, ``u_hat[b, j, i]`` is the prediction u_hat_{j|i}
+    of child capsule i for parent capsule j (Eq. 2), so that both sums of the procedure are batched
+    matrix-vector products over contiguous memory (no loop over capsules, only over iterations).
+
+    For r iterations: the logits b_ij start at 0; c_i = softmax(b_i) over the PARENTS j (Eq. 3,
+    so each child's coupling coefficients sum to 1 over parents); s_j = sum_i c_ij u_hat_{j|i};
+    v_j = squash(s_j) (Eq. 1); b_ij += <u_hat_{j|i}, v_j>. The agreement update after the last
+    iteration cannot change the output and is skipped. Gradients flow through every iteration,
+    as in the authors' code.
+
+    Args:
+        u_hat: ``(B, J, I, D)`` predictions of I children for J parents of D dimensions.
+        iterations: number of routing iterations r >= 1 (the paper uses 3).
+
+    Returns:
+        v: ``(B, J, D)`` parent capsule outputs.
+        c: ``(B, J, I)`` the coupling coefficients of the last iteration; ``c.sum(1) == 1``.
+    """
+    if iterations < 1:
+        raise ValueError(f"routing needs iterations >= 1, got {iterations}")
+    if u_hat.dim() != 4:
+        raise ValueError(f"expected u_hat of shape (B, J, I, D), got {tuple(u_hat.shape)}")
+    b, j, i, _ = u_hat.shape
+    logits = u_hat.new_zeros(b, j, i)
+    for r in range(iterations):
+        c = torch.softmax(logits, dim=1)
+        s = torch.matmul(c.unsqueeze(2), u_hat).squeeze(2)  # (B,J,1,I) @ (B,J,I,D) -> (B,J,D)
+        v = squash(s)
+        if r + 1 < iterations:
+            agreement = torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)  # (B,J,I)
+            logits = logits + agreement
+    return v, c
+
+
+def margin_loss(
+    lengths: torch.Tensor,
+    y: torch.Tensor,
+    m_plus: float = 0.9,
+    m_minus: float = 0.1,
+    lam: float = 0.5,
+) -> torch.Tensor:
+    """Eq. 4: L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2.
+
+    Summed over the classes k, averaged over the batch. ``lengths`` is ``(B, K)``, ``y`` ``(B,)``.
+    """
+    t = F.one_hot(y, lengths.shape[1]).to(lengths.dtype)
+    present = t * F.relu(m_plus - lengths).pow(2)
+    absent = lam * (1.0 - t) * F.relu(lengths - m_minus).pow(2)
+    return (present + absent).sum(dim=1).mean()
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, round(n * width))
+
+
+class CapsNet(nn.Module):
+    """The three-layer CapsNet of Fig. 1 with the decoder of Fig. 2 (optional).
+
+    ``forward(x, y=None)`` takes ``x (B, 1, H, W)`` in [0, 1] and returns an :class:`Output`:
+    logits = scores = the 10 DigitCaps lengths, features = the 16D pose of the longest capsule,
+    reconstruction ``(B, H*W)`` (masked by ``y`` when given, by the longest capsule otherwise) or
+    None without a decoder.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 28,
+        width: float = 1.0,
+        iterations: int = 3,
+        reconstruction: bool = True,
+        conv_channels: int = 256,
+        primary_types: int = 32,
+        primary_dim: int = 8,
+        digit_dim: int = 16,
+        kernel: int = 9,
+    ):
+        super().__init__()
+        self.input_size = input_size
+        self.iterations = iterations
+        self.types = _scaled(primary_types, width)
+        self.primary_dim = primary_dim
+        self.digit_dim = digit_dim
+        channels = _scaled(conv_channels, width)
+        self.grid = ((input_size - kernel + 1) - kernel) // 2 + 1  # valid conv, then stride 2
+        if self.grid < 1:
+            raise ValueError(f"input_size {input_size} is too small for two {kernel}x{kernel} convs")
+        self.num_primary = self.types * self.grid * self.grid
+
+        self.conv1 = nn.Conv2d(1, channels, kernel)
+        self.primary = nn.Conv2d(channels, self.types * primary_dim, kernel, stride=2)
+        # W[i, :, j, :] is W_ij^T (8 x 16): one matrix per (primary capsule, parent), Eq. 2.
+        self.W = nn.Parameter(torch.empty(self.num_primary, primary_dim, NUM_CLASSES, digit_dim))
+        nn.init.trunc_normal_(self.W, std=0.1, a=-0.2, b=0.2)
+        self.decoder = (
+            nn.Sequential(
+                nn.Linear(NUM_CLASSES * digit_dim, 512),
+                nn.ReLU(inplace=True),
+                nn.Linear(512, 1024),
+                nn.ReLU(inplace=True),
+                nn.Linear(1024, input_size * input_size),
+                nn.Sigmoid(),
+            )
+            if reconstruction
+            else None
+        )
+
+    def primary_capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, I, 8)`` squashed primary capsules, I = types x grid x grid (type-major)."""
+        h = F.relu(self.conv1(x))
+        p = self.primary(h)  # (B, types*8, g, g), channels grouped (type, atom)
+        b = p.shape[0]
+        p = p.reshape(b, self.types, self.primary_dim, self.grid * self.grid)
+        u = p.transpose(2, 3).reshape(b, self.num_primary, self.primary_dim)
+        return squash(u)
+
+    def predictions(self, u: torch.Tensor) -> torch.Tensor:
+        """Eq. 2, u_hat_{j|i} = W_ij u_i, for all i and j: ``(B, I, 8) -> (B, J, I, 16)``."""
+        b = u.shape[0]
+        w = self.W.reshape(self.num_primary, self.primary_dim, NUM_CLASSES * self.digit_dim)
+        u_hat = torch.bmm(u.transpose(0, 1), w)  # (I, B, 8) @ (I, 8, J*D) -> (I, B, J*D)
+        u_hat = u_hat.view(self.num_primary, b, NUM_CLASSES, self.digit_dim)
+        return u_hat.permute(1, 2, 0, 3).contiguous()  # (B, J, I, D)
+
+    def digit_capsules(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DigitCaps outputs ``(B, 10, 16)`` and coupling coefficients ``(B, 10, I)``."""
+        return dynamic_routing(self.predictions(u), self.iterations)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Output:
+        v, _ = self.digit_capsules(self.primary_capsules(x))
+        lengths = torch.linalg.vector_norm(v, dim=-1)  # (B, 10): probability of each digit
+        pred = lengths.argmax(dim=1)
+        rows = torch.arange(v.shape[0], device=v.device)
+        features = v[rows, pred]
+        recon = None
+        if self.decoder is not None:
+            target = y if y is not None else pred
+            mask = F.one_hot(target, NUM_CLASSES).to(v.dtype).unsqueeze(-1)
+            recon = self.decoder((v * mask).flatten(1))
+        return Output(logits=lengths, scores=lengths, features=features, reconstruction=recon)
+
+    def loss(self, out: Output, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Margin loss (Eq. 4) + 0.0005 x sum of squared reconstruction errors, batch means."""
+        loss = margin_loss(out.logits.float(), y)
+        if out.reconstruction is not None:
+            err = (out.reconstruction.float() - x.flatten(1).float()).pow(2).sum(dim=1).mean()
+            loss = loss + RECON_WEIGHT * err
+        return loss
+
+
+def _create(input_size: int, width: float, **kwargs) -> CapsNet:
+    return CapsNet(input_size=input_size, width=width, **kwargs)
+
+
+@register_model("capsnet")
+def capsnet(*, input_size: int, width: float) -> CapsNet:
+    """The paper's model: 3 routing iterations, with the reconstruction decoder."""
+    return _create(input_size, width, iterations=3, reconstruction=True)
+
+
+@register_model("capsnet-r1")
+def capsnet_r1(*, input_size: int, width: float) -> CapsNet:
+    """Table 1, 'routing 1, reconstruction yes'."""
+    return _create(input_size, width, iterations=1, reconstruction=True)
+
+
+@register_model("capsnet-r1-norecon")
+def capsnet_r1_norecon(*, input_size: int, width: float) -> CapsNet:
+    """Table 1, 'routing 1, reconstruction no'."""
+    return _create(input_size, width, iterations=1, reconstruction=False)
+
+
+@register_model("capsnet-r3-norecon")
+def capsnet_r3_norecon(*, input_size: int, width: float) -> CapsNet:
+    """Table 1, 'routing 3, reconstruction no'."""
+    return _create(input_size, width, iterations=3, reconstruction=False)

@@ -1,0 +1,82 @@
+"""Profiles: packaged ones load, user files and overrides are checked key by key."""
+
+import pytest
+
+from bench.config import Profile, TrainConfig, load_profile, profile_names
+from bench.errors import BenchError
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_packaged_profiles_load(name):
+    p = load_profile(name)
+    assert isinstance(p, Profile) and p.name == name
+    assert isinstance(p.sizes, tuple) and all(isinstance(n, int) for n in p.sizes)
+
+
+def test_profile_names_lists_packaged():
+    assert {"smoke", "quick", "paper"} <= set(profile_names())
+
+
+def test_quick_has_required_shape():
+    p = load_profile("quick")
+    assert len(p.seeds) >= 2 and {100, 300, 1000, 3000} <= set(p.sizes)
+
+
+def test_paper_reproduces_mnist_table():
+    p = load_profile("paper")
+    assert p.mnist_table is not None and p.mnist_table.canvas == 28
+    assert p.mnist_table.train_shift == 2 and 60_000 in p.mnist_table.sizes
+    assert len(p.seeds) >= 3 and p.model.width == 1.0
+
+
+def test_unknown_profile_lists_known():
+    with pytest.raises(BenchError, match="unknown profile 'nope'.*smoke"):
+        load_profile("nope")
+
+
+def test_user_file_unknown_key_is_named(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('models = ["capsnet"]\n[train]\nlrr = 0.1\n')
+    with pytest.raises(BenchError, match=r"unknown key 'train.lrr'"):
+        load_profile(str(f))
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('sizes = ["a"]', r"'sizes\[0\]' must be an integer"),
+        ("[train]\nlr = -1.0", "must be positive"),
+        ('models = ["resnet"]', "unknown model 'resnet'"),
+        ("[data]\ndataset = 'cifar'", "'data.dataset'"),
+        ("[train]\ndeterministic = 1", "'train.deterministic' must be true or false"),
+        ("sizes = [59000]", "exceeds"),
+        ("this is not toml", "invalid TOML"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, text, pattern):
+    f = tmp_path / "bad.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(BenchError, match=pattern) as e:
+        load_profile(str(f))
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_are_typed():
+    p = load_profile("smoke", ["train.lr=0.01", "seeds=[3, 4]", "data.dataset=kmnist"])
+    assert p.train.lr == 0.01 and p.seeds == (3, 4) and p.data.dataset == "kmnist"
+    with pytest.raises(BenchError, match="unknown key 'train.nope'"):
+        load_profile("smoke", ["train.nope=1"])
+    with pytest.raises(BenchError, match="key=value"):
+        load_profile("smoke", ["train.lr"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BenchError, match="not found"):
+        load_profile(str(tmp_path / "x.toml"))
+
+
+def test_step_budget():
+    t = TrainConfig(batch_size=100, epochs=10, min_steps=50, max_steps=500)
+    assert t.steps_for(100) == 50  # min_steps dominates
+    assert t.steps_for(1000) == 100
+    assert t.steps_for(60000) == 500  # capped
