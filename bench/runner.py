@@ -166,11 +166,15 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     if old is not None and old != _jsonable(profile.to_dict()):
         print(f"note: {run_dir} holds a run of another configuration; cells of this one are kept "
               "apart by their hash, and tables list only this configuration's cells")
+    env = environment(device)
     manifest.update(
-        profile={"name": profile.name, "config": _jsonable(profile.to_dict())},
+        profile={"name": profile.name, "targets": list(profile.targets),
+                 "config": _jsonable(profile.to_dict())},
+        device=f"{device} ({env['device_name']})",
+        git_commit=env["git_commit"],
         cells=[dataclasses.asdict(c) | {"dir": str(cell_dir(run_dir, profile, c, device.type))}
                for c in cells(profile)],
-        environment=environment(device),
+        environment=env,
         torch_threads=torch.get_num_threads(),
         executor=dataclasses.asdict(executor_config),
     )

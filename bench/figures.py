@@ -1,0 +1,472 @@
+"""Paper figures: one function per figure, each writing ``<stem>.pdf`` and ``<stem>.png``.
+
+Conventions shared by every figure, so that they can go into a paper unchanged:
+
+- one colour per model everywhere (:data:`PALETTE`, colour-blind-safe Okabe-Ito colours, with
+  a deterministic fallback for names it does not know);
+- sized for one paper column (:data:`COLUMN_IN` = 3.4 in) or two (:data:`PAGE_IN` = 7.0 in),
+  with constrained layout and the legend inside the figure (never cut off);
+- TrueType fonts embedded (``pdf.fonttype`` = 42), no creation date in the PDF, fixed PNG
+  metadata, and bootstrap bands from a fixed seed (``errorbar=("ci", 95)``, ``seed=0``), so two
+  builds of the same results are byte-identical files;
+- bands are 95% bootstrap intervals of the mean over seeds (seaborn), the tables use Student-t
+  intervals (:func:`bench.metrics.mean_ci`): both are stated in the captions.
+
+Inputs are the tidy frames of the results schema (``metrics.csv``, ``confidences.parquet``,
+``throughput.csv``) or the dict of tensors of ``examples.pt``; nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import (
+    FixedFormatter,
+    FixedLocator,
+    MaxNLocator,
+    NullLocator,
+    StrMethodFormatter,
+)
+
+from bench.io import atomic_path, stable_hash
+
+__all__ = [
+    "PALETTE",
+    "COLUMN_IN",
+    "PAGE_IN",
+    "TEST_SET_ORDER",
+    "model_color",
+    "model_order",
+    "test_set_order",
+    "save",
+    "data_efficiency",
+    "affnist_vs_clean",
+    "sweeps",
+    "confidence_scrambled",
+    "throughput",
+    "example_grid",
+    "reconstructions",
+]
+
+COLUMN_IN = 3.4  # one column of a two-column paper (inches)
+PAGE_IN = 7.0  # the full text width
+
+# Okabe & Ito (2008) colour-blind-safe colours; CapsNet variants in blues/purples, ConvNets warm.
+PALETTE: dict[str, str] = {
+    "capsnet": "#0072B2",
+    "capsnet-r1": "#56B4E9",
+    "capsnet-r3-norecon": "#CC79A7",
+    "capsnet-r1-norecon": "#882255",
+    "baseline-cnn": "#D55E00",
+    "convnet-maxpool": "#E69F00",
+    "convnet-k9": "#009E73",
+}
+_FALLBACK = ("#000000", "#7F7F7F", "#8C564B", "#BCBD22", "#17BECF", "#332288", "#44AA99")
+
+TEST_SET_ORDER = (
+    "clean",
+    "affnist",
+    "affnist-real",
+    "sweep-rotation",
+    "sweep-scale",
+    "sweep-shear",
+    "sweep-translate",
+    "scramble-g2",
+    "scramble-g3",
+    "displaced",
+)
+
+# x-axis label of each sweep factor: the unit of params["value"] in the test sets.
+FACTOR_LABELS = {
+    "rotation": "rotation (degrees)",
+    "scale": "scale (factor)",
+    "shear": "shear",
+    "translate": "translation (px)",
+}
+
+_RC: dict[str, Any] = {
+    "pdf.fonttype": 42,  # TrueType (Type 42) fonts, not Type 3: journals ask for it
+    "ps.fonttype": 42,
+    "svg.fonttype": "none",
+    "svg.hashsalt": "capsbench",  # fixed ids in SVG output
+    "font.family": "DejaVu Sans",  # ships with matplotlib: the same glyphs on every machine
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "legend.title_fontsize": 6,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 3,
+    "axes.linewidth": 0.6,
+    "grid.linewidth": 0.4,
+    "savefig.dpi": 300,
+    "figure.dpi": 100,
+}
+# No dates; a fixed producer string; same for PNG (Agg writes "Software" only).
+_PDF_METADATA = {"Creator": "capsbench", "Producer": "capsbench", "CreationDate": None,
+                 "ModDate": None}
+_PNG_METADATA = {"Software": "capsbench"}
+_BAND = {"errorbar": ("ci", 95), "seed": 0}
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def model_color(name: str) -> str:
+    """The model's colour: fixed for known models, chosen by a stable hash for the others."""
+    if name in PALETTE:
+        return PALETTE[name]
+    return _FALLBACK[int(stable_hash("colour", name), 16) % len(_FALLBACK)]
+
+
+def model_order(models: Iterable[str]) -> list[str]:
+    """Known models in :data:`PALETTE` order, then unknown ones alphabetically."""
+    present = set(models)
+    known = [m for m in PALETTE if m in present]
+    return known + sorted(present - set(known))
+
+
+def test_set_order(names: Iterable[str]) -> list[str]:
+    """Test sets in :data:`TEST_SET_ORDER`, then unknown ones alphabetically."""
+    present = set(names)
+    known = [t for t in TEST_SET_ORDER if t in present]
+    return known + sorted(present - set(known))
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """Seaborn's white-grid style with the paper rcParams, undone on exit."""
+    with sns.axes_style("whitegrid"), plt.rc_context(_RC):
+        yield
+
+
+@contextlib.contextmanager
+def _source_date_epoch() -> Iterator[None]:
+    """Pin SOURCE_DATE_EPOCH while saving (matplotlib reads it for any date it would write)."""
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+def save(fig: Figure, stem: str | os.PathLike) -> list[Path]:
+    """Write ``<stem>.pdf`` and ``<stem>.png`` atomically and close the figure."""
+    stem = Path(stem)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    try:
+        with _source_date_epoch(), plt.rc_context(_RC):
+            for path, meta in zip(paths, (_PDF_METADATA, _PNG_METADATA), strict=True):
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp, format=path.suffix[1:], metadata=meta)
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def _model_legend(fig: Figure, models: Sequence[str], line: bool = True) -> None:
+    handles = [Line2D([], [], color=model_color(m), marker="o", label=m,
+                      linestyle="-" if line else "none") for m in models]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(models), 4),
+               frameon=False, handlelength=1.5, columnspacing=1.2)
+
+
+def _grid(n_panels: int, width: float, panel_h: float, max_cols: int) -> tuple[Figure, np.ndarray]:
+    ncols = min(n_panels, max_cols)
+    nrows = -(-n_panels // ncols)
+    fig = plt.figure(figsize=(width, panel_h * nrows + 0.45), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _largest_n(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows at each model's largest training-set size (the headline operating point)."""
+    n_max = df.groupby("model")["n"].transform("max")
+    return df[df["n"] == n_max]
+
+
+def _size_label(n: float) -> str:
+    """100, 300, 1k, 3k, 60k: short tick labels for training-set sizes."""
+    return f"{n / 1000:g}k" if n >= 1000 else f"{n:g}"
+
+
+def _log_size_axis(ax: Any, sizes: Sequence[float]) -> None:
+    """Log x axis with a tick at each training-set size of the sweep (no minor ticks)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(list(sizes)))
+    ax.xaxis.set_major_formatter(FixedFormatter([_size_label(n) for n in sizes]))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _panel_title(test_set: str) -> str:
+    if test_set.startswith("scramble") or test_set == "displaced":
+        return f"{test_set} (original class kept)"
+    return test_set
+
+
+# --------------------------------------------------------------------------------------------
+# Figures from metrics.csv
+
+
+def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000,
+                    test_sets: Sequence[str] | None = None) -> list[Path]:
+    """Accuracy against training-set size (log x), one panel per test set, 95% bootstrap bands.
+
+    ``metrics``: tidy rows of one setup (columns model, n, seed, test_set, factor_value, metric,
+    value); the ``accuracy`` rows of the test sets without a sweep factor are drawn.
+    """
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["factor_value"].isna()].copy()
+    if test_sets is None:
+        test_sets = [t for t in test_set_order(d["test_set"]) if not t.startswith("sweep-")]
+    d["accuracy (%)"] = 100 * d["value"]
+    models = model_order(d["model"])
+    sizes = sorted(set(d["n"]))
+    with _style():
+        fig, axes = _grid(len(test_sets), PAGE_IN, 1.7, 3)
+        for ax, ts in zip(axes, test_sets, strict=False):
+            sns.lineplot(data=d[d["test_set"] == ts], x="n", y="accuracy (%)", hue="model",
+                         hue_order=models, palette={m: model_color(m) for m in models},
+                         marker="o", n_boot=n_boot, legend=False, ax=ax, **_BAND)
+            _log_size_axis(ax, sizes)
+            ax.set_title(_panel_title(ts))
+            ax.set_xlabel("training images n")
+        _model_legend(fig, models)
+        return save(fig, stem)
+
+
+def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
+                     other: str = "affnist") -> list[Path]:
+    """affNIST-style accuracy against clean accuracy: one point per cell (model, n, seed).
+
+    The paper's claim (Sabour et al. 2017, Sec. 5.2) compares models at *equal clean accuracy*;
+    this plot shows that comparison for every training size at once. Marker area grows with n;
+    the dashed line is y = x.
+    """
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin(["clean", other])]
+    wide = d.pivot_table(index=["model", "n", "seed"], columns="test_set", values="value")
+    wide = wide.dropna().reset_index()
+    models = model_order(wide["model"])
+    sizes = np.log10(wide["n"].to_numpy(dtype=float))
+    lo, hi = sizes.min(), sizes.max()
+    area = 6 + 24 * (sizes - lo) / (hi - lo) if hi > lo else np.full_like(sizes, 15)
+    with _style():
+        fig = plt.figure(figsize=(COLUMN_IN, COLUMN_IN * 0.9), layout="constrained")
+        ax = fig.subplots()
+        for m in models:
+            sel = (wide["model"] == m).to_numpy()
+            ax.scatter(100 * wide.loc[sel, "clean"], 100 * wide.loc[sel, other], s=area[sel],
+                       color=model_color(m), alpha=0.8, linewidths=0)
+        lim = [100 * min(wide["clean"].min(), wide[other].min()) - 2, 100.5]
+        ax.plot(lim, lim, ls="--", lw=0.6, color="0.5")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel(f"{other} accuracy (%)")
+        _model_legend(fig, models, line=False)
+        return save(fig, stem)
+
+
+def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000) -> list[Path]:
+    """Accuracy against the magnitude of one transformation, one panel per factor.
+
+    Rows ``test_set == "sweep-<factor>"``, metric ``accuracy``, each model at its largest n;
+    95% bootstrap bands over seeds.
+    """
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].str.startswith("sweep-")]
+    d = _largest_n(d).copy()
+    d["accuracy (%)"] = 100 * d["value"]
+    sets = test_set_order(d["test_set"])
+    models = model_order(d["model"])
+    with _style():
+        fig, axes = _grid(len(sets), PAGE_IN, 1.8, 4)
+        for ax, ts in zip(axes, sets, strict=False):
+            sns.lineplot(data=d[d["test_set"] == ts], x="factor_value", y="accuracy (%)",
+                         hue="model", hue_order=models,
+                         palette={m: model_color(m) for m in models}, marker="o",
+                         n_boot=n_boot, legend=False, ax=ax, **_BAND)
+            factor = ts.removeprefix("sweep-")
+            ax.set_xlabel(FACTOR_LABELS.get(factor, factor))
+            ax.set_title(ts)
+        _model_legend(fig, models)
+        return save(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures from confidences.parquet and throughput.csv
+
+
+def confidence_scrambled(confidences: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Confidence on scrambled digits against the same digits intact, per model (split violins).
+
+    ``confidences``: rows of one setup with columns model, n, seed, test_set, confidence, intact;
+    for each scrambled set (``scramble-*``, ``displaced``) the rows with ``intact`` True are the
+    intact counterparts. Each model at its largest n, seeds pooled; violins cut at the data range.
+    """
+    d = confidences[confidences["test_set"].str.startswith("scramble")
+                    | (confidences["test_set"] == "displaced")]
+    d = _largest_n(d).copy()
+    d["digit"] = np.where(d["intact"].astype(bool), "intact", "scrambled")
+    sets = test_set_order(d["test_set"])
+    models = model_order(d["model"])
+    with _style():
+        fig, axes = _grid(len(sets), PAGE_IN, 1.9, 3)
+        for ax, ts in zip(axes, sets, strict=False):
+            sns.violinplot(data=d[d["test_set"] == ts], x="model", y="confidence", hue="digit",
+                           order=models, hue_order=["intact", "scrambled"],
+                           palette={"intact": "0.75", "scrambled": "#0072B2"}, split=True,
+                           inner="quart", cut=0, density_norm="width", linewidth=0.5,
+                           legend=False, ax=ax)
+            ax.set_title(ts)
+            ax.set_xlabel("")
+            ax.set_ylim(0, 1.02)
+            ax.tick_params(axis="x", labelrotation=30)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c, label=k)
+                   for k, c in (("intact digit", "0.75"), ("scrambled digit", "#0072B2"))]
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+        return save(fig, stem)
+
+
+def throughput(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Training and inference images/s per model (horizontal bars, value printed on each).
+
+    ``table``: the ``kind == "model"`` rows of ``throughput.csv`` for one (device, input size,
+    batch) configuration; several rows per model are averaged.
+    """
+    d = table.melt(id_vars=["model"], value_vars=["train_images_per_s", "infer_images_per_s"],
+                   var_name="phase", value_name="images/s").dropna()
+    d["phase"] = d["phase"].map({"train_images_per_s": "training",
+                                 "infer_images_per_s": "inference"})
+    d = d.groupby(["phase", "model"], as_index=False)["images/s"].mean()
+    models = model_order(d["model"])
+    phases = [p for p in ("training", "inference") if p in set(d["phase"])]
+    with _style():
+        fig = plt.figure(figsize=(PAGE_IN, 0.35 + 0.28 * len(models)), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(phases), squeeze=False).ravel())
+        for ax, phase in zip(axes, phases, strict=True):
+            p = d[d["phase"] == phase].set_index("model").reindex(models)
+            ax.barh(range(len(models)), p["images/s"], color=[model_color(m) for m in models])
+            ax.set_yticks(range(len(models)), models if ax is axes[0] else [""] * len(models))
+            ax.invert_yaxis()
+            ax.set_title(f"{phase} (images/s)")
+            top = float(np.nanmax(p["images/s"]))
+            ax.set_xlim(0, top * 1.25)
+            for i, v in enumerate(p["images/s"]):
+                if np.isfinite(v):
+                    ax.text(v + top * 0.01, i, f"{v:,.0f}", va="center", fontsize=6)
+            ax.grid(axis="y", visible=False)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        config = [f"{label}: {', '.join(sorted(set(table[c].astype(str))))}"
+                  for c, label in (("device_name", "device"), ("input_size", "input px"),
+                                   ("batch", "batch")) if c in table.columns]
+        if config:
+            fig.suptitle("; ".join(config), fontsize=6, color="0.3")
+        return save(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Image grids from examples.pt
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    if hasattr(t, "detach"):
+        t = t.detach().to("cpu").float().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def _as_images(t: Any, k: int, scale: float) -> np.ndarray:
+    """(K, H, W) floats in [0, 1] from (K, H, W) or flat (K, H*W) square images."""
+    a = _to_numpy(t)[:k] / scale
+    if a.ndim == 2:  # a decoder's flat output (B, H*W)
+        side = int(round(math.sqrt(a.shape[1])))
+        a = a.reshape(a.shape[0], side, side)
+    return np.clip(a.reshape(a.shape[0], a.shape[-2], a.shape[-1]), 0.0, 1.0)
+
+
+def _montage(fig: Figure, rows: Sequence[tuple[str, np.ndarray, np.ndarray | None]],
+             k: int, gap: int = 2) -> None:
+    """One row of up to ``k`` greyscale tiles per entry (row label, images (K,H,W), labels).
+
+    Drawn as a single image on one axes (one embedded bitmap, fast and small), white gaps
+    between tiles, row labels as y tick labels, the class label in each tile's corner.
+    """
+    h = max(images.shape[1] for _, images, _ in rows)
+    w = max(images.shape[2] for _, images, _ in rows)
+    canvas = np.ones((len(rows) * (h + gap) - gap, k * (w + gap) - gap), np.float32)
+    ax = fig.subplots()
+    for r, (_, images, labels) in enumerate(rows):
+        for c, img in enumerate(images[:k]):
+            y0 = r * (h + gap) + (h - img.shape[0]) // 2
+            x0 = c * (w + gap) + (w - img.shape[1]) // 2
+            canvas[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
+            if labels is not None:
+                ax.text(c * (w + gap) + 1, r * (h + gap) + 1, str(int(labels[c])),
+                        color="#FFD54F", fontsize=5, ha="left", va="top")
+    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + gap) + h / 2 for r in range(len(rows))], [n for n, _, _ in rows])
+    ax.tick_params(axis="y", length=0, labelsize=6)
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _grid_figure(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None]], k: int) -> Figure:
+    label_in = 1.0  # room for the row labels
+    tile_in = (PAGE_IN - label_in) / k
+    fig = plt.figure(figsize=(PAGE_IN, tile_in * len(rows) + 0.1))
+    fig.subplots_adjust(left=label_in / PAGE_IN, right=0.995, top=0.995, bottom=0.005)
+    _montage(fig, rows, k)
+    return fig
+
+
+def example_grid(examples: Mapping[str, Any], stem: str | os.PathLike, k: int = 8) -> list[Path]:
+    """The first ``k`` images of each test set (``images/<set>``), class label in the corner."""
+    sets = test_set_order(key.split("/", 1)[1] for key in examples if key.startswith("images/"))
+    rows = []
+    for ts in sets:
+        labels = examples.get(f"labels/{ts}")
+        rows.append((ts, _as_images(examples[f"images/{ts}"], k, 255.0),
+                     None if labels is None else _to_numpy(labels)[:k]))
+    with _style():
+        return save(_grid_figure(rows, k), stem)
+
+
+def reconstructions(examples: Mapping[str, Any], stem: str | os.PathLike,
+                    k: int = 8) -> list[Path]:
+    """CapsNet reconstructions (``recon/<set>``) under each input (``images/<set>``).
+
+    Two rows per test set: the input, then the decoder's reconstruction from the winning capsule
+    (Sabour et al. 2017, Sec. 4.1). On scrambled digits a good part-whole model should
+    reconstruct the *intact* digit it believes in, not the scrambled input.
+    """
+    sets = test_set_order(key.split("/", 1)[1] for key in examples if key.startswith("recon/"))
+    rows = []
+    for ts in sets:
+        if f"images/{ts}" in examples:
+            rows.append((f"{ts}\ninput", _as_images(examples[f"images/{ts}"], k, 255.0), None))
+        rows.append((f"{ts}\nreconstruction", _as_images(examples[f"recon/{ts}"], k, 1.0), None))
+    with _style():
+        return save(_grid_figure(rows, k), stem)
