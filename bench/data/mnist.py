@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def _read_raw(folder: Path, stem: str) -> tuple[bytes, Path]:
     if gz.is_file():
         try:
             return gzip.decompress(gz.read_bytes()), gz
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
             raise BenchError(
                 f"{gz}: corrupt gzip ({e}); expected md5 of the uncompressed file "
                 f"{MNIST_MD5.get(stem, '?')}"
@@ -127,6 +128,11 @@ def _torchvision_load(dataset: str, split: str, root: Path, download: bool):
     try:
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError as e:  # "Dataset not found. You can use download=True ..."
+        if download and str(e).startswith("Error downloading"):  # every mirror failed (offline)
+            raise BenchError(
+                f"{dataset}: download failed ({str(e).splitlines()[0].rstrip(':')}); offline, place "
+                f"the IDX files under {root / cls.__name__ / 'raw'} and pass --data-dir {root}"
+            ) from None
         hint = "pass --download when online" if not download else "check the files"
         raise BenchError(
             f"{dataset}: not found under {root / cls.__name__ / 'raw'} ({str(e).splitlines()[0]}); "

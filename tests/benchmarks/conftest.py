@@ -1,6 +1,11 @@
+from pathlib import Path
+
 import pytest
+
+HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        item.add_marker(pytest.mark.bench)
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.bench)
