@@ -48,5 +48,11 @@ fi
 cleanup() { if [ "$created_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-$SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+install() { $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null; }
+if ! install; then
+    # stale package lists (a version no longer on the mirror): refresh once and try again
+    [ "$need_update" = 1 ] && exit 1
+    $SUDO apt-get update -qq
+    install
+fi
 echo "slurm-install: installed ${PACKAGES[*]}"
