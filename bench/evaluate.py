@@ -83,7 +83,7 @@ def _test_sets(cfg: DataConfig, names: tuple[str, ...] | None, device: str,
 
 
 def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dict,
-                intact: Predictions | None, has_recon: bool) -> list[dict[str, Any]]:
+                intact: Predictions | None) -> list[dict[str, Any]]:
     """Metric rows ``{test_set, factor_value, metric, value}`` of one test set."""
     correct = (preds.pred == labels).numpy()
     conf = preds.confidence.numpy()

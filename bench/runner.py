@@ -170,7 +170,7 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     manifest.update(
         profile={"name": profile.name, "targets": list(profile.targets),
                  "config": _jsonable(profile.to_dict())},
-        device=f"{device} ({env['device_name']})",
+        device=env["device_name"],
         git_commit=env["git_commit"],
         cells=[dataclasses.asdict(c) | {"dir": str(cell_dir(run_dir, profile, c, device.type))}
                for c in cells(profile)],

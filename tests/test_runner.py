@@ -1,0 +1,118 @@
+"""The runner end to end on a tiny profile: every output, resume, and an interrupted run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import runner, sweep
+from bench.config import load_profile
+from bench.errors import BenchError
+
+TINY = """
+models = ["capsnet", "convnet-maxpool"]
+sizes = [20, 40]
+seeds = [0]
+targets = [0.2]
+[data]
+n_test = 24
+affnist_k = 1
+sweep_n = 8
+rotation_grid = [-30, 0, 30]
+scale_grid = [0.8, 1.0]
+shear_grid = [0.0, 0.3]
+translate_grid = [0, 6]
+[model]
+width = 0.0625
+[train]
+batch_size = 8
+epochs = 1
+min_steps = 4
+max_steps = 4
+val_size = 16
+eval_every = 2
+[throughput]
+batch_sizes = [4]
+warmup = 1
+repeats = 1
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    f = tmp_path / "tiny.toml"
+    f.write_text(TINY)
+    return load_profile(str(f))
+
+
+def _run(profile, run_dir, stages=runner.STAGE_ORDER, cache=None):
+    return runner.run(profile, stages, run_dir, torch.device("cpu"), progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    outcomes = _run(tiny, run_dir)
+    assert outcomes and all(o["ok"] for o in outcomes.values()), outcomes
+    for name in ("metrics.csv", "throughput.csv", "manifest.json", "report.md",
+                 "confidences.parquet", "examples.pt"):
+        assert (run_dir / name).is_file(), name
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert set(metrics["model"]) == {"capsnet", "convnet-maxpool"}
+    assert {"clean", "affnist", "scramble-g2", "sweep-rotation"} <= set(metrics["test_set"])
+    assert set(metrics.columns) >= {"setup", "model", "n", "seed", "test_set", "factor_value",
+                                    "metric", "value"}
+    # Resume: nothing is retrained, results are identical.
+    markers = sorted(run_dir.glob("cells/*/*/*/train.json"))
+    assert len(markers) == len(sweep.cells(tiny))
+    stamps = [m.stat().st_mtime_ns for m in markers]
+    _run(tiny, run_dir, stages=("train", "eval"))
+    assert [m.stat().st_mtime_ns for m in markers] == stamps
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "metrics.csv"), metrics)
+
+
+def test_interrupted_run_keeps_finished_cells_and_resumes(tiny, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    real = sweep.run_cell
+    calls = []
+
+    def flaky(task):
+        calls.append(task.cell)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(runner, "run_cell", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny, run_dir, stages=("train", "eval"))
+    done = sorted(run_dir.glob("cells/*/*/*/eval.json"))
+    assert len(done) == 1  # the first cell finished, the second left nothing that counts
+    monkeypatch.setattr(runner, "run_cell", real)
+    outcomes = _run(tiny, run_dir, stages=("train", "eval"))
+    assert all(o["ok"] for o in outcomes.values())
+    assert len(sorted(run_dir.glob("cells/*/*/*/eval.json"))) == len(sweep.cells(tiny))
+
+
+def test_changed_profile_does_not_reuse_cells(tiny, tmp_path):
+    a = sweep.cell_dir(tmp_path, tiny, sweep.cells(tiny)[0], "cpu")
+    other = load_profile("smoke")
+    b = sweep.cell_dir(tmp_path, other, sweep.cells(tiny)[0], "cpu")
+    assert a != b
+
+
+def test_eval_stage_without_training_is_an_error(tmp_path):
+    from bench.cli import main
+
+    rc = main(["run", "eval", "--profile", "smoke", "--device", "cpu", "--out", str(tmp_path)])
+    assert rc == 2
+    with pytest.raises(BenchError):
+        runner.cli_run(type("A", (), {
+            "profile": "smoke", "overrides": [], "device": "cpu", "out": str(tmp_path),
+            "executor_config": None, "executor": "local", "max_parallel": 1, "partition": None,
+            "gpus_per_job": 0, "time_limit": 60, "retries": 0, "stage": "eval",
+            "data_dir": None, "download": False})())
