@@ -60,18 +60,100 @@ def squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return s * (sq / ((1.0 + sq) * torch.sqrt(sq + _EPS)))
 
 
+def _route(
+    u_hat: torch.Tensor, iterations: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Procedure 1, forward: the coupling coefficients c, sums s and outputs v of every iteration.
+
+    ``u_hat`` is ``(B, J, I, D)`` contiguous. Both sums are batched products over the B*J
+    (sample, parent) pairs: s_j = c_j^T U_j and <u_hat_{j|i}, v_j> = v_j^T U_j^T, where U_j is
+    the (I, D) block of predictions for parent j (a row-vector times matrix is the fast form of
+    BLAS here).
+    """
+    b, j, i, d = u_hat.shape
+    u = u_hat.view(b * j, i, d)
+    logits = u_hat.new_zeros(b, j, i)
+    cs, ss, vs = [], [], []
+    for r in range(iterations):
+        c = torch.softmax(logits, dim=1)  # over the parents: each child's c sums to 1 (Eq. 3)
+        s = torch.bmm(c.view(b * j, 1, i), u).view(b, j, d)  # s_j = sum_i c_ij u_hat_{j|i}
+        v = squash(s)  # Eq. 1
+        cs.append(c)
+        ss.append(s)
+        vs.append(v)
+        if r + 1 < iterations:  # the last update cannot change the output
+            agreement = torch.bmm(v.view(b * j, 1, d), u.transpose(1, 2)).view(b, j, i)
+            logits = logits + agreement  # b_ij += <u_hat_{j|i}, v_j>
+    return cs, ss, vs
+
+
+class _DynamicRouting(torch.autograd.Function):
+    """Procedure 1 with its exact gradient through every iteration, computed by hand.
+
+    Autograd would write one full-size (B, J, I, D) gradient per use of u_hat (2r - 1 of them)
+    and add them up, and its backward of the batched row-vector products is an outer product
+    that BLAS runs slowly. By hand, the gradient w.r.t. u_hat is a sum of 2r - 1 rank-one
+    terms per (sample, parent), written once by a single batched matrix product. The tests
+    check it against autograd through a plain implementation (values, gradients, gradcheck).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # routing in float32
+    def forward(ctx, u_hat: torch.Tensor, iterations: int):
+        u_hat = u_hat.contiguous()
+        cs, ss, vs = _route(u_hat, iterations)
+        ctx.iterations = iterations
+        ctx.save_for_backward(u_hat, *cs, *ss, *vs)
+        return vs[-1], cs[-1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_v: torch.Tensor, grad_c: torch.Tensor | None):
+        r_total = ctx.iterations
+        u_hat, *saved = ctx.saved_tensors
+        cs, ss, vs = saved[:r_total], saved[r_total : 2 * r_total], saved[2 * r_total :]
+        b, j, i, d = u_hat.shape
+        n = b * j
+        u = u_hat.view(n, i, d)
+        # grad u_hat = sum_k left_k (x) right_k over the 2r - 1 uses of u_hat
+        left = u_hat.new_empty(n, 2 * r_total - 1, i)
+        right = u_hat.new_empty(n, 2 * r_total - 1, d)
+        k = 0
+        grad_logits = torch.zeros_like(cs[0])  # dL/d b_{r+1}
+        for r in range(r_total - 1, -1, -1):
+            gv = grad_v if r == r_total - 1 else torch.zeros_like(vs[r])
+            if r + 1 < r_total:  # b_{r+1} = b_r + <u_hat, v_r>
+                gv = gv + torch.bmm(grad_logits.view(n, 1, i), u).view(b, j, d)
+                left[:, k], right[:, k] = grad_logits.view(n, i), vs[r].view(n, d)
+                k += 1
+            with torch.enable_grad():  # squash's backward on a (B, J, D) tensor: cheap
+                s = ss[r].detach().requires_grad_()
+                (gs,) = torch.autograd.grad(squash(s), s, gv)
+            left[:, k], right[:, k] = cs[r].view(n, i), gs.view(n, d)
+            k += 1
+            gc = torch.bmm(gs.view(n, 1, d), u.transpose(1, 2)).view(b, j, i)
+            if r == r_total - 1 and grad_c is not None:
+                gc = gc + grad_c
+            c = cs[r]  # softmax backward over the parents
+            grad_logits = grad_logits + c * (gc - (gc * c).sum(dim=1, keepdim=True))
+        grad_u = torch.bmm(left.transpose(1, 2), right).view(b, j, i, d)
+        return grad_u, None
+
+
 def dynamic_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Routing-by-agreement, Procedure 1 of Sabour et al. (2017), for a whole batch at once.
 
     Convention: the layout is parent-major, ``u_hat[b, j, i]`` is the prediction u_hat_{j|i}
     of child capsule i for parent capsule j (Eq. 2), so that both sums of the procedure are batched
-    matrix-vector products over contiguous memory (no loop over capsules, only over iterations).
+    matrix products over contiguous memory (no loop over capsules, only over iterations).
 
     For r iterations: the logits b_ij start at 0; c_i = softmax(b_i) over the PARENTS j (Eq. 3,
     so each child's coupling coefficients sum to 1 over parents); s_j = sum_i c_ij u_hat_{j|i};
     v_j = squash(s_j) (Eq. 1); b_ij += <u_hat_{j|i}, v_j>. The agreement update after the last
     iteration cannot change the output and is skipped. Gradients flow through every iteration,
-    as in the authors' code.
+    as in the authors' code (:class:`_DynamicRouting` computes them). Under CUDA autocast the
+    routing runs in float32.
 
     Args:
         u_hat: ``(B, J, I, D)`` predictions of I children for J parents of D dimensions.
@@ -85,16 +167,7 @@ def dynamic_routing(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Tensor,
         raise ValueError(f"routing needs iterations >= 1, got {iterations}")
     if u_hat.dim() != 4:
         raise ValueError(f"expected u_hat of shape (B, J, I, D), got {tuple(u_hat.shape)}")
-    b, j, i, _ = u_hat.shape
-    logits = u_hat.new_zeros(b, j, i)
-    for r in range(iterations):
-        c = torch.softmax(logits, dim=1)
-        s = torch.matmul(c.unsqueeze(2), u_hat).squeeze(2)  # (B,J,1,I) @ (B,J,I,D) -> (B,J,D)
-        v = squash(s)
-        if r + 1 < iterations:
-            agreement = torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)  # (B,J,I)
-            logits = logits + agreement
-    return v, c
+    return _DynamicRouting.apply(u_hat, iterations)
 
 
 def margin_loss(
@@ -148,13 +221,14 @@ class CapsNet(nn.Module):
         channels = _scaled(conv_channels, width)
         self.grid = ((input_size - kernel + 1) - kernel) // 2 + 1  # valid conv, then stride 2
         if self.grid < 1:
-            raise ValueError(f"input_size {input_size} is too small for two {kernel}x{kernel} convs")
+            raise ValueError(f"input_size {input_size} too small for two {kernel}x{kernel} convs")
         self.num_primary = self.types * self.grid * self.grid
 
         self.conv1 = nn.Conv2d(1, channels, kernel)
         self.primary = nn.Conv2d(channels, self.types * primary_dim, kernel, stride=2)
-        # W[i, :, j, :] is W_ij^T (8 x 16): one matrix per (primary capsule, parent), Eq. 2.
-        self.W = nn.Parameter(torch.empty(self.num_primary, primary_dim, NUM_CLASSES, digit_dim))
+        # W[i] = [W_i1^T ... W_i10^T], 8 x (10 x 16): one 8x16 matrix per (primary capsule,
+        # parent), Eq. 2. Stored 3-D so that channels_last conversion leaves it alone.
+        self.W = nn.Parameter(torch.empty(self.num_primary, primary_dim, NUM_CLASSES * digit_dim))
         nn.init.trunc_normal_(self.W, std=0.1, a=-0.2, b=0.2)
         self.decoder = (
             nn.Sequential(
@@ -181,8 +255,7 @@ class CapsNet(nn.Module):
     def predictions(self, u: torch.Tensor) -> torch.Tensor:
         """Eq. 2, u_hat_{j|i} = W_ij u_i, for all i and j: ``(B, I, 8) -> (B, J, I, 16)``."""
         b = u.shape[0]
-        w = self.W.reshape(self.num_primary, self.primary_dim, NUM_CLASSES * self.digit_dim)
-        u_hat = torch.bmm(u.transpose(0, 1), w)  # (I, B, 8) @ (I, 8, J*D) -> (I, B, J*D)
+        u_hat = torch.bmm(u.transpose(0, 1), self.W)  # (I, B, 8) @ (I, 8, J*D) -> (I, B, J*D)
         u_hat = u_hat.view(self.num_primary, b, NUM_CLASSES, self.digit_dim)
         return u_hat.permute(1, 2, 0, 3).contiguous()  # (B, J, I, D)
 

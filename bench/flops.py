@@ -1,0 +1,91 @@
+"""FLOPs per image, counted by torch's own ``FlopCounterMode``, and the ``models`` table.
+
+Counting runs on the ``meta`` device: shapes only, no memory and no arithmetic, so the full-size
+models cost nothing to count. ``FlopCounterMode`` counts matrix products and convolutions (2 FLOPs
+per multiply-add); element-wise work (ReLU, squash, softmax, Adam) is not counted, which is the
+usual convention and under-counts the routing slightly. A training step is forward + backward of
+the model's own loss (no gradient for the input image).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.models.registry import count_parameters, create_model, model_names
+
+__all__ = ["PAPER_PARAMS", "cli_models", "flops_per_image", "model_table"]
+
+_COUNT_BATCH = 2  # a batch > 1 so that no layer special-cases a single image
+
+# Parameter counts the CapsNet paper states (Sabour et al. 2017, Section 5), at 28x28 and width 1.
+PAPER_PARAMS: dict[str, str] = {
+    "capsnet": "8.2M",
+    "capsnet-r1": "8.2M",
+    "capsnet-r1-norecon": "6.8M",
+    "capsnet-r3-norecon": "6.8M",
+    "baseline-cnn": "35.4M",
+}
+
+
+def flops_per_image(
+    name: str, input_size: int, width: float, train: bool = False
+) -> float:
+    """FLOPs of one image through model ``name``: forward, or forward + backward if ``train``."""
+    with torch.device("meta"):
+        model = create_model(name, input_size=input_size, width=width)
+        x = torch.rand(_COUNT_BATCH, 1, input_size, input_size)
+        y = torch.randint(0, 10, (_COUNT_BATCH,))
+    model.train(train)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if train:
+            out = model(x, y)
+            model.loss(out, x, y).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    return counter.get_total_flops() / _COUNT_BATCH
+
+
+def model_table(input_size: int, width: float) -> list[dict]:
+    """One row per registered model: parameters, FLOPs/image (forward) and the paper's count."""
+    rows = []
+    for name in model_names():
+        with torch.device("meta"):
+            params = count_parameters(create_model(name, input_size=input_size, width=width))
+        paper = PAPER_PARAMS.get(name, "") if (input_size, width) == (28, 1.0) else ""
+        rows.append(
+            {
+                "model": name,
+                "params": params,
+                "flops_per_image": flops_per_image(name, input_size, width),
+                "paper_params": paper,
+            }
+        )
+    return rows
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def cli_models(args: argparse.Namespace) -> int:
+    """``python -m bench models [--input-size 28|40] [--width W]``."""
+    rows = model_table(args.input_size, args.width)
+    print(f"models at {args.input_size}x{args.input_size}, width {args.width:g}")
+    print(f"{'model':<20} {'parameters':>12} {'FLOPs/image':>12}  paper")
+    for r in rows:
+        print(
+            f"{r['model']:<20} {r['params']:>12,} {_si(r['flops_per_image']):>12}  "
+            f"{r['paper_params']}"
+        )
+    if (args.input_size, args.width) == (28, 1.0):
+        print("paper: Sabour et al. 2017, Section 5 (CapsNet 8.2M, 6.8M without the decoder; "
+              "baseline 35.4M)")
+    return 0

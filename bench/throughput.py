@@ -1,0 +1,152 @@
+"""Training and inference speed of one model: images/s, latency, memory and achieved TFLOP/s.
+
+Timing follows the usual recipe (nanoGPT's ``bench``): ``warmup`` untimed iterations, then
+``repeats`` timed ones, each bracketed by ``torch.cuda.synchronize()`` on CUDA, reporting the
+median. Inputs are random images of the model's size; a training iteration is the full step the
+trainer runs (forward, the model's loss, backward, Adam). FLOPs come from :mod:`bench.flops`.
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the process's peak
+resident set size (``resource.getrusage``), which includes Python, torch and any earlier work
+in the same process, so it is an upper bound. ``bf16`` autocasts on any device (on the CPU it
+shows what bfloat16 kernels would give; the trainer autocasts on CUDA only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench.flops import flops_per_image
+from bench.models.registry import count_parameters, create_model
+from bench.runtime import device_name, resolve_device
+
+__all__ = ["cli_throughput", "measure"]
+
+
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
+
+
+def measure(
+    model_name: str,
+    input_size: int,
+    batch: int,
+    width: float,
+    device: torch.device | str,
+    warmup: int = 3,
+    repeats: int = 10,
+    bf16: bool = False,
+    compile: bool = False,
+) -> dict:
+    """Speed of one model; keys match the ``kind == "model"`` rows of ``throughput.csv``."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    gen = torch.Generator().manual_seed(0)
+    model = create_model(model_name, input_size=input_size, width=width).to(device)
+    params = count_parameters(model)
+    step_model = torch.compile(model) if compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 1, input_size, input_size, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    x1 = x[:1].clone()
+
+    def amp():
+        if bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step() -> None:
+        with amp():
+            out = step_model(x, y)
+            loss = model.loss(out, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer(inp: torch.Tensor) -> None:
+        with amp():
+            step_model(inp)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    t_train = _timed(train_step, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
+    model.eval()
+    t_infer = _timed(lambda: infer(x), device, warmup, repeats)
+    t_b1 = _timed(lambda: infer(x1), device, warmup, repeats)
+    flops = flops_per_image(model_name, input_size, width)
+    flops_train = flops_per_image(model_name, input_size, width, train=True)
+    train_ips = batch / t_train
+    return {
+        "kind": "model",
+        "model": model_name,
+        "input_size": input_size,
+        "batch": batch,
+        "width": width,
+        "device": str(device),
+        "device_name": device_name(device),
+        "params": params,
+        "flops_per_image": flops,
+        "flops_train_per_image": flops_train,
+        "train_images_per_s": train_ips,
+        "infer_images_per_s": batch / t_infer,
+        "latency_b1_ms": t_b1 * 1e3,
+        "peak_mem_mb": peak,
+        "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+        "tflops_train": flops_train * train_ips / 1e12,
+        "bf16": bf16,
+        "compile": compile,
+    }
+
+
+def cli_throughput(args: argparse.Namespace) -> int:
+    """``python -m bench throughput --model NAME [--input-size] [--batch] [--width] ...``."""
+    device = resolve_device(args.device)
+    row = measure(args.model, args.input_size, args.batch, args.width, device,
+                  warmup=args.warmup, repeats=args.repeats, bf16=args.bf16, compile=args.compile)
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    mem = "n/a" if math.isnan(row["peak_mem_mb"]) else f"{row['peak_mem_mb']:.0f} MB"
+    print(f"{row['model']} at {row['input_size']}x{row['input_size']}, width {row['width']:g}, "
+          f"batch {row['batch']} on {row['device_name']}")
+    for label, value in (
+        ("parameters", f"{row['params']:,}"),
+        ("FLOPs/image (fwd)", f"{row['flops_per_image'] / 1e6:.1f} M"),
+        ("FLOPs/image (train)", f"{row['flops_train_per_image'] / 1e6:.1f} M"),
+        ("train images/s", f"{row['train_images_per_s']:.1f}"),
+        ("inference images/s", f"{row['infer_images_per_s']:.1f}"),
+        ("latency, batch 1", f"{row['latency_b1_ms']:.2f} ms"),
+        (f"peak memory ({row['peak_mem_kind']})", mem),
+        ("achieved TFLOP/s (train)", f"{row['tflops_train']:.3f}"),
+    ):
+        print(f"  {label:<38} {value}")
+    return 0

@@ -1,0 +1,413 @@
+"""Training one cell (model, training-set size n, seed): fast, deterministic and resumable.
+
+Optimisation follows the CapsNet authors' released code (tensorflow/models ``research/capsules``):
+Adam, learning rate 1e-3 decayed by 0.96 every 2,000 steps, batch 128, all from
+:class:`~bench.config.TrainConfig`. The released code calls ``tf.train.exponential_decay``
+without ``staircase``, so the decay is SMOOTH, lr = 1e-3 * 0.96 ** (step / 2000), floored at
+1e-6 as there; :func:`learning_rate` is that function of the step alone, so resuming needs no
+scheduler state.
+
+Data (Section 5 of Sabour et al. 2017 trains on MNIST digits placed with random shifts on a
+padded canvas; the affNIST experiment on a 40x40 canvas): the class-balanced subset of ``n``
+training digits lives on the device as uint8; every batch is drawn uniformly with replacement by
+a device-side generator, and each digit gets a random integer offset in
+[-train_shift, train_shift] per axis (:func:`bench.data.canvas.place`). No per-sample Python and
+no host synchronisation per step: the loss is accumulated on the device and read every
+``_DISPLAY_EVERY`` steps for the progress bar.
+
+Files in the cell folder, all written atomically (:mod:`bench.io`) and read with
+``weights_only=True``:
+
+- ``state.pt``: everything needed to resume (model, optimizer, RNG states as tensors, step, best
+  so far), saved after each validation, i.e. every ``eval_every`` steps;
+- ``checkpoint.pt``: the weights with the best validation accuracy (the last weights when
+  ``val_size`` is 0), with the spec;
+- ``train.json``: the summary; its existence marks the cell finished, and a rerun returns it.
+  ``state.pt`` is deleted then (it is only needed to resume).
+
+A run killed mid-cell leaves no ``train.json``; rerunning resumes from ``state.pt`` and, with
+deterministic kernels, ends with bitwise the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import Profile, TrainConfig, load_profile
+from bench.data.canvas import place, random_offsets, to_float
+from bench.data.mnist import load_split
+from bench.errors import BenchError
+from bench.io import (
+    derive_seed,
+    load_torch,
+    read_json,
+    save_torch,
+    sha256_tensor,
+    stable_hash,
+    write_json,
+)
+from bench.models.registry import count_parameters, create_model
+from bench.runtime import device_name, resolve_device, set_deterministic
+
+__all__ = [
+    "TrainSpec",
+    "cli_train",
+    "learning_rate",
+    "load_model",
+    "spec_for",
+    "train_cell",
+    "training_subset",
+    "weights_hash",
+]
+
+MIN_LR = 1e-6  # the released code's floor, tf.maximum(learning_rate, 1e-6)
+EVAL_BATCH = 500
+_DISPLAY_EVERY = 50  # steps between progress-bar loss readings (one host sync each)
+POOL_SIZE = 60_000  # MNIST-family training split
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines a trained cell; two equal specs give the same weights."""
+
+    model: str
+    n: int
+    seed: int
+    setup: str = "affnist"
+    canvas: int = 40
+    train_shift: int = 6
+    width: float = 1.0
+    dataset: str = "mnist"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def cell_name(self) -> str:
+        return f"n{self.n}-s{self.seed}"
+
+
+def spec_for(profile: Profile, model: str, n: int, seed: int, setup: str = "affnist") -> TrainSpec:
+    """The spec of one cell of ``profile``: "affnist" (the profile's canvas and shift) or
+    "mnist28" (the paper's MNIST table: 28x28, its shift and validation size)."""
+    if setup == "affnist":
+        d = profile.data
+        return TrainSpec(model, n, seed, setup, d.canvas, d.train_shift, profile.model.width,
+                         d.dataset, profile.train)
+    if setup == "mnist28":
+        t = profile.mnist_table
+        if t is None:
+            raise BenchError(f"profile '{profile.name}' has no [mnist_table] for setup mnist28")
+        train = dataclasses.replace(profile.train, val_size=t.val_size)
+        return TrainSpec(model, n, seed, setup, t.canvas, t.train_shift, profile.model.width,
+                         profile.data.dataset, train)
+    raise BenchError(f"unknown setup '{setup}' (expected affnist or mnist28)")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Smooth exponential decay of the released code: lr * decay ** (step / decay_steps)."""
+    return max(cfg.lr * cfg.lr_decay ** (step / cfg.decay_steps), MIN_LR)
+
+
+def training_subset(
+    labels: torch.Tensor, n: int, seed: int, val_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced training indices, nested across ``n``, and validation indices.
+
+    A permutation of the training split seeded by ``("subset", seed)``: its first ``val_size``
+    images are the validation set (the same for every ``n`` of a seed, never the test set); the
+    rest is the pool. Pool images are ranked within their class in permutation order and taken
+    round-robin over classes (rank 0 of classes 0..9, then rank 1, ...), so the first ``n`` are as
+    class-balanced as the pool allows and the subset for n is a prefix of the subset for any
+    larger n.
+
+    Returns ``(train_idx (n,), val_idx (val_size,))`` int64 indices into ``labels``.
+    """
+    total = labels.shape[0]
+    if n < 1 or val_size < 0 or n + val_size > total:
+        raise BenchError(
+            f"training subset: need 1 <= n and n + val_size <= {total}, got n={n}, "
+            f"val_size={val_size}"
+        )
+    g = torch.Generator().manual_seed(derive_seed("subset", seed))
+    perm = torch.randperm(total, generator=g)
+    val_idx, pool = perm[:val_size], perm[val_size:]
+    pool_labels = labels[pool].long()
+    # rank of each pool image within its class, in permutation order
+    order = torch.argsort(pool_labels, stable=True)
+    sorted_labels = pool_labels[order]
+    counts = torch.bincount(sorted_labels, minlength=int(labels.max()) + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel()) - starts[sorted_labels]
+    key = rank * counts.numel() + pool_labels
+    chosen = torch.argsort(key, stable=True)[:n]
+    return pool[chosen], val_idx
+
+
+def weights_hash(model_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
+    """A short hash of all weights (bitwise): equal hashes mean identical models."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    return stable_hash(*[(k, sha256_tensor(v)) for k, v in sorted(state.items())])
+
+
+def _seed(kind: str, spec: TrainSpec) -> int:
+    return derive_seed(kind, spec.model, spec.n, spec.seed, spec.setup)
+
+
+def _build_model(spec: TrainSpec) -> nn.Module:
+    """The model with its seeded initialisation, built on the CPU (same weights on any device)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed("init", spec))
+        return create_model(spec.model, input_size=spec.canvas, width=spec.width)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp) -> float:
+    """Accuracy on uint8 canvases ``(N, C, C)``; one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for i in range(0, labels.shape[0], EVAL_BATCH):
+        with amp():
+            out = model(to_float(images[i : i + EVAL_BATCH]))
+        correct += (out.logits.argmax(dim=1) == labels[i : i + EVAL_BATCH]).sum()
+    model.train(was_training)
+    return correct.item() / max(1, labels.shape[0])
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"batches": gen.get_state(), "cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], gen: torch.Generator, device) -> None:
+    gen.set_state(state["batches"])
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_cell(
+    spec: TrainSpec,
+    cell_dir: str | Path,
+    device: torch.device | str,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    download: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one cell into ``cell_dir`` and return its summary (also ``cell_dir/train.json``).
+
+    A finished cell (``train.json`` present) is returned without training; an interrupted one
+    resumes from ``state.pt``. ``on_step(step)`` is called after every optimisation step (tests use
+    it to interrupt a run).
+    """
+    cell_dir = Path(cell_dir)
+    done = cell_dir / "train.json"
+    if done.exists():
+        return read_json(done)
+    device = torch.device(device)
+    cfg = spec.train
+    set_deterministic(cfg.deterministic)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        summary = _train(spec, cell_dir, device, data_dir, progress, download, on_step)
+    write_json(done, summary)
+    (cell_dir / "state.pt").unlink(missing_ok=True)  # finished: only the checkpoint is needed
+    return summary
+
+
+def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dict[str, Any]:
+    cfg = spec.train
+    images, labels = load_split("train", spec.dataset, data_dir, download)
+    if images.shape[0] != POOL_SIZE:
+        raise BenchError(f"{spec.dataset}: expected {POOL_SIZE} training images, "
+                         f"found {images.shape[0]}")
+    train_idx, val_idx = training_subset(labels, spec.n, spec.seed, cfg.val_size)
+    x_train = images[train_idx].to(device)  # uint8 (n, 28, 28), resident
+    y_train = labels[train_idx].to(device)
+    x_val = place(images[val_idx].to(device), spec.canvas)  # centred, like the clean test set
+    y_val = labels[val_idx].to(device)
+
+    model = _build_model(spec).to(device)
+    cuda = device.type == "cuda"
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator(device=device).manual_seed(_seed("batches", spec))
+    torch.manual_seed(_seed("dropout", spec))
+
+    def amp():
+        if cuda and cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    forward = torch.compile(model) if cfg.compile else model
+    total = cfg.steps_for(spec.n)
+    step, best_acc, best_step, seconds, history = 0, -1.0, 0, 0.0, []
+    state_path, ckpt_path = cell_dir / "state.pt", cell_dir / "checkpoint.pt"
+    resumed_from = None
+    if state_path.exists():
+        state = load_torch(state_path)
+        if state["spec"] != spec.to_dict():
+            raise BenchError(f"{state_path}: saved for a different spec; delete {cell_dir} "
+                             "to retrain this cell")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], gen, device)
+        step, best_acc, best_step = state["step"], state["best_val_accuracy"], state["best_step"]
+        seconds, history = state["train_seconds"], [list(h) for h in state["history"]]
+        resumed_from = step
+
+    def save_checkpoint(acc: float | None) -> None:
+        save_torch(ckpt_path, {"model": _cpu_state(model), "spec": spec.to_dict(),
+                               "step": step, "val_accuracy": acc})
+
+    batch, shift = cfg.batch_size, spec.train_shift
+    loss_sum = torch.zeros((), device=device)
+    window, last_loss, start_step = 0, float("nan"), step
+    bar = _progress_bar(spec, total, step, progress)
+    run_seconds, tick = 0.0, time.perf_counter()
+    shown = (step, tick)  # last progress-bar reading: step, time
+    postfix: dict[str, str] = {}
+    model.train()
+    try:
+        while step < total:
+            idx = torch.randint(0, x_train.shape[0], (batch,), generator=gen, device=device)
+            offsets = random_offsets(batch, shift, gen, device)
+            xb = to_float(place(x_train[idx], spec.canvas, offsets, max_shift=shift))
+            yb = y_train[idx]
+            if cuda and cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, cfg)
+            with amp():
+                out = forward(xb, yb)
+                loss = model.loss(out, xb, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            window += 1
+            step += 1
+            bar.update(1)
+            if on_step is not None:
+                on_step(step)
+            boundary = step % cfg.eval_every == 0 or step == total
+            if step % _DISPLAY_EVERY == 0 or boundary:
+                last_loss = (loss_sum / window).item()
+                now = time.perf_counter()
+                if progress:
+                    rate = (step - shown[0]) * batch / max(now - shown[1], 1e-9)
+                    postfix.update(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                    bar.set_postfix(postfix, refresh=False)
+                shown = (step, now)
+            if not boundary:
+                continue
+            now = time.perf_counter()
+            run_seconds += now - tick
+            seconds += now - tick
+            acc = None
+            if cfg.val_size > 0:
+                acc = _accuracy(model, x_val, y_val, amp)
+                if acc > best_acc:
+                    best_acc, best_step = acc, step
+                    save_checkpoint(acc)
+                if progress:
+                    postfix.update(val=f"{acc:.4f}", best=f"{best_acc:.4f}")
+                    bar.set_postfix(postfix)
+            history.append([step, last_loss, acc if acc is not None else float("nan")])
+            loss_sum, window = torch.zeros((), device=device), 0
+            save_torch(state_path, {
+                "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": _rng_state(gen, device), "best_val_accuracy": best_acc,
+                "best_step": best_step, "train_seconds": seconds, "history": history,
+                "spec": spec.to_dict(),
+            })
+            tick = time.perf_counter()
+            shown = (step, tick)
+    finally:
+        bar.close()
+    if cfg.val_size == 0 or not ckpt_path.exists():
+        best_step = step
+        save_checkpoint(None)
+    ckpt = load_torch(ckpt_path)
+    done_steps = step - start_step
+    return {
+        "spec": spec.to_dict(),
+        "steps": step,
+        "best_step": best_step,
+        "best_val_accuracy": best_acc if cfg.val_size > 0 else None,
+        "train_seconds": seconds,
+        "images_per_s": done_steps * batch / run_seconds if run_seconds > 0 else None,
+        "final_loss": history[-1][1] if history else last_loss,
+        "history": [{"step": s, "loss": lo, "val_accuracy": None if math.isnan(a) else a}
+                    for s, lo, a in history],
+        "learning_rate_schedule": "smooth exponential (released code, no staircase)",
+        "device": str(device),
+        "device_name": device_name(device),
+        "params": count_parameters(model),
+        "train_size": int(train_idx.numel()),
+        "val_size": int(val_idx.numel()),
+        "subset_sha256": sha256_tensor(train_idx),
+        "weights_hash": weights_hash(ckpt["model"]),
+        "resumed_from": resumed_from,
+    }
+
+
+def _progress_bar(spec: TrainSpec, total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, leave=False, unit="step",
+                desc=f"{spec.setup}/{spec.model}/{spec.cell_name}", dynamic_ncols=True)
+
+
+def load_model(cell_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The best-validation model of a trained cell, in eval mode on ``device``."""
+    path = Path(cell_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise BenchError(f"{path}: missing (train the cell first: python -m bench train ...)")
+    ckpt = load_torch(path)
+    spec = ckpt["spec"]
+    model = create_model(spec["model"], input_size=spec["canvas"], width=spec["width"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    """``python -m bench train --model NAME --n N --seed S [--profile P] ...``."""
+    profile = load_profile(args.profile, args.overrides)
+    with torch.device("meta"):  # an unknown model name fails here, before any data is loaded
+        create_model(args.model, input_size=profile.data.canvas, width=profile.model.width)
+    spec = spec_for(profile, args.model, args.n, args.seed)
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else Path("results") / profile.name
+    cell_dir = out / "cells" / spec.setup / spec.model / spec.cell_name
+    summary = train_cell(spec, cell_dir, device, data_dir=args.data_dir,
+                         download=getattr(args, "download", False))
+    acc = summary["best_val_accuracy"]
+    print(f"{cell_dir}: {summary['steps']} steps, best step {summary['best_step']}, "
+          f"val accuracy {'-' if acc is None else f'{acc:.4f}'}, "
+          f"{summary['train_seconds']:.1f} s, "
+          f"{summary['images_per_s'] or float('nan'):.0f} images/s, "
+          f"final loss {summary['final_loss']:.4f}, {summary['params']:,} parameters")
+    return 0
