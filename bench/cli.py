@@ -63,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=STAGES)
     _common(p)
     p.add_argument("--out", default=None, help="run folder (default results/<profile>)")
-    p.add_argument("--executor", default="local", choices=("local", "slurm"))
-    p.add_argument("--max-parallel", type=int, default=1, help="cells run at once")
+    p.add_argument("--executor", default=None, choices=("local", "slurm"),
+                   help="where cells run (default: local, or the --executor-config file's kind)")
+    p.add_argument("--max-parallel", type=int, default=None, help="cells run at once (default 1)")
     p.add_argument("--partition", default=None, help="Slurm partition")
-    p.add_argument("--gpus-per-job", type=int, default=0, help="Slurm GPUs per job")
-    p.add_argument("--time-limit", type=int, default=60, help="Slurm time limit per job, minutes")
-    p.add_argument("--retries", type=int, default=2, help="resubmissions of a failed job")
+    p.add_argument("--gpus-per-job", type=int, default=None, help="Slurm GPUs per job (default 0)")
+    p.add_argument("--time-limit", type=int, default=None,
+                   help="Slurm time limit per job, minutes (default 60)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="resubmissions of a failed job (default 2)")
     p.add_argument("--executor-config", default=None, help="TOML with executor settings")
     p.set_defaults(handler="bench.runner:cli_run")
 

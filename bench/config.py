@@ -256,23 +256,37 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
-def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profile:
-    """Load a packaged profile by name, or a user's TOML file by path; apply ``key=value`` overrides."""
+def profile_path(name_or_path: str) -> Path:
+    """The TOML file of a packaged profile name, or a user's path ending in ``.toml``."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml"):
         if not path.is_file():
             raise BenchError(f"profile file not found: {path}")
-    else:
-        path = PROFILES_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
-            raise BenchError(
-                f"unknown profile '{name_or_path}' (known: {', '.join(profile_names())}; "
-                "or pass a path ending in .toml)"
-            )
+        return path
+    path = PROFILES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise BenchError(
+            f"unknown profile '{name_or_path}' (known: {', '.join(profile_names())}; "
+            "or pass a path ending in .toml)"
+        )
+    return path
+
+
+def read_profile_toml(path: Path) -> dict[str, Any]:
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"profile {path}: invalid TOML: {e}") from None
+
+
+def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profile:
+    """Load a packaged profile by name, or a user's TOML file by path; apply ``key=value`` overrides.
+
+    An ``[executor]`` table is allowed: it belongs to :func:`bench.executor.load_executor_config`.
+    """
+    path = profile_path(name_or_path)
+    values = read_profile_toml(path)
+    values.pop("executor", None)
     for item in overrides or []:
         _apply_override(values, item)
     values.setdefault("name", path.stem)

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.config import Profile, load_profile
+from bench.config import Profile, load_profile, profile_path, read_profile_toml
 from bench.errors import BenchError
 from bench.io import atomic_path, load_torch, read_json, save_torch, write_json
 from bench.runtime import environment, resolve_device, set_deterministic
@@ -74,7 +74,8 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
     from bench.executor import run_cells
 
     todo = cells(profile)
-    tasks = [CellTask(profile, c, str(run_dir), str(device), stages, data_dir, download, progress)
+    tasks = [CellTask(profile, c, str(run_dir), str(device), stages, data_dir, download, progress,
+                      folder=str(cell_dir(run_dir, profile, c, device.type)))
              for c in todo]
     outcomes = run_cells(run_cell, tasks, [c.label for c in todo], executor_config,
                          run_dir / "logs", progress=progress)
@@ -225,8 +226,11 @@ def cli_run(args) -> int:
     profile = load_profile(args.profile, args.overrides)
     device = resolve_device(args.device)
     run_dir = Path(args.out) if args.out else default_run_dir(profile, device)
+    settings = args.executor_config
+    if settings is None and "executor" in read_profile_toml(profile_path(args.profile)):
+        settings = profile_path(args.profile)  # an [executor] table in the profile itself
     executor_config = load_executor_config(
-        args.executor_config, kind=args.executor, max_parallel=args.max_parallel,
+        settings, kind=args.executor, max_parallel=args.max_parallel,
         partition=args.partition, gpus_per_job=args.gpus_per_job,
         time_limit_min=args.time_limit, retries=args.retries,
     )

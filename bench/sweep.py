@@ -93,20 +93,9 @@ def data_config(profile: Profile, setup: Setup) -> DataConfig:
 
 def train_spec(profile: Profile, cell: Cell):
     """The trainer's full specification of a cell."""
-    from bench.train import TrainSpec
+    from bench.train import spec_for
 
-    setup = setup_by_name(profile, cell.setup)
-    return TrainSpec(
-        model=cell.model,
-        n=cell.n,
-        seed=cell.seed,
-        setup=cell.setup,
-        canvas=setup.canvas,
-        train_shift=setup.train_shift,
-        width=profile.model.width,
-        dataset=profile.data.dataset,
-        train=dataclasses.replace(profile.train, val_size=setup.val_size),
-    )
+    return spec_for(profile, cell.model, cell.n, cell.seed, cell.setup)
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,6 +127,7 @@ class CellTask:
     data_dir: str | None = None
     download: bool = False
     progress: bool = True
+    folder: str | None = None  # the cell folder, fixed by the submitting runner (see run_cell)
 
 
 def run_cell(task: CellTask) -> dict[str, Any]:
@@ -151,7 +141,10 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     profile, cell = task.profile, task.cell
     device = torch.device(task.device)
     set_deterministic(profile.train.deterministic)
-    folder = cell_dir(Path(task.run_dir), profile, cell, device.type)
+    # The runner fixes the folder: a job must not recompute the code hash, which would move the
+    # cell elsewhere if the source changed while the sweep was queued.
+    folder = Path(task.folder) if task.folder else cell_dir(Path(task.run_dir), profile, cell,
+                                                            device.type)
     out: dict[str, Any] = {"cell": cell.label, "dir": str(folder)}
     if "train" in task.stages:
         out["train"] = train_cell(

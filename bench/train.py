@@ -398,10 +398,16 @@ def cli_train(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, args.overrides)
     with torch.device("meta"):  # an unknown model name fails here, before any data is loaded
         create_model(args.model, input_size=profile.data.canvas, width=profile.model.width)
+    from bench.runner import default_run_dir
+    from bench.sweep import Cell
+    from bench.sweep import cell_dir as sweep_cell_dir
+
     spec = spec_for(profile, args.model, args.n, args.seed)
     device = resolve_device(args.device)
-    out = Path(args.out) if args.out else Path("results") / profile.name
-    cell_dir = out / "cells" / spec.setup / spec.model / spec.cell_name
+    run_dir = Path(args.out) if args.out else default_run_dir(profile, device)
+    # The runner's own cell folder, so that a later `run all` reuses this cell.
+    cell_dir = sweep_cell_dir(run_dir, profile, Cell(spec.setup, spec.model, spec.n, spec.seed),
+                              device.type)
     summary = train_cell(spec, cell_dir, device, data_dir=args.data_dir,
                          download=getattr(args, "download", False))
     acc = summary["best_val_accuracy"]

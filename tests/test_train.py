@@ -192,7 +192,7 @@ def test_cli_train(tmp_path, capsys):
         "--set", "train.eval_every=3", "--set", "train.val_size=30",
     ])
     assert rc == 0
-    cell = tmp_path / "cells" / "affnist" / "convnet-k9" / "n20-s1"
+    (cell,) = (tmp_path / "cells" / "affnist" / "convnet-k9").glob("n20-s1-*")  # the runner's folder
     summary = read_json(cell / "train.json")
     assert summary["steps"] == 3 and summary["spec"]["canvas"] == 40
     assert str(cell) in capsys.readouterr().out
