@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-check", help="the prepared GPU check: agreement, speed, learning")
     p.add_argument("--out", default="results/gpu-check")
     p.add_argument("--quick", action="store_true", help="a shorter check (for the CPU)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="time budget in seconds (default 420; quick 120)")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler="bench.gpu_check:cli_gpu_check")
     return parser
