@@ -4,9 +4,10 @@ Timing follows the usual recipe (nanoGPT's ``bench``): ``warmup`` untimed iterat
 ``repeats`` timed ones, each bracketed by ``torch.cuda.synchronize()`` on CUDA, reporting the
 median. Inputs are random images of the model's size; a training iteration is the full step the
 trainer runs (forward, the model's loss, backward, Adam). FLOPs come from :mod:`bench.flops`.
-Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the process's peak
-resident set size (``resource.getrusage``), which includes Python, torch and any earlier work
-in the same process, so it is an upper bound. ``bf16`` autocasts on any device (on the CPU it
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU (Linux) it is the rise of
+the process's peak resident set size during the training measurement (the peak is reset first
+through ``/proc/self/clear_refs``), elsewhere the process's lifetime peak (an upper bound).
+``bf16`` autocasts on any device (on the CPU it
 shows what bfloat16 kernels would give; the trainer autocasts on CUDA only).
 """
 
@@ -53,6 +54,36 @@ def _peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
 
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_cpu_peak() -> float | None:
+    """Linux: reset the process's peak RSS (``clear_refs`` 5) and return the current RSS in MB,
+    so that the peak read after a measurement is that measurement's own, not the process's
+    lifetime peak (which an earlier, larger model would set for every later one)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _proc_status_mb("VmRSS")
+
+
+def _cpu_peak_mb(rss_before: float | None) -> tuple[float, str]:
+    peak = _proc_status_mb("VmHWM") if rss_before is not None else None
+    if peak is None:
+        return _peak_rss_mb(), "process_peak_rss"
+    return peak - rss_before, "peak_rss_increase"
+
+
 def measure(
     model_name: str,
     input_size: int,
@@ -94,11 +125,17 @@ def measure(
         with amp():
             step_model(inp)
 
+    rss_before = None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        rss_before = _reset_cpu_peak()
     model.train()
     t_train = _timed(train_step, device, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
+    if cuda:
+        peak, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:
+        peak, peak_kind = _cpu_peak_mb(rss_before)
     model.eval()
     t_infer = _timed(lambda: infer(x), device, warmup, repeats)
     t_b1 = _timed(lambda: infer(x1), device, warmup, repeats)
@@ -120,7 +157,7 @@ def measure(
         "infer_images_per_s": batch / t_infer,
         "latency_b1_ms": t_b1 * 1e3,
         "peak_mem_mb": peak,
-        "peak_mem_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+        "peak_mem_kind": peak_kind,
         "tflops_train": flops_train * train_ips / 1e12,
         "bf16": bf16,
         "compile": compile,
