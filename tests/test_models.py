@@ -83,7 +83,9 @@ def test_output_contract(name, device):
 def test_each_model_overfits_64_training_images(name):
     """A model that cannot fit 64 images perfectly has a bug (wrong loss, masking, routing)."""
     torch.set_num_threads(1)  # small models: one thread is as fast and steadier on shared cores
-    width = 0.0625
+    # The baseline's dropout acts on its penultimate layer, 12 units at width 1/16: too few to
+    # fit 64 images exactly in a short budget, so it gets 1/8 (24 units).
+    width = 0.125 if name == "baseline-cnn" else 0.0625
     images, labels = load_split("train")
     x, y = to_float(images[:64]), labels[:64]
     torch.manual_seed(0)

@@ -43,6 +43,22 @@ class ConvClassifier(nn.Module):
         self.body = body
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(feature_dim, NUM_CLASSES)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-normal weights for the ReLU layers, zero biases, Glorot for the classifier.
+
+        PyTorch's default (uniform, gain 1/sqrt(3)) shrinks the signal at every ReLU layer: the
+        paper's five-layer baseline at width 1/8 then sat at chance (loss ln 10) for hundreds of
+        steps on some seeds. He initialisation (He et al. 2015) is the standard for ReLU stacks
+        and treats every ConvNet here alike; the CapsNet keeps its authors' initialisation.
+        """
+        for m in self.body.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Output:
         features = self.body(x)
