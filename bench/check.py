@@ -151,10 +151,9 @@ def rerun_cell_matches(run_dir: Path) -> tuple[bool, str]:
 
 
 def _profile_from_manifest(manifest: dict[str, Any]):
-    from bench.config import Profile, _build
+    from bench.config import profile_from_dict
 
-    config = dict(manifest["profile"]["config"])
-    return _build(Profile, config, where="manifest profile")
+    return profile_from_dict(manifest["profile"]["config"], where="manifest profile")
 
 
 def cli_check(args) -> int:

@@ -252,6 +252,11 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("val_size", f"must be in [0, 60000), got {obj.val_size}")
 
 
+def profile_from_dict(values: dict[str, Any], where: str = "profile") -> Profile:
+    """A profile from a plain dict (e.g. the one a run's manifest.json recorded), fully checked."""
+    return _build(Profile, dict(values), where=where)
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 

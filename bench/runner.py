@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +116,7 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
                      progress: bool = True) -> pd.DataFrame:
     """Speed of every model (as ``bench throughput``) and of affNIST-style generation."""
-    from bench.data.testsets import build_test_sets
+    from bench.data.testsets import generate
     from bench.throughput import measure
 
     rows = []
@@ -132,16 +131,14 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
             if progress:
                 print(f"  throughput {model} b{batch}: train {r['train_images_per_s']:.0f} img/s, "
                       f"inference {r['infer_images_per_s']:.0f} img/s")
-    # Generation rate: the affNIST-style set built from scratch into a throw-away cache.
-    n_digits = min(profile.data.n_test, 2000)
-    cfg = dataclasses.replace(profile.data, n_test=n_digits, affnist_k=4)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        sets = build_test_sets(cfg, device, names=("affnist",), cache_dir=tmp, progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-    count = int(sets["affnist"].images.shape[0])
+    # Generation rate: the affNIST-style set generated from scratch (no cache).
+    cfg = dataclasses.replace(profile.data, n_test=min(profile.data.n_test, 2000), affnist_k=4)
+    t0 = time.perf_counter()
+    generated = generate("affnist", cfg, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    count = int(generated.images.shape[0])
     rows.append({"kind": "generation", "model": "affnist", "input_size": profile.data.canvas,
                  "batch": count, "device": device.type,
                  "device_name": rows[0].get("device_name") if rows else device.type,
