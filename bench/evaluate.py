@@ -56,9 +56,10 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
     from bench.data.canvas import to_float
 
     model.eval()
+    images = images.to(device)  # one transfer: the set stays on the device while it is scored
     scores, feats, errs, recon = [], [], [], None
     for start in range(0, images.shape[0], batch_size):
-        x = to_float(images[start : start + batch_size].to(device))
+        x = to_float(images[start : start + batch_size])
         out = model(x)
         scores.append(out.scores.float().cpu())
         feats.append(out.features.float().cpu())
