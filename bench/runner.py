@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 
 from bench.config import Profile, load_profile, profile_path, read_profile_toml
+from bench.data.mnist import REPO_ROOT
 from bench.errors import BenchError
 from bench.io import atomic_path, load_torch, read_json, save_torch, write_json
 from bench.runtime import environment, resolve_device, set_deterministic
 from bench.sweep import CellTask, cell_dir, cells, data_config, run_cell, setups
 
 STAGE_ORDER = ("data", "train", "eval", "throughput", "report")
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = REPO_ROOT / "results"
 
 
 def default_run_dir(profile: Profile, device: torch.device) -> Path:
