@@ -352,6 +352,8 @@ def throughput_row(
 ) -> dict[str, Any]:
     """Images/s of a training step (forward, the model's loss, backward, Adam, as the trainer)
     and of inference (eval mode, no grad), with peak CUDA memory of each; no FLOPs here."""
+    from bench.train import autocast, optimizer_step
+
     cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(0)
     model = _seeded_model(name, input_size, width).to(device)
@@ -367,19 +369,13 @@ def throughput_row(
         counters.clear()
     fwd = torch.compile(model, backend=backend, dynamic=False) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step() -> None:
-        with amp():
-            out = fwd(x, y)
-            loss = model.loss(out, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(model, fwd, optimizer, x, y, bf16)
 
     @torch.no_grad()
     def forward() -> None:
-        with amp():
+        with autocast(device, bf16):
             fwd(x)
 
     row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}

@@ -14,7 +14,6 @@ shows what bfloat16 kernels would give; the trainer autocasts on CUDA only).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import resource
@@ -28,6 +27,7 @@ import torch
 from bench.flops import flops_per_image
 from bench.models.registry import count_parameters, create_model
 from bench.runtime import device_name, resolve_device
+from bench.train import autocast, optimizer_step
 
 __all__ = ["cli_throughput", "measure"]
 
@@ -107,22 +107,12 @@ def measure(
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     x1 = x[:1].clone()
 
-    def amp():
-        if bf16:
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step() -> None:
-        with amp():
-            out = step_model(x, y)
-            loss = model.loss(out, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(model, step_model, optimizer, x, y, bf16)
 
     @torch.no_grad()
     def infer(inp: torch.Tensor) -> None:
-        with amp():
+        with autocast(device, bf16):
             step_model(inp)
 
     rss_before = None

@@ -174,6 +174,25 @@ def _build_model(spec: TrainSpec) -> nn.Module:
         return create_model(spec.model, input_size=spec.canvas, width=spec.width)
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when asked, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def optimizer_step(model: nn.Module, forward: Callable, optimizer: torch.optim.Optimizer,
+                   x: torch.Tensor, y: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """One training step: forward and the model's own loss (under bf16 autocast if asked),
+    backward, optimizer step. The trainer, ``bench throughput`` and ``gpu-check`` all call this,
+    so what is timed is exactly what trains. ``forward`` is ``model`` or its compiled form."""
+    with autocast(x.device, bf16):
+        out = forward(x, y)
+        loss = model.loss(out, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 @torch.no_grad()
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp) -> float:
     """Accuracy on uint8 canvases ``(N, C, C)``; one host sync at the end."""
@@ -256,10 +275,10 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
     gen = torch.Generator(device=device).manual_seed(_seed("batches", spec))
     torch.manual_seed(_seed("dropout", spec))
 
+    bf16 = cuda and cfg.bf16  # the trainer autocasts on CUDA only
+
     def amp():
-        if cuda and cfg.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(device, bf16)
 
     forward = torch.compile(model) if cfg.compile else model
     total = cfg.steps_for(spec.n)
@@ -300,12 +319,7 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
                 xb = xb.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, cfg)
-            with amp():
-                out = forward(xb, yb)
-                loss = model.loss(out, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = optimizer_step(model, forward, optimizer, xb, yb, bf16)
             loss_sum += loss.detach()
             window += 1
             step += 1
