@@ -153,15 +153,18 @@ def evaluate_cell(folder: Path, cell: Cell, cfg: DataConfig, names: Sequence[str
     model = load_model(folder, device)
     preds = {name: predict(model, ts.images, device) for name, ts in sets.items()}
     clean = sets.get("clean")
-    row_of_source = (
-        {int(s): i for i, s in enumerate(clean.params["source"].tolist())} if clean else {}
-    )
+    if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
+        sources = clean.params["source"].long()
+        row_of_source = torch.full((int(sources.max()) + 1,), -1, dtype=torch.long)
+        row_of_source[sources] = torch.arange(len(sources))
     rows: list[dict[str, Any]] = []
     conf_frames = []
     for name, ts in sets.items():
         intact = None
         if is_scrambled(name) and clean is not None:
-            idx = torch.tensor([row_of_source[int(s)] for s in ts.params["source"].tolist()])
+            idx = row_of_source[ts.params["source"].long()]
+            if bool((idx < 0).any()):
+                raise BenchError(f"{name}: some digits have no intact twin in the clean set")
             intact = _subset(preds["clean"], idx)
             for flag, p, labels in ((False, preds[name], ts.labels),
                                     (True, intact, clean.labels[idx])):
