@@ -128,9 +128,9 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return {}
 
 
-def rerun_cell_matches(run_dir: Path) -> tuple[bool, str]:
+def rerun_cell_matches(run_dir: Path, data_dir: str | None = None) -> tuple[bool, str]:
     """Retrain the run's first cell in a temporary folder; weights must match bit for bit."""
-    from bench.sweep import Cell, cell_dir, train_spec
+    from bench.cells import Cell, cell_dir, spec_for
     from bench.train import train_cell
 
     manifest = read_json(Path(run_dir) / "manifest.json")
@@ -143,7 +143,7 @@ def rerun_cell_matches(run_dir: Path) -> tuple[bool, str]:
         raise BenchError(f"{original}: missing, cannot rerun a cell to check determinism")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "cell"
-        train_cell(train_spec(profile, cell), folder, device, progress=False)
+        train_cell(spec_for(profile, cell), folder, device, data_dir=data_dir, progress=False)
         a, b = _tensors(load_torch(original)), _tensors(load_torch(folder / "checkpoint.pt"))
     differ = [k for k in a if k not in b or not torch.equal(a[k], b[k])]
     return not differ, f"{cell.label}: {len(a)} tensors, {len(differ)} differ" + (
@@ -156,35 +156,18 @@ def _profile_from_manifest(manifest: dict[str, Any]):
     return profile_from_dict(manifest["profile"]["config"], where="manifest profile")
 
 
-def cli_check(args) -> int:
-    run_dir = Path(args.run_dir)
+def update_baseline(run_dir: Path, baseline_path: Path) -> dict[str, Any]:
+    """Rewrite the baseline from this run (an intended change), keeping its tolerances."""
     now = snapshot(run_dir)
-    baseline_path = Path(args.baseline)
-    if args.update_baseline:
-        old = read_json(baseline_path) if baseline_path.is_file() else {}
-        now["tolerances"] = old.get("tolerances", DEFAULT_TOLERANCES)
-        write_json(baseline_path, now)
-        print(f"baseline written: {baseline_path} ({len(now['metrics'])} metrics, "
-              f"{len(now['data_checksums'])} data checksums)")
-        return 0
+    old = read_json(baseline_path) if baseline_path.is_file() else {}
+    now["tolerances"] = old.get("tolerances", DEFAULT_TOLERANCES)
+    write_json(baseline_path, now)
+    return now
+
+
+def check(run_dir: Path, baseline_path: Path) -> tuple[list[Row], list[str]]:
+    """Every value of the baseline compared with this run: rows with verdicts, and notes."""
+    now = snapshot(run_dir)  # first: a run folder that is not one is the first thing to say
     if not baseline_path.is_file():
         raise BenchError(f"baseline not found: {baseline_path} (create it with --update-baseline)")
-    baseline = read_json(baseline_path)
-    rows, notes = compare(baseline, now)
-    bad = [r for r in rows if r.verdict != "ok"]
-    for note in notes:
-        print(f"note: {note}")
-    print(f"compared {len(rows)} values with {baseline_path}: {len(rows) - len(bad)} ok, "
-          f"{len(bad)} not")
-    if bad:
-        print(format_table(bad))
-    failed = bool(bad)
-    if getattr(args, "rerun_cell", False):
-        same, detail = rerun_cell_matches(run_dir)
-        print(f"determinism: rerun of {detail}: {'identical' if same else 'DIFFERENT'}")
-        failed |= not same
-    if failed:
-        raise BenchError(f"regression check failed: {len(bad)} values moved"
-                         + ("" if not getattr(args, "rerun_cell", False) or same
-                            else "; a rerun cell differs"))
-    return 0
+    return compare(read_json(baseline_path), now)

@@ -73,7 +73,7 @@ class TrainConfig:
     lr_decay: float = 0.96
     decay_steps: int = 2_000
     batch_size: int = 128
-    epochs: float = 50.0  # step budget: max(min_steps, epochs * n / batch_size), capped by max_steps
+    epochs: float = 50.0  # bench.train.step_budget: max(min_steps, epochs * n / batch_size) <= max_steps
     min_steps: int = 500
     max_steps: int = 100_000
     val_size: int = 5_000  # held out of the training set (never the test set); 0: keep the last step
@@ -82,11 +82,6 @@ class TrainConfig:
     bf16: bool = False  # autocast on CUDA only
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile the training step
-
-    def steps_for(self, n: int) -> int:
-        """The step budget for a training set of ``n`` images."""
-        steps = max(self.min_steps, -(-int(self.epochs * n) // self.batch_size))
-        return min(steps, self.max_steps)
 
 
 @dataclass(frozen=True)
@@ -163,7 +158,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise BenchError(f"{where}: '{key}' must be a table, got {value!r}")
-        return _build(tp, value, where, prefix=f"{key}.")
+        return from_dict(tp, value, where, prefix=f"{key}.")
     if origin is tuple:
         (elem, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -188,7 +183,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
-def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
+def from_dict(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """A config dataclass from plain values (TOML), every key and type checked; errors name
+    ``where`` and the key. The one loader of typed settings: profiles and executor settings."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -198,7 +195,10 @@ def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> A
                 f"{where}: unknown key '{prefix}{key}' (known: {', '.join(names)})"
             )
         kwargs[key] = _coerce(value, hints[key], prefix + key, where)
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except BenchError as e:  # a __post_init__ check: say where it came from
+        raise BenchError(f"{where}: {e}") from None
     _validate(obj, where, prefix)
     return obj
 
@@ -254,7 +254,7 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
 
 def profile_from_dict(values: dict[str, Any], where: str = "profile") -> Profile:
     """A profile from a plain dict (e.g. the one a run's manifest.json recorded), fully checked."""
-    return _build(Profile, dict(values), where=where)
+    return from_dict(Profile, dict(values), where=where)
 
 
 def profile_names() -> list[str]:
@@ -287,15 +287,23 @@ def read_profile_toml(path: Path) -> dict[str, Any]:
 def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profile:
     """Load a packaged profile by name, or a user's TOML file by path; apply ``key=value`` overrides.
 
-    An ``[executor]`` table is allowed: it belongs to :func:`bench.executor.load_executor_config`.
+    An ``[executor]`` table is allowed: :func:`load_profile_with_executor` returns it too.
     """
+    return load_profile_with_executor(name_or_path, overrides)[0]
+
+
+def load_profile_with_executor(
+    name_or_path: str, overrides: list[str] | None = None
+) -> tuple[Profile, dict[str, Any] | None]:
+    """The profile and its ``[executor]`` table (None when it has none), from one read of the file."""
     path = profile_path(name_or_path)
     values = read_profile_toml(path)
-    values.pop("executor", None)
+    executor = values.pop("executor", None)
     for item in overrides or []:
         _apply_override(values, item)
     values.setdefault("name", path.stem)
-    return _build(Profile, values, where=f"profile {path.name}")
+    profile = from_dict(Profile, values, where=f"profile {path.name}")
+    return profile, (dict(executor) if isinstance(executor, dict) else None)
 
 
 def _apply_override(values: dict[str, Any], item: str) -> None:

@@ -2,7 +2,8 @@
 
 The metrics themselves are pure functions in :mod:`bench.metrics`; this module runs the model
 (batched, on the device, in inference mode), pairs scrambled digits with their intact originals
-through ``params["source"]``, and writes the cell's results atomically.
+through ``params["source"]``, and hands the cell's results to :class:`bench.io.CellFiles`,
+which writes them atomically.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import pandas as pd
 import torch
 
 from bench import metrics
+from bench.cells import Cell, code_hash
 from bench.config import DataConfig
-from bench.io import atomic_path, read_json, save_torch, stable_hash, write_json
-from bench.sweep import Cell, code_hash
+from bench.errors import BenchError
+from bench.io import CellFiles, load_torch, read_json, stable_hash
+from bench.models.registry import create_model
+from bench.train import EVAL_BATCH
 
-EVAL_BATCH = 500
 N_EXAMPLES = 8
 SCRAMBLED_PREFIXES = ("scramble-", "displaced")
 CALIBRATED_SETS = ("clean", "affnist", "affnist-real")
@@ -132,25 +135,34 @@ def eval_key(checksums: dict[str, str]) -> str:
     return stable_hash(code_hash(), code_hash(("evaluate.py", "metrics.py")), checksums)
 
 
-def evaluate_cell(folder: Path, cell: Cell, cfg: DataConfig, names: Sequence[str] | None,
+def load_model(cell: CellFiles | str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The selected model of a trained cell (``checkpoint.pt``), in eval mode on ``device``."""
+    files = cell if isinstance(cell, CellFiles) else CellFiles(cell)
+    if not files.checkpoint.exists():
+        raise BenchError(f"{files.checkpoint}: missing (train the cell first: python -m bench train ...)")
+    ckpt = load_torch(files.checkpoint)
+    spec = ckpt["spec"]
+    model = create_model(spec["model"], input_size=spec["canvas"], width=spec["width"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, names: Sequence[str] | None,
                   device: torch.device, data_dir: str | None = None,
                   download: bool = False) -> dict[str, Any]:
     """Evaluate a trained cell on its test sets; skipped when ``eval.json`` has the same key."""
     from bench.data.testsets import test_set_manifest
-    from bench.errors import BenchError
-    from bench.train import load_model
 
-    folder = Path(folder)
-    if not (folder / "train.json").is_file():
-        raise BenchError(f"cell {cell.label} is not trained yet ({folder}): run the train stage")
+    files = folder if isinstance(folder, CellFiles) else CellFiles(folder)
+    if not files.train_summary.is_file():
+        raise BenchError(f"cell {cell.label} is not trained yet ({files.folder}): run the train stage")
     sets = _test_sets(cfg, tuple(names) if names else None, str(device), data_dir, download)
     checksums = {k: v["sha256"] for k, v in test_set_manifest(sets).items()}
     key = eval_key(checksums)
-    marker = folder / "eval.json"
-    if marker.is_file() and read_json(marker).get("key") == key:
-        return read_json(marker)
+    if files.eval_summary.is_file() and read_json(files.eval_summary).get("key") == key:
+        return read_json(files.eval_summary)
 
-    model = load_model(folder, device)
+    model = load_model(files, device)
     preds = {name: predict(model, ts.images, device) for name, ts in sets.items()}
     clean = sets.get("clean")
     if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
@@ -180,21 +192,16 @@ def evaluate_cell(folder: Path, cell: Cell, cfg: DataConfig, names: Sequence[str
 
     ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
     table = pd.DataFrame([{**ident, **r} for r in rows])
-    with atomic_path(folder / "metrics.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    conf = None
     if conf_frames:
         conf = pd.concat(conf_frames, ignore_index=True)
         for k, v in ident.items():
             conf.insert(0, k, v)
-        with atomic_path(folder / "confidences.parquet") as tmp:
-            conf.to_parquet(tmp, index=False)
     recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
-    if recon:
-        save_torch(folder / "examples.pt", recon)
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
                **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
                   for k, p in preds.items()}}
-    write_json(marker, summary)  # last: its presence marks the evaluation finished
+    files.finish_evaluation(table, conf, recon, summary)
     return summary
 
 

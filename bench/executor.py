@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.config import from_dict
 from bench.errors import BenchError
 
 __all__ = ["ExecutorConfig", "Outcome", "load_executor_config", "run_cells"]
@@ -81,57 +82,30 @@ class ExecutorConfig:
             raise BenchError(f"executor poll_s must be > 0, got {self.poll_s}")
 
 
-def _field_types() -> dict[str, tuple[type, ...]]:
-    """Accepted Python types per field, from the annotations (``int | None`` -> (int, NoneType))."""
-    out: dict[str, tuple[type, ...]] = {}
-    for f in dataclasses.fields(ExecutorConfig):
-        ann = str(f.type)
-        types: list[type] = [{"str": str, "int": int, "float": float}[t.strip()]
-                             for t in ann.split("|") if t.strip() != "None"]
-        if float in types:
-            types.append(int)  # TOML writes 1 for 1.0
-        if "None" in ann:
-            types.append(type(None))
-        out[f.name] = tuple(types)
-    return out
-
-
-def load_executor_config(path: str | os.PathLike | None = None, **overrides: Any) -> ExecutorConfig:
-    """Executor settings from a TOML file (optional), then the non-None ``overrides`` on top.
+def load_executor_config(path: str | os.PathLike | None = None,
+                         profile_table: dict[str, Any] | None = None,
+                         **overrides: Any) -> ExecutorConfig:
+    """Executor settings: a TOML file (optional) or else a profile's ``[executor]`` table, then
+    the non-None ``overrides`` on top (command-line options that were given).
 
     The file holds the fields of :class:`ExecutorConfig` at the top level, or under an
     ``[executor]`` table (so the settings can live in a profile). An unknown key, a value of the
-    wrong type or a missing file is a one-line :class:`BenchError`. ``None`` overrides are ignored
-    (a command-line option that was not given).
+    wrong type or a missing file is a one-line :class:`BenchError` (through
+    :func:`bench.config.from_dict`, the one loader of typed settings).
     """
-    types = _field_types()
-    values: dict[str, Any] = {}
-    where = "command line"
+    values: dict[str, Any] = dict(profile_table or {})
+    where = "executor settings of the profile" if profile_table else "executor settings"
     if path is not None:
-        where = str(path)
+        where = f"executor settings {path}"
         try:
             doc = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise BenchError(f"executor settings file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise BenchError(f"executor settings {path} is not valid TOML: {e}") from None
-        if isinstance(doc.get("executor"), dict):
-            doc = doc["executor"]
-        values.update(doc)
-    for key, value in overrides.items():
-        if value is not None:
-            values[key] = value
-    for key, value in values.items():
-        if key not in types:
-            raise BenchError(f"unknown executor setting '{key}' in {where} "
-                             f"(expected one of: {', '.join(types)})")
-        if isinstance(value, bool) or not isinstance(value, types[key]):
-            expected = " or ".join("none" if t is type(None) else t.__name__ for t in types[key])
-            raise BenchError(f"executor setting '{key}' in {where} must be {expected}, "
-                             f"got {value!r}")
-    if isinstance(values.get("poll_s"), int):
-        values["poll_s"] = float(values["poll_s"])
-    return ExecutorConfig(**values)
+        values = doc["executor"] if isinstance(doc.get("executor"), dict) else doc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(ExecutorConfig, values, where)
 
 
 @dataclass

@@ -9,14 +9,12 @@ the model's own loss (no gradient for the input image).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.models.registry import count_parameters, create_model, model_names
 
-__all__ = ["PAPER_PARAMS", "cli_models", "flops_per_image", "model_table"]
+__all__ = ["PAPER_PARAMS", "flops_per_image", "format_si", "model_table"]
 
 _COUNT_BATCH = 2  # a batch > 1 so that no layer special-cases a single image
 
@@ -68,24 +66,8 @@ def model_table(input_size: int, width: float) -> list[dict]:
     return rows
 
 
-def _si(x: float) -> str:
+def format_si(x: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f}{unit}"
     return f"{x:.0f}"
-
-
-def cli_models(args: argparse.Namespace) -> int:
-    """``python -m bench models [--input-size 28|40] [--width W]``."""
-    rows = model_table(args.input_size, args.width)
-    print(f"models at {args.input_size}x{args.input_size}, width {args.width:g}")
-    print(f"{'model':<20} {'parameters':>12} {'FLOPs/image':>12}  paper")
-    for r in rows:
-        print(
-            f"{r['model']:<20} {r['params']:>12,} {_si(r['flops_per_image']):>12}  "
-            f"{r['paper_params']}"
-        )
-    if (args.input_size, args.width) == (28, 1.0):
-        print("paper: Sabour et al. 2017, Section 5 (CapsNet 8.2M, 6.8M without the decoder; "
-              "baseline 35.4M)")
-    return 0

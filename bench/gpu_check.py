@@ -41,7 +41,6 @@ widths, batch 8, a few steps, tiny sets) so that the command can be exercised on
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -70,7 +69,7 @@ __all__ = [
     "SECTIONS",
     "CheckSettings",
     "GpuCheck",
-    "cli_gpu_check",
+    "run_gpu_check",
     "estimate_profile",
     "matmul_rate",
     "render_markdown",
@@ -279,8 +278,9 @@ def estimate_profile(
     generation images/s. See :data:`ESTIMATE_METHOD` for the formula. Returns seconds per part
     and per (setup, model), and the total.
     """
+    from bench.cells import cells, data_config, setups, spec_for
     from bench.data.testsets import default_set_names
-    from bench.sweep import cells, data_config, setups, train_spec
+    from bench.train import step_budget
 
     by_setup = {s.name: s for s in setups(profile)}
     test_images: dict[str, int] = {}
@@ -296,8 +296,8 @@ def estimate_profile(
         key = (cell.setup, cell.model)
         if key not in train_rate or key not in infer_rate:
             raise BenchError(f"estimate: no measured rate for {cell.setup}/{cell.model}")
-        t = train_spec(profile, cell).train
-        steps = t.steps_for(cell.n)
+        t = spec_for(profile, cell).train
+        steps = step_budget(t, cell.n)
         n_val = math.ceil(steps / t.eval_every) if t.val_size > 0 else 0
         g = groups.setdefault(key, {"setup": cell.setup, "model": cell.model, "cells": 0,
                                     "steps": 0, "train_s": 0.0, "val_s": 0.0, "eval_s": 0.0})
@@ -739,7 +739,8 @@ class GpuCheck:
                            f"{n / warp_s:,.0f} images/s warp only"}
 
     def learning(self) -> dict[str, Any]:
-        from bench.train import spec_for, train_cell
+        from bench.cells import Cell, spec_for
+        from bench.train import step_budget, train_cell
 
         s = self.settings
         rows = []
@@ -747,7 +748,8 @@ class GpuCheck:
             if self.budget.left() < (20 if not s.quick else 0):
                 rows.append({"model": name, "skipped": "time budget"})
                 continue
-            rows.append(self._learn_one(name, spec_for, train_cell))
+            spec = spec_for(self.profile, Cell("affnist", name, s.learn_n, 0))
+            rows.append(self._learn_one(spec, train_cell, step_budget))
         done = [r for r in rows if "val_accuracy" in r]
         passed = sum(bool(r.get("learned")) for r in done)
         summary = f"{len(done)} cells trained"
@@ -758,9 +760,8 @@ class GpuCheck:
                 "all_learned": bool(done) and passed == len(done) and len(done) == len(rows),
                 "summary": f"{summary} ({accs})"}
 
-    def _learn_one(self, name: str, spec_for, train_cell) -> dict[str, Any]:
-        s = self.settings
-        spec = spec_for(self.profile, name, s.learn_n, seed=0)
+    def _learn_one(self, spec, train_cell, step_budget) -> dict[str, Any]:
+        s, name = self.settings, spec.model
         t = spec.train
         train = dataclasses.replace(
             t, min_steps=s.learn_steps, max_steps=s.learn_steps,
@@ -768,7 +769,7 @@ class GpuCheck:
             batch_size=s.learn_batch or t.batch_size,
             val_size=t.val_size if s.learn_val is None else s.learn_val)
         spec = dataclasses.replace(spec, width=s.width, train=train)
-        row: dict[str, Any] = {"model": name, "n": spec.n, "steps": train.steps_for(spec.n),
+        row: dict[str, Any] = {"model": name, "n": spec.n, "steps": step_budget(train, spec.n),
                                "batch": train.batch_size,
                                "precision": "bf16" if train.bf16 and self.cuda else "fp32",
                                "channels_last": train.channels_last, "width": spec.width}
@@ -1079,22 +1080,21 @@ def render_markdown(rep: dict[str, Any]) -> str:
 # CLI
 
 
-def cli_gpu_check(args: argparse.Namespace) -> int:
-    """``python -m bench gpu-check [--out DIR] [--quick] [--device D] [--budget-s S]``.
+def run_gpu_check(out: Path, quick: bool, budget_s: float | None, device_name: str) -> int:
+    """``python -m bench gpu-check``: run every section, write JSON and Markdown, print the table.
 
-    Exit status 0 when every section ran (or was skipped), 1 when one recorded an error; the
-    JSON and table are written either way.
+    Returns 0 when every section ran (or was skipped), 1 when one recorded an error; the JSON and
+    table are written either way.
     """
     from bench.runtime import resolve_device
 
-    device = resolve_device(args.device)
-    if device.type != "cuda" and not args.quick:
+    device = resolve_device(device_name)
+    if device.type != "cuda" and not quick:
         raise BenchError("gpu-check needs CUDA; use --quick to exercise it on the CPU")
-    budget = getattr(args, "budget_s", None)
-    settings = (CheckSettings.quick_settings(device, budget) if args.quick
-                else CheckSettings.full(budget))
-    out = Path(args.out)
-    print(f"gpu-check{' --quick' if args.quick else ''} on {device}, budget "
+    settings = (CheckSettings.quick_settings(device, budget_s) if quick
+                else CheckSettings.full(budget_s))
+    out = Path(out)
+    print(f"gpu-check{' --quick' if quick else ''} on {device}, budget "
           f"{settings.budget_s:.0f} s, writing {out}/gpu-check.json")
     rep = GpuCheck(settings, device, out).run()
     print()

@@ -98,3 +98,68 @@ def stable_hash(*parts: Any) -> str:
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from names and numbers (benchopt-style): adding a model changes no other seed."""
     return int(stable_hash("seed", *parts), 16) & ((1 << 63) - 1)
+
+
+class CellFiles:
+    """The files of one cell folder: their names in one place, every write atomic.
+
+    ``train.json`` and ``eval.json`` are written last by their stage: a cell is trained when
+    ``train.json`` exists and evaluated when ``eval.json`` exists (with the evaluation's key).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def __repr__(self) -> str:
+        return f"CellFiles({str(self.folder)!r})"
+
+    @property
+    def state(self) -> Path:  # everything needed to resume training; deleted when it ends
+        return self.folder / "state.pt"
+
+    @property
+    def checkpoint(self) -> Path:  # the selected weights, with the spec
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.folder / "train.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.csv"
+
+    @property
+    def confidences(self) -> Path:
+        return self.folder / "confidences.parquet"
+
+    @property
+    def examples(self) -> Path:
+        return self.folder / "examples.pt"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.folder / "eval.json"
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        save_torch(self.state, state)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_torch(self.checkpoint, checkpoint)
+
+    def finish_training(self, summary: dict[str, Any]) -> None:
+        """Write ``train.json`` (the cell is finished) and drop the resume state."""
+        write_json(self.train_summary, summary)
+        self.state.unlink(missing_ok=True)
+
+    def finish_evaluation(self, metrics: Any, confidences: Any | None,
+                          examples: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:
+        """Write the evaluation's tables (pandas frames) and examples, then ``eval.json``."""
+        with atomic_path(self.metrics) as tmp:
+            metrics.to_csv(tmp, index=False)
+        if confidences is not None:
+            with atomic_path(self.confidences) as tmp:
+                confidences.to_parquet(tmp, index=False)
+        if examples:
+            save_torch(self.examples, examples)
+        write_json(self.eval_summary, summary)

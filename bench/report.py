@@ -14,7 +14,6 @@ a report gives byte-identical files, and the CI can compare them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from bench.errors import BenchError
 from bench.io import load_torch, write_text
 from bench.metrics import aggregate, seed_matrix, size_to_target
 
-__all__ = ["build_report", "cli_report", "read_metrics", "Table", "METRICS_COLUMNS"]
+__all__ = ["build_report", "read_metrics", "Table", "METRICS_COLUMNS"]
 
 METRICS_COLUMNS = ("setup", "model", "n", "seed", "test_set", "factor_value", "metric", "value")
 MAIN_SETUP = "affnist"  # 40x40 canvas, every test set
@@ -557,12 +556,3 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
             notes.append("`examples.pt` has no `recon/*` (no CapsNet in the run): "
                          "reconstruction figure skipped.")
     return done
-
-
-def cli_report(args: argparse.Namespace) -> int:
-    """``python -m bench report RUN_DIR``."""
-    run_dir = Path(args.run_dir)
-    build_report(run_dir)
-    print(f"wrote {run_dir / 'report.md'}, {run_dir / 'tables'}/, {run_dir / 'figures'}/")
-    return 0
-

@@ -1,8 +1,10 @@
-"""``python -m bench run STAGE``: data -> train -> eval -> throughput -> report, resumable.
+"""Orchestration: data -> train -> eval -> throughput -> report over a profile's cells, resumable.
 
-Only this module (with the CLI, io and the executor) touches the run folder, devices and
-processes. Every stage is idempotent: cells and test sets already finished are skipped, so
-rerunning the same command after an interruption finishes the rest.
+The runner walks the plan (:mod:`bench.cells`), hands cells to the executor and the stages, and
+writes the run-level files (``manifest.json``, ``metrics.csv``, ``confidences.parquet``,
+``examples.pt``, ``throughput.csv``). Which module writes which file is a table in the README.
+Every stage is idempotent: cells and test sets already finished are skipped, so rerunning the
+same command after an interruption finishes the rest.
 """
 
 from __future__ import annotations
@@ -11,25 +13,76 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from bench.config import Profile, load_profile, profile_path, read_profile_toml
-from bench.data.mnist import REPO_ROOT
-from bench.errors import BenchError
-from bench.io import atomic_path, load_torch, read_json, save_torch, write_json
-from bench.runtime import environment, resolve_device, set_deterministic
-from bench.sweep import CellTask, cell_dir, cells, data_config, run_cell, setups
+from bench.cells import Cell, cell_dir, cells, data_config, setup_by_name, setups, spec_for
+from bench.config import Profile
+from bench.io import CellFiles, atomic_path, load_torch, read_json, save_torch, write_json
+from bench.runtime import environment, set_deterministic
 
-STAGE_ORDER = ("data", "train", "eval", "throughput", "report")
-RESULTS_DIR = REPO_ROOT / "results"
+# The stages in the order they run, one line each (``python -m bench run --help`` prints them).
+STAGE_HELP = {
+    "data": "build (or verify from the cache) every test set of the profile",
+    "train": "train every cell (setup, model, n, seed) not yet trained",
+    "eval": "score every trained cell on its test sets",
+    "throughput": "train and inference images/s of every model, and the generation rate",
+    "report": "tables and figures of the run folder",
+}
+STAGE_ORDER = tuple(STAGE_HELP)
 
 
-def default_run_dir(profile: Profile, device: torch.device) -> Path:
-    return RESULTS_DIR / f"{profile.name}-{device.type}"
+@dataclass(frozen=True)
+class DataSource:
+    """Where MNIST-family data comes from: a torchvision-style root (None: the committed MNIST or
+    ``$BENCH_DATA_DIR``), and whether torchvision may download a missing dataset."""
+
+    data_dir: str | None = None
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker (a process, a Slurm job) needs to run one cell; picklable."""
+
+    profile: Profile
+    cell: Cell
+    folder: str  # the cell folder, fixed by the submitting runner (see run_cell)
+    device: str
+    stages: tuple[str, ...] = ("train", "eval")
+    source: DataSource = DataSource()
+    progress: bool = True
+
+
+def run_cell(task: CellTask) -> dict[str, Any]:
+    """Train and/or evaluate one cell; each step is skipped when its result already exists.
+
+    The runner fixes the folder: a job must not recompute the code hash, which would move the
+    cell elsewhere if the source changed while the sweep was queued. Module-level, so worker
+    processes and submitit can pickle it.
+    """
+    from bench import evaluate
+    from bench.train import train_cell
+
+    profile, cell, src = task.profile, task.cell, task.source
+    device = torch.device(task.device)
+    set_deterministic(profile.train.deterministic)
+    files = CellFiles(task.folder)
+    out: dict[str, Any] = {"cell": cell.label, "dir": task.folder}
+    if "train" in task.stages:
+        out["train"] = train_cell(spec_for(profile, cell), files, device, data_dir=src.data_dir,
+                                  download=src.download, progress=task.progress)
+    if "eval" in task.stages:
+        setup = setup_by_name(profile, cell.setup)
+        out["eval"] = evaluate.evaluate_cell(
+            files, cell, data_config(profile, setup), setup.test_sets, device,
+            data_dir=src.data_dir, download=src.download,
+        )
+    return out
 
 
 class Manifest:
@@ -74,8 +127,9 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
     from bench.executor import run_cells
 
     todo = cells(profile)
-    tasks = [CellTask(profile, c, str(run_dir), str(device), stages, data_dir, download, progress,
-                      folder=str(cell_dir(run_dir, profile, c, device.type)))
+    source = DataSource(data_dir, download)
+    tasks = [CellTask(profile, c, str(cell_dir(run_dir, profile, c, device.type)), str(device),
+                      stages, source, progress)
              for c in todo]
     outcomes = run_cells(run_cell, tasks, [c.label for c in todo], executor_config,
                          run_dir / "logs", progress=progress)
@@ -91,15 +145,16 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
     frames, confs = [], []
     best_capsnet: tuple[int, int, Path] | None = None
     for c in cells(profile):
-        folder = cell_dir(run_dir, profile, c, device_type)
-        if not (folder / "eval.json").is_file():
+        files = CellFiles(cell_dir(run_dir, profile, c, device_type))
+        if not files.eval_summary.is_file():
             continue
-        frames.append(pd.read_csv(folder / "metrics.csv"))
-        if (folder / "confidences.parquet").is_file():
-            confs.append(pd.read_parquet(folder / "confidences.parquet"))
-        if (c.setup == "affnist" and c.model == "capsnet" and (folder / "examples.pt").is_file()
+        frames.append(pd.read_csv(files.metrics))
+        if files.confidences.is_file():
+            confs.append(pd.read_parquet(files.confidences))
+        # The report's reconstruction figure: the CapsNet trained on the most data (lowest seed).
+        if (c.setup == "affnist" and c.model == "capsnet" and files.examples.is_file()
                 and (best_capsnet is None or (c.n, -c.seed) > best_capsnet[:2])):
-            best_capsnet = (c.n, -c.seed, folder)
+            best_capsnet = (c.n, -c.seed, files.examples)
     if not frames:
         return 0
     with atomic_path(run_dir / "metrics.csv") as tmp:
@@ -109,7 +164,7 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
             pd.concat(confs, ignore_index=True).to_parquet(tmp, index=False)
     if best_capsnet is not None and (run_dir / "examples.pt").is_file():
         examples = load_torch(run_dir / "examples.pt")
-        examples.update(load_torch(best_capsnet[2] / "examples.pt"))
+        examples.update(load_torch(best_capsnet[2]))
         save_torch(run_dir / "examples.pt", examples)
     return len(frames)
 
@@ -216,36 +271,3 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
 def _jsonable(obj: Any) -> Any:
     """What the manifest's JSON holds (tuples become lists), so configurations compare equal."""
     return json.loads(json.dumps(obj))
-
-
-def cli_run(args) -> int:
-    from bench.executor import load_executor_config
-
-    profile = load_profile(args.profile, args.overrides)
-    device = resolve_device(args.device)
-    run_dir = Path(args.out) if args.out else default_run_dir(profile, device)
-    settings = args.executor_config
-    if settings is None and "executor" in read_profile_toml(profile_path(args.profile)):
-        settings = profile_path(args.profile)  # an [executor] table in the profile itself
-    executor_config = load_executor_config(
-        settings, kind=args.executor, max_parallel=args.max_parallel,
-        partition=args.partition, gpus_per_job=args.gpus_per_job,
-        time_limit_min=args.time_limit, retries=args.retries,
-    )
-    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
-    if args.stage == "eval" and not any(Path(run_dir, "cells").glob("*/*/*/train.json")):
-        raise BenchError(f"no trained cells under {run_dir}: run the train stage first")
-    t0 = time.perf_counter()
-    print(f"run {profile.name} on {device} -> {run_dir}")
-    outcomes = run(profile, stages, run_dir, device, executor_config, args.data_dir,
-                   args.download, force_throughput=args.stage == "throughput")
-    failed = [k for k, o in outcomes.items() if not o["ok"]]
-    print(f"done in {time.perf_counter() - t0:.0f} s: {run_dir}")
-    if (run_dir / "report.md").is_file() and "report" in stages:
-        print(f"report: {run_dir / 'report.md'}")
-    if failed:
-        for k in failed:
-            print(f"  failed: {k}: {outcomes[k]['error']} (log: {outcomes[k]['log']})")
-        raise BenchError(f"{len(failed)} of {len(outcomes)} cells failed; rerun to retry them")
-    return 0
-

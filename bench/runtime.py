@@ -12,6 +12,12 @@ import torch
 
 from bench.errors import BenchError
 
+_CHECKOUT = Path(__file__).resolve().parents[1]
+# The checkout holding datasets/ and results/: the package's own (an editable install, or running
+# from the repository); for a plain install, the working directory.
+REPO_ROOT = _CHECKOUT if (_CHECKOUT / "datasets" / "mnist").is_dir() else Path.cwd()
+DATASETS_DIR = Path(os.environ.get("BENCH_DATASETS_DIR", REPO_ROOT / "datasets"))
+
 PACKAGES = ("torch", "torchvision", "kornia", "numpy", "pandas", "seaborn", "matplotlib")
 
 
@@ -54,7 +60,7 @@ def versions() -> dict[str, str]:
 
 
 def git_commit(root: Path | None = None) -> str:
-    root = root or Path(__file__).resolve().parents[1]
+    root = root or _CHECKOUT
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5

@@ -13,9 +13,6 @@ shows what bfloat16 kernels would give; the trainer autocasts on CUDA only).
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import resource
 import statistics
 import sys
@@ -26,10 +23,10 @@ import torch
 
 from bench.flops import flops_per_image
 from bench.models.registry import count_parameters, create_model
-from bench.runtime import device_name, resolve_device
+from bench.runtime import device_name
 from bench.train import autocast, optimizer_step
 
-__all__ = ["cli_throughput", "measure"]
+__all__ = ["measure"]
 
 
 def _timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -152,28 +149,3 @@ def measure(
         "bf16": bf16,
         "compile": compile,
     }
-
-
-def cli_throughput(args: argparse.Namespace) -> int:
-    """``python -m bench throughput --model NAME [--input-size] [--batch] [--width] ...``."""
-    device = resolve_device(args.device)
-    row = measure(args.model, args.input_size, args.batch, args.width, device,
-                  warmup=args.warmup, repeats=args.repeats, bf16=args.bf16, compile=args.compile)
-    if args.json:
-        print(json.dumps(row, indent=2))
-        return 0
-    mem = "n/a" if math.isnan(row["peak_mem_mb"]) else f"{row['peak_mem_mb']:.0f} MB"
-    print(f"{row['model']} at {row['input_size']}x{row['input_size']}, width {row['width']:g}, "
-          f"batch {row['batch']} on {row['device_name']}")
-    for label, value in (
-        ("parameters", f"{row['params']:,}"),
-        ("FLOPs/image (fwd)", f"{row['flops_per_image'] / 1e6:.1f} M"),
-        ("FLOPs/image (train)", f"{row['flops_train_per_image'] / 1e6:.1f} M"),
-        ("train images/s", f"{row['train_images_per_s']:.1f}"),
-        ("inference images/s", f"{row['infer_images_per_s']:.1f}"),
-        ("latency, batch 1", f"{row['latency_b1_ms']:.2f} ms"),
-        (f"peak memory ({row['peak_mem_kind']})", mem),
-        ("achieved TFLOP/s (train)", f"{row['tflops_train']:.3f}"),
-    ):
-        print(f"  {label:<38} {value}")
-    return 0

@@ -31,9 +31,7 @@ deterministic kernels, ends with bitwise the same weights as an uninterrupted ru
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -44,28 +42,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import Profile, TrainConfig, load_profile
+from bench.cells import TrainSpec
+from bench.config import TrainConfig
 from bench.data.canvas import place, random_offsets, to_float
 from bench.data.mnist import load_split
 from bench.errors import BenchError
-from bench.io import (
-    derive_seed,
-    load_torch,
-    read_json,
-    save_torch,
-    sha256_tensor,
-    stable_hash,
-    write_json,
-)
+from bench.io import CellFiles, derive_seed, load_torch, read_json, sha256_tensor, stable_hash
 from bench.models.registry import count_parameters, create_model
-from bench.runtime import device_name, resolve_device, set_deterministic
+from bench.runtime import device_name, set_deterministic
 
 __all__ = [
-    "TrainSpec",
-    "cli_train",
+    "autocast",
+    "build_model",
     "learning_rate",
-    "load_model",
-    "spec_for",
+    "optimizer_step",
+    "step_budget",
     "train_cell",
     "training_subset",
     "weights_hash",
@@ -77,43 +68,11 @@ _DISPLAY_EVERY = 50  # steps between progress-bar loss readings (one host sync e
 POOL_SIZE = 60_000  # MNIST-family training split
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    """Everything that determines a trained cell; two equal specs give the same weights."""
-
-    model: str
-    n: int
-    seed: int
-    setup: str = "affnist"
-    canvas: int = 40
-    train_shift: int = 6
-    width: float = 1.0
-    dataset: str = "mnist"
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def cell_name(self) -> str:
-        return f"n{self.n}-s{self.seed}"
-
-
-def spec_for(profile: Profile, model: str, n: int, seed: int, setup: str = "affnist") -> TrainSpec:
-    """The spec of one cell of ``profile``: "affnist" (the profile's canvas and shift) or
-    "mnist28" (the paper's MNIST table: 28x28, its shift and validation size)."""
-    if setup == "affnist":
-        d = profile.data
-        return TrainSpec(model, n, seed, setup, d.canvas, d.train_shift, profile.model.width,
-                         d.dataset, profile.train)
-    if setup == "mnist28":
-        t = profile.mnist_table
-        if t is None:
-            raise BenchError(f"profile '{profile.name}' has no [mnist_table] for setup mnist28")
-        train = dataclasses.replace(profile.train, val_size=t.val_size)
-        return TrainSpec(model, n, seed, setup, t.canvas, t.train_shift, profile.model.width,
-                         profile.data.dataset, train)
-    raise BenchError(f"unknown setup '{setup}' (expected affnist or mnist28)")
+def step_budget(cfg: TrainConfig, n: int) -> int:
+    """Optimisation steps for a training set of ``n`` images: ``epochs`` passes over it, at
+    least ``min_steps`` and at most ``max_steps``."""
+    steps = max(cfg.min_steps, -(-int(cfg.epochs * n) // cfg.batch_size))
+    return min(steps, cfg.max_steps)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -167,7 +126,7 @@ def _seed(kind: str, spec: TrainSpec) -> int:
     return derive_seed(kind, spec.model, spec.n, spec.seed, spec.setup)
 
 
-def _build_model(spec: TrainSpec) -> nn.Module:
+def build_model(spec: TrainSpec) -> nn.Module:
     """The model with its seeded initialisation, built on the CPU (same weights on any device)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed("init", spec))
@@ -227,35 +186,70 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def train_cell(
     spec: TrainSpec,
-    cell_dir: str | Path,
+    cell: CellFiles | str | Path,
     device: torch.device | str,
     data_dir: str | Path | None = None,
     progress: bool = True,
     download: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one cell into ``cell_dir`` and return its summary (also ``cell_dir/train.json``).
+    """Train one cell into its folder and return its summary (also its ``train.json``).
 
     A finished cell (``train.json`` present) is returned without training; an interrupted one
     resumes from ``state.pt``. ``on_step(step)`` is called after every optimisation step (tests use
     it to interrupt a run).
     """
-    cell_dir = Path(cell_dir)
-    done = cell_dir / "train.json"
-    if done.exists():
-        return read_json(done)
+    files = cell if isinstance(cell, CellFiles) else CellFiles(cell)
+    if files.train_summary.exists():
+        return read_json(files.train_summary)
     device = torch.device(device)
-    cfg = spec.train
-    set_deterministic(cfg.deterministic)
+    set_deterministic(spec.train.deterministic)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        summary = _train(spec, cell_dir, device, data_dir, progress, download, on_step)
-    write_json(done, summary)
-    (cell_dir / "state.pt").unlink(missing_ok=True)  # finished: only the checkpoint is needed
+        summary = _train(spec, files, device, data_dir, progress, download, on_step)
+    files.finish_training(summary)
     return summary
 
 
-def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dict[str, Any]:
+@dataclass
+class _Progress:
+    """Where training stands; saved in ``state.pt`` after every validation."""
+
+    step: int = 0
+    best_acc: float = -1.0
+    best_step: int = 0
+    seconds: float = 0.0
+    history: list[list[float]] = field(default_factory=list)
+
+
+def _resume(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, gen, device
+            ) -> _Progress | None:
+    """Restore model, optimizer and RNG states from ``state.pt``; None when there is none."""
+    if not files.state.exists():
+        return None
+    state = load_torch(files.state)
+    if state["spec"] != spec.to_dict():
+        raise BenchError(f"{files.state}: saved for a different spec; delete {files.folder} "
+                         "to retrain this cell")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"], gen, device)
+    return _Progress(state["step"], state["best_val_accuracy"], state["best_step"],
+                     state["train_seconds"], [list(h) for h in state["history"]])
+
+
+def _save_state(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, gen, device,
+                p: _Progress) -> None:
+    files.save_state({
+        "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "step": p.step,
+        "rng": _rng_state(gen, device), "best_val_accuracy": p.best_acc,
+        "best_step": p.best_step, "train_seconds": p.seconds, "history": p.history,
+        "spec": spec.to_dict(),
+    })
+
+
+def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, progress: bool,
+           download: bool, on_step) -> dict[str, Any]:
     cfg = spec.train
     images, labels = load_split("train", spec.dataset, data_dir, download)
     if images.shape[0] != POOL_SIZE:
@@ -267,7 +261,7 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
     x_val = place(images[val_idx].to(device), spec.canvas)  # centred, like the clean test set
     y_val = labels[val_idx].to(device)
 
-    model = _build_model(spec).to(device)
+    model = build_model(spec).to(device)
     cuda = device.type == "cuda"
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -281,36 +275,23 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
         return autocast(device, bf16)
 
     forward = torch.compile(model) if cfg.compile else model
-    total = cfg.steps_for(spec.n)
-    step, best_acc, best_step, seconds, history = 0, -1.0, 0, 0.0, []
-    state_path, ckpt_path = cell_dir / "state.pt", cell_dir / "checkpoint.pt"
-    resumed_from = None
-    if state_path.exists():
-        state = load_torch(state_path)
-        if state["spec"] != spec.to_dict():
-            raise BenchError(f"{state_path}: saved for a different spec; delete {cell_dir} "
-                             "to retrain this cell")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], gen, device)
-        step, best_acc, best_step = state["step"], state["best_val_accuracy"], state["best_step"]
-        seconds, history = state["train_seconds"], [list(h) for h in state["history"]]
-        resumed_from = step
+    total = step_budget(cfg, spec.n)
+    p = _resume(files, spec, model, optimizer, gen, device)
+    resumed_from = None if p is None else p.step
+    p = p or _Progress()
 
     def save_checkpoint(acc: float | None) -> None:
-        save_torch(ckpt_path, {"model": _cpu_state(model), "spec": spec.to_dict(),
-                               "step": step, "val_accuracy": acc})
+        files.save_checkpoint({"model": _cpu_state(model), "spec": spec.to_dict(),
+                               "step": p.step, "val_accuracy": acc})
 
     batch, shift = cfg.batch_size, spec.train_shift
     loss_sum = torch.zeros((), device=device)
-    window, last_loss, start_step = 0, float("nan"), step
-    bar = _progress_bar(spec, total, step, progress)
+    window, last_loss, start_step = 0, float("nan"), p.step
+    bar = _progress_bar(spec, total, p.step, progress)
     run_seconds, tick = 0.0, time.perf_counter()
-    shown = (step, tick)  # last progress-bar reading: step, time
-    postfix: dict[str, str] = {}
     model.train()
     try:
-        while step < total:
+        while p.step < total:
             idx = torch.randint(0, x_train.shape[0], (batch,), generator=gen, device=device)
             offsets = random_offsets(batch, shift, gen, device)
             xb = to_float(place(x_train[idx], spec.canvas, offsets, max_shift=shift))
@@ -318,64 +299,51 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
             if cuda and cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, cfg)
+                group["lr"] = learning_rate(p.step, cfg)
             loss = optimizer_step(model, forward, optimizer, xb, yb, bf16)
             loss_sum += loss.detach()
             window += 1
-            step += 1
+            p.step += 1
             bar.update(1)
             if on_step is not None:
-                on_step(step)
-            boundary = step % cfg.eval_every == 0 or step == total
-            if step % _DISPLAY_EVERY == 0 or boundary:
+                on_step(p.step)
+            boundary = p.step % cfg.eval_every == 0 or p.step == total
+            if p.step % _DISPLAY_EVERY == 0 or boundary:
                 last_loss = (loss_sum / window).item()
-                now = time.perf_counter()
-                if progress:
-                    rate = (step - shown[0]) * batch / max(now - shown[1], 1e-9)
-                    postfix.update(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
-                    bar.set_postfix(postfix, refresh=False)
-                shown = (step, now)
+                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
             if not boundary:
                 continue
             now = time.perf_counter()
             run_seconds += now - tick
-            seconds += now - tick
+            p.seconds += now - tick
             acc = None
             if cfg.val_size > 0:
                 acc = _accuracy(model, x_val, y_val, amp)
-                if acc > best_acc:
-                    best_acc, best_step = acc, step
+                if acc > p.best_acc:
+                    p.best_acc, p.best_step = acc, p.step
                     save_checkpoint(acc)
-                if progress:
-                    postfix.update(val=f"{acc:.4f}", best=f"{best_acc:.4f}")
-                    bar.set_postfix(postfix)
-            history.append([step, last_loss, acc if acc is not None else float("nan")])
+                bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{acc:.4f}", best=f"{p.best_acc:.4f}")
+            p.history.append([p.step, last_loss, acc if acc is not None else float("nan")])
             loss_sum, window = torch.zeros((), device=device), 0
-            save_torch(state_path, {
-                "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": _rng_state(gen, device), "best_val_accuracy": best_acc,
-                "best_step": best_step, "train_seconds": seconds, "history": history,
-                "spec": spec.to_dict(),
-            })
+            _save_state(files, spec, model, optimizer, gen, device, p)
             tick = time.perf_counter()
-            shown = (step, tick)
     finally:
         bar.close()
-    if cfg.val_size == 0 or not ckpt_path.exists():
-        best_step = step
+    if cfg.val_size == 0 or not files.checkpoint.exists():
+        p.best_step = p.step
         save_checkpoint(None)
-    ckpt = load_torch(ckpt_path)
-    done_steps = step - start_step
+    ckpt = load_torch(files.checkpoint)
+    done_steps = p.step - start_step
     return {
         "spec": spec.to_dict(),
-        "steps": step,
-        "best_step": best_step,
-        "best_val_accuracy": best_acc if cfg.val_size > 0 else None,
-        "train_seconds": seconds,
+        "steps": p.step,
+        "best_step": p.best_step,
+        "best_val_accuracy": p.best_acc if cfg.val_size > 0 else None,
+        "train_seconds": p.seconds,
         "images_per_s": done_steps * batch / run_seconds if run_seconds > 0 else None,
-        "final_loss": history[-1][1] if history else last_loss,
+        "final_loss": p.history[-1][1] if p.history else last_loss,
         "history": [{"step": s, "loss": lo, "val_accuracy": None if math.isnan(a) else a}
-                    for s, lo, a in history],
+                    for s, lo, a in p.history],
         "learning_rate_schedule": "smooth exponential (released code, no staircase)",
         "device": str(device),
         "device_name": device_name(device),
@@ -389,45 +357,9 @@ def _train(spec, cell_dir, device, data_dir, progress, download, on_step) -> dic
 
 
 def _progress_bar(spec: TrainSpec, total: int, initial: int, enabled: bool):
+    """tqdm counts steps and shows images and images/s itself (``unit_scale`` = batch size)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, leave=False, unit="step",
-                desc=f"{spec.setup}/{spec.model}/{spec.cell_name}", dynamic_ncols=True)
-
-
-def load_model(cell_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The best-validation model of a trained cell, in eval mode on ``device``."""
-    path = Path(cell_dir) / "checkpoint.pt"
-    if not path.exists():
-        raise BenchError(f"{path}: missing (train the cell first: python -m bench train ...)")
-    ckpt = load_torch(path)
-    spec = ckpt["spec"]
-    model = create_model(spec["model"], input_size=spec["canvas"], width=spec["width"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-def cli_train(args: argparse.Namespace) -> int:
-    """``python -m bench train --model NAME --n N --seed S [--profile P] ...``."""
-    profile = load_profile(args.profile, args.overrides)
-    with torch.device("meta"):  # an unknown model name fails here, before any data is loaded
-        create_model(args.model, input_size=profile.data.canvas, width=profile.model.width)
-    from bench.runner import default_run_dir
-    from bench.sweep import Cell
-    from bench.sweep import cell_dir as sweep_cell_dir
-
-    spec = spec_for(profile, args.model, args.n, args.seed)
-    device = resolve_device(args.device)
-    run_dir = Path(args.out) if args.out else default_run_dir(profile, device)
-    # The runner's own cell folder, so that a later `run all` reuses this cell.
-    cell_dir = sweep_cell_dir(run_dir, profile, Cell(spec.setup, spec.model, spec.n, spec.seed),
-                              device.type)
-    summary = train_cell(spec, cell_dir, device, data_dir=args.data_dir,
-                         download=getattr(args, "download", False))
-    acc = summary["best_val_accuracy"]
-    print(f"{cell_dir}: {summary['steps']} steps, best step {summary['best_step']}, "
-          f"val accuracy {'-' if acc is None else f'{acc:.4f}'}, "
-          f"{summary['train_seconds']:.1f} s, "
-          f"{summary['images_per_s'] or float('nan'):.0f} images/s, "
-          f"final loss {summary['final_loss']:.4f}, {summary['params']:,} parameters")
-    return 0
+    return tqdm(total=total, initial=initial, disable=not enabled, leave=False, unit="img",
+                unit_scale=spec.train.batch_size, dynamic_ncols=True,
+                desc=f"{spec.setup}/{spec.model}/{spec.cell_name}")

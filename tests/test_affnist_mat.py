@@ -54,7 +54,6 @@ def test_round_trip_upright(tmp_path, digits, layout):
     images, labels = digits
     write_affnist(tmp_path / "test.mat", images, labels, layout)
     ts = load_affnist_mat(tmp_path / "test.mat")
-    assert ts.name == "affnist-real"
     assert ts.images.dtype == torch.uint8 and ts.images.shape == (N, 40, 40)
     assert torch.equal(ts.images, images)  # upright, whichever way the columns were written
     assert torch.equal(ts.labels, labels) and ts.labels.dtype == torch.int64

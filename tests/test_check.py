@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.check import cli_check, compare, metric_key, snapshot
+from bench.check import compare, metric_key, snapshot
+from bench.cli import _check as cli_check
 from bench.errors import BenchError
 from bench.io import read_json, sha256_tensor, write_json
 

@@ -77,6 +77,8 @@ def test_missing_file(tmp_path):
 
 def test_step_budget():
     t = TrainConfig(batch_size=100, epochs=10, min_steps=50, max_steps=500)
-    assert t.steps_for(100) == 50  # min_steps dominates
-    assert t.steps_for(1000) == 100
-    assert t.steps_for(60000) == 500  # capped
+    from bench.train import step_budget
+
+    assert step_budget(t, 100) == 50  # min_steps dominates
+    assert step_budget(t, 1000) == 100  # 10 epochs of 1000 images in batches of 100
+    assert step_budget(t, 60000) == 500  # capped

@@ -127,12 +127,12 @@ def test_load_executor_config(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "overrides", "match"), [
-    ("gpus = 1\n", {}, "unknown executor setting 'gpus'.*gpus_per_job"),
-    ('max_parallel = "4"\n', {}, "'max_parallel'.*must be int"),
-    ("retries = true\n", {}, "'retries'.*must be int"),
+    ("gpus = 1\n", {}, "bad.toml: unknown key 'gpus'.*gpus_per_job"),
+    ('max_parallel = "4"\n', {}, "'max_parallel' must be an integer"),
+    ("retries = true\n", {}, "'retries' must be an integer"),
     ('kind = "pbs"\n', {}, "kind must be one of local, slurm, got 'pbs'"),
     ("max_parallel = 0\n", {}, "max_parallel must be >= 1"),
-    ("", {"partitoin": "x"}, "unknown executor setting 'partitoin'"),
+    ("", {"partitoin": "x"}, "unknown key 'partitoin'"),
     ("kind = [\n", {}, "not valid TOML"),
 ])
 def test_load_executor_config_errors(tmp_path, text, overrides, match):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +19,9 @@ from bench.gpu_check import (
     GpuCheck,
     _deadline,
     _OutOfTime,
-    cli_gpu_check,
     estimate_profile,
     matmul_rate,
+    run_gpu_check,
     test_set_images,
 )
 
@@ -98,7 +98,7 @@ def _tiny_profile() -> Profile:
 
 def test_estimate_matches_a_hand_computation():
     p = _tiny_profile()
-    # steps_for: n=100 -> max(20, 100/10) = 20; n=1000 -> max(20, 100) capped at 50.
+    # step_budget: n=100 -> max(20, 100/10) = 20; n=1000 -> max(20, 100) capped at 50.
     # validations: ceil(20/20) + ceil(50/20) = 1 + 3 = 4, of 100 images each.
     # test images per cell: clean 10 + affnist 10*2 + sweeps 5*(2+1+1+2) + scramble 10
     # + displaced 10 = 80; data = those 80 once.
@@ -127,7 +127,7 @@ def test_matmul_rate_is_positive_on_the_cpu():
 def test_without_cuda_and_quick_it_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BenchError, match="gpu-check needs CUDA; use --quick"):
-        cli_gpu_check(argparse.Namespace(out="unused", quick=False, device="auto"))
+        run_gpu_check(Path("unused"), quick=False, budget_s=None, device_name="auto")
     assert main(["gpu-check", "--device", "cpu", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "needs CUDA" in err

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
+from bench.cli import main
 from bench.data.canvas import to_float
 from bench.data.mnist import load_split
 from bench.errors import BenchError
-from bench.flops import cli_models, flops_per_image
+from bench.flops import flops_per_image
 from bench.models.convnet_maxpool import TOLERANCE
 from bench.models.registry import count_parameters, create_model, model_names
 
@@ -125,6 +124,6 @@ def test_capsnet_flops_count_the_routing():
 
 
 def test_models_table_cli(capsys):
-    assert cli_models(argparse.Namespace(input_size=28, width=1.0)) == 0
+    assert main(["models", "--input-size", "28"]) == 0
     text = capsys.readouterr().out
     assert "8,215,568" in text and "35,445,522" in text and "8.2M" in text and "35.4M" in text

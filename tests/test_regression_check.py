@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench import runner
-from bench.check import cli_check
+from bench.cli import _check as cli_check
 from bench.config import load_profile
 from bench.errors import BenchError
 from bench.models import capsnet as capsnet_module

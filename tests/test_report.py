@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shutil
@@ -18,7 +17,7 @@ from bench.cli import main as cli_main
 from bench.config import PAPER_MNIST_ERRORS
 from bench.errors import BenchError
 from bench.metrics import seed_matrix, size_to_target
-from bench.report import _tex, build_report, cli_report
+from bench.report import _tex, build_report
 from tests.fixtures_results import FILES, SIZES, TARGETS, write_run
 
 N_BOOT = 100  # fewer bootstrap resamples than a real report (1000): same code path, faster
@@ -198,8 +197,6 @@ def test_missing_metrics_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(BenchError, match="metrics.csv") as err:
         build_report(run)
     assert "\n" not in str(err.value)
-    with pytest.raises(BenchError):
-        cli_report(argparse.Namespace(run_dir=str(run)))
     assert cli_main(["report", str(run)]) == 2
     out = capsys.readouterr().err.strip()
     assert out.startswith("error: ") and "metrics.csv" in out and "\n" not in out

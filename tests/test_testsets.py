@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import warnings
@@ -230,28 +229,29 @@ def test_cuda_generation_close_to_cpu(sets, tmp_path):
 
 
 def test_cli_data(tmp_path, monkeypatch, capsys):
-    import bench.data.mnist as mnist
+    import bench.cells as cells
     import bench.models.registry as registry
+    import bench.runtime as runtime
+    from bench.cli import main
 
     # The profile check validates model names; the data step does not need the models.
     monkeypatch.setattr(registry, "model_names", lambda: ["capsnet"])
-    monkeypatch.setattr(mnist, "DATASETS_DIR", tmp_path / "datasets")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runtime, "DATASETS_DIR", tmp_path / "datasets")
+    monkeypatch.setattr(cells, "RESULTS_DIR", tmp_path / "results")
     profile = tmp_path / "tiny.toml"
     profile.write_text('models = ["capsnet"]\nsizes = [100]\n[train]\nval_size = 100\n'
                        '[data]\nn_test = 12\naffnist_k = 2\nsweep_n = 4\n'
                        'rotation_grid = [0, 45]\nscale_grid = [1.0]\nshear_grid = [0.0]\n'
                        'translate_grid = [0, 4]\nscramble_grids = [2]\n')
-    args = argparse.Namespace(profile=str(profile), overrides=["data.seed=3"], device="cpu",
-                              data_dir=None, download=False, no_sheets=False)
-    assert testsets.cli_data(args) == 0
+    args = ["data", "--profile", str(profile), "--set", "data.seed=3", "--device", "cpu"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     for name in ("clean", "affnist", "sweep-rotation", "scramble-g2", "displaced"):
         assert name in out
         assert (tmp_path / "results" / "data" / f"{name}.png").stat().st_size > 1000
     assert "images/s" in out and "cached" in out
     assert len(list((tmp_path / "datasets" / "cache").glob("*.json"))) == 8
-    args.no_sheets = True
-    assert testsets.cli_data(args) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("affnist")]
+    assert main([*args, "--no-sheets"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] == ["affnist"]]
     assert rows and rows[0][-1] == "yes"  # second run: from the cache

@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
+from bench.cells import TrainSpec
 from bench.cli import main
 from bench.config import TrainConfig
 from bench.data.mnist import load_split
 from bench.errors import BenchError
+from bench.evaluate import load_model
 from bench.io import read_json
 from bench.train import (
-    TrainSpec,
     learning_rate,
-    load_model,
     train_cell,
     training_subset,
     weights_hash,

@@ -1,4 +1,4 @@
-"""The official affNIST test set (Tieleman 2013) from its MATLAB files, as the TestSet "affnist-real".
+"""The official affNIST test set (Tieleman 2013) from its MATLAB files: images, labels, params, spec.
 
 affNIST (https://www.cs.toronto.edu/~tijmen/affNIST/) ships MATLAB ``.mat`` files holding one
 struct ``affNISTdata`` whose fields are read here by name: ``image`` (1600 x N uint8, one 40x40
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -104,16 +105,22 @@ def _taller_than_wide(images: torch.Tensor) -> bool:
     return bool(((b[:, 3] - b[:, 1]).mean() >= (b[:, 2] - b[:, 0]).mean()).item())
 
 
-def load_affnist_mat(path: str | os.PathLike, orientation: str = "auto"):
-    """Load the official affNIST test set as ``TestSet("affnist-real", ...)`` (images on the CPU).
+class AffnistMat(NamedTuple):
+    images: torch.Tensor  # (N, 40, 40) uint8, upright
+    labels: torch.Tensor  # (N,) int64
+    params: dict[str, torch.Tensor]
+    spec: dict[str, Any]  # files, their sha256, orientation
+
+
+def load_affnist_mat(path: str | os.PathLike, orientation: str = "auto") -> AffnistMat:
+    """Load the official affNIST test set, on the CPU; :mod:`bench.data.testsets` makes it the
+    test set ``affnist-real``.
 
     ``params`` holds ``source`` (-1: affNIST does not say which MNIST test digit an image came
     from in a form we rely on), and ``affine_transform`` / ``human_readable_transform`` raw
     ``(N, k)`` when the files have them. Missing or unreadable files are a :class:`BenchError`
     naming the file.
     """
-    from bench.data.testsets import TestSet  # late: testsets imports this module lazily too
-
     if orientation not in ORIENTATIONS:
         raise BenchError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
     files = find_mat_files(path)
@@ -134,4 +141,4 @@ def load_affnist_mat(path: str | os.PathLike, orientation: str = "auto"):
         "file_sha256": {f.name: sha256_file(f) for f in files},
         "orientation": orientation,
     }
-    return TestSet("affnist-real", images.contiguous(), labels, params, spec=spec)
+    return AffnistMat(images.contiguous(), labels, params, spec)

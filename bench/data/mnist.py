@@ -20,12 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError
+from bench.runtime import DATASETS_DIR
 
-_CHECKOUT = Path(__file__).resolve().parents[2]
-# The checkout holding datasets/ and results/: the package's own (an editable install, or running
-# from the repository); for a plain install, the working directory.
-REPO_ROOT = _CHECKOUT if (_CHECKOUT / "datasets" / "mnist").is_dir() else Path.cwd()
-DATASETS_DIR = Path(os.environ.get("BENCH_DATASETS_DIR", REPO_ROOT / "datasets"))
 COMMITTED_MNIST = DATASETS_DIR / "mnist"
 
 # md5 of the uncompressed IDX files, as published with MNIST (see datasets/README.md).

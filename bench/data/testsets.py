@@ -30,7 +30,6 @@ rebuilt with a warning, never used.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 import warnings
@@ -50,7 +49,6 @@ __all__ = [
     "SET_NAMES",
     "TestSet",
     "build_test_sets",
-    "cli_data",
     "default_set_names",
     "generate",
     "test_set_manifest",
@@ -255,6 +253,14 @@ def _generate(name, cfg, device, labels, clean_cpu, bboxes, progress) -> TestSet
     return TestSet(name, images, labels[params["source"]].clone(), params)
 
 
+def _affnist_real(cfg: DataConfig) -> TestSet:
+    """The official affNIST test files named by ``cfg.real_affnist``, as a TestSet."""
+    from bench.data.affnist_mat import load_affnist_mat
+
+    images, labels, params, spec = load_affnist_mat(cfg.real_affnist)
+    return TestSet("affnist-real", images, labels, params, spec=spec)
+
+
 def generate(
     name: str,
     cfg: DataConfig,
@@ -267,9 +273,7 @@ def generate(
     device = torch.device(device)
     _check_name(name, cfg)
     if name == "affnist-real":
-        from bench.data.affnist_mat import load_affnist_mat
-
-        return load_affnist_mat(cfg.real_affnist)
+        return _affnist_real(cfg)
     digits, labels = _mnist_test(cfg, data_dir, download)
     clean = place(digits[: cfg.n_test], cfg.canvas)
     return _generate(name, cfg, device, labels, clean, affine.digit_bboxes(clean), progress)
@@ -347,7 +351,7 @@ def build_test_sets(
     hold their tensors on the CPU (``TestSet.to(device)`` moves one). ``names`` defaults to
     :func:`default_set_names`. ``cache_dir`` defaults to ``$BENCH_CACHE_DIR`` or ``datasets/cache``.
     """
-    from bench.data.mnist import DATASETS_DIR
+    from bench.runtime import DATASETS_DIR
 
     device = torch.device(device)
     names = tuple(names) if names is not None else default_set_names(cfg)
@@ -372,9 +376,7 @@ def build_test_sets(
     for name in names:
         start = time.perf_counter()
         if name == "affnist-real":
-            from bench.data.affnist_mat import load_affnist_mat
-
-            ts = load_affnist_mat(cfg.real_affnist)
+            ts = _affnist_real(cfg)
             ts.sha256 = sha256_tensor(ts.images)
             ts.seconds = time.perf_counter() - start
             out[name] = ts
@@ -410,41 +412,3 @@ test_set_manifest.__test__ = False  # not a pytest test function
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def _table(sets: dict[str, TestSet]) -> str:
-    rows = [("set", "images", "sha256", "seconds", "images/s", "cached")]
-    for name, ts in sets.items():
-        rate = len(ts) / ts.seconds if ts.seconds > 0 else math.inf
-        rows.append((name, f"{len(ts):,}", ts.sha256[:12], f"{ts.seconds:.2f}", f"{rate:,.0f}",
-                     "yes" if ts.cached else "no"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, r in enumerate(rows):
-        pairs = enumerate(zip(r, widths, strict=True))
-        cells = [c.ljust(w) if i in (0, 2, 5) else c.rjust(w) for i, (c, w) in pairs]  # text left
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def cli_data(args) -> int:
-    """``python -m bench data``: build every set of a profile, print a table, write contact sheets."""
-    from bench.config import load_profile
-    from bench.runtime import device_name, resolve_device
-
-    profile = load_profile(args.profile, args.overrides)
-    device = resolve_device(args.device)
-    print(f"profile {profile.name}: building test sets on {device} ({device_name(device)})")
-    sets = build_test_sets(profile.data, device, data_dir=args.data_dir, download=args.download,
-                           progress=True)
-    print(_table(sets))
-    if not args.no_sheets:
-        from bench.data.sheets import contact_sheet
-
-        folder = Path("results") / "data"
-        for name, ts in sets.items():
-            contact_sheet(ts, folder / f"{name}.png")
-        print(f"contact sheets: {folder}/<set>.png")
-    return 0

@@ -1,0 +1,164 @@
+"""The plan: which cells a profile has, what each one trains, and where its results live.
+
+Pure: nothing here trains, evaluates or writes a file. The runner (:mod:`bench.runner`) walks the
+plan; the stages (:mod:`bench.train`, :mod:`bench.evaluate`) each do one cell.
+
+A *setup* is a training and evaluation configuration: ``affnist`` (the paper's affNIST
+experiment, Sabour et al. 2017 Section 5.2: train on MNIST placed at random shifts on a 40x40
+canvas, test on affine-transformed digits) and, when the profile has a ``[mnist_table]``,
+``mnist28`` (the paper's Table 1: 28x28, shifts up to 2 px, clean MNIST test set). The setup
+name is part of every seed (:func:`bench.io.derive_seed`), so it is kept as it is.
+
+A *cell* is (setup, model, n, seed). Its folder name carries a hash of everything that decides
+its weights (the :class:`TrainSpec`, the source of the code that trains it, the device type), so
+a changed profile or a changed model never reuses a stale result, and a finished cell is skipped
+on rerun (benchopt's cache design).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import DataConfig, Profile, TrainConfig
+from bench.errors import BenchError
+from bench.io import stable_hash
+from bench.runtime import REPO_ROOT
+
+__all__ = [
+    "RESULTS_DIR",
+    "TRAIN_CODE",
+    "Cell",
+    "Setup",
+    "TrainSpec",
+    "cell_dir",
+    "cells",
+    "code_hash",
+    "data_config",
+    "default_run_dir",
+    "setup_by_name",
+    "setups",
+    "spec_for",
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = REPO_ROOT / "results"
+# The source that decides a trained model's weights, and nothing that only prints or orchestrates:
+# the trainer, the models, digit placement and MNIST reading, and io.py for derive_seed (the seeds
+# of the subset, the initialisation and the batches).
+TRAIN_CODE = ("train.py", "models", "data/canvas.py", "data/mnist.py", "io.py")
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    canvas: int
+    train_shift: int
+    val_size: int
+    models: tuple[str, ...]
+    sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    test_sets: tuple[str, ...] | None  # None: every set of the profile
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    setup: str
+    model: str
+    n: int
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.setup}/{self.model}/n{self.n}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines a trained cell; two equal specs give the same weights."""
+
+    model: str
+    n: int
+    seed: int
+    setup: str = "affnist"
+    canvas: int = 40
+    train_shift: int = 6
+    width: float = 1.0
+    dataset: str = "mnist"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def cell_name(self) -> str:
+        return f"n{self.n}-s{self.seed}"
+
+
+def setups(profile: Profile) -> list[Setup]:
+    """The profile's setups: ``affnist`` always, ``mnist28`` when it has a ``[mnist_table]``."""
+    d = profile.data
+    out = [Setup("affnist", d.canvas, d.train_shift, profile.train.val_size, profile.models,
+                 profile.sizes, profile.seeds, None)]
+    mt = profile.mnist_table
+    if mt is not None:
+        out.append(Setup("mnist28", mt.canvas, mt.train_shift, mt.val_size, mt.models, mt.sizes,
+                         mt.seeds, ("clean",)))
+    return out
+
+
+def setup_by_name(profile: Profile, name: str) -> Setup:
+    by_name = {s.name: s for s in setups(profile)}
+    if name not in by_name:
+        raise BenchError(f"profile '{profile.name}' has no setup '{name}' "
+                         f"(it has: {', '.join(by_name)})")
+    return by_name[name]
+
+
+def cells(profile: Profile) -> list[Cell]:
+    return [
+        Cell(s.name, m, n, seed)
+        for s in setups(profile)
+        for m in s.models
+        for n in s.sizes
+        for seed in s.seeds
+    ]
+
+
+def data_config(profile: Profile, setup: Setup) -> DataConfig:
+    """The test-set configuration of a setup (the profile's, at the setup's canvas)."""
+    return dataclasses.replace(profile.data, canvas=setup.canvas)
+
+
+def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
+    """The trainer's full specification of ``cell``: its setup's canvas, shift and validation size."""
+    setup = setup_by_name(profile, cell.setup)
+    train = profile.train
+    if train.val_size != setup.val_size:
+        train = dataclasses.replace(train, val_size=setup.val_size)
+    return TrainSpec(cell.model, cell.n, cell.seed, setup.name, setup.canvas, setup.train_shift,
+                     profile.model.width, profile.data.dataset, train)
+
+
+@functools.lru_cache(maxsize=4)
+def code_hash(parts: tuple[str, ...] = TRAIN_CODE) -> str:
+    """Hash of the source files that decide training results (part of every cell's key)."""
+    files: list[Path] = []
+    for part in parts:
+        p = PACKAGE_DIR / part
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return stable_hash([(str(f.relative_to(PACKAGE_DIR)), f.read_text()) for f in files])
+
+
+def cell_dir(run_dir: Path, profile: Profile, cell: Cell, device_type: str) -> Path:
+    """``<run>/cells/<setup>/<model>/n<n>-s<seed>-<hash>``: the hash covers spec, code and device."""
+    key = stable_hash(spec_for(profile, cell).to_dict(), code_hash(), device_type)[:10]
+    return Path(run_dir) / "cells" / cell.setup / cell.model / f"n{cell.n}-s{cell.seed}-{key}"
+
+
+def default_run_dir(profile: Profile, device_type: str) -> Path:
+    """``results/<profile>-<device type>``: where a run goes without ``--out``."""
+    return RESULTS_DIR / f"{profile.name}-{device_type}"
