@@ -1,3 +1,8 @@
 """capsbench: Capsule Networks versus max-pooling ConvNets on the claims made for capsules."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:  # one version number: pyproject.toml's
+    __version__ = metadata.version("capsbench")
+except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "unknown"

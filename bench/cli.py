@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {run_dir / 'report.md'}")
     if failed:
         for k in failed:
-            print(f"  failed: {k}: {outcomes[k]['error']} (log: {outcomes[k]['log']})")
+            print(f"  failed: {k}: {outcomes[k]['error']} (log: {outcomes[k]['log_path']})")
         raise BenchError(f"{len(failed)} of {len(outcomes)} cells failed; rerun to retry them")
     return 0
 
@@ -177,11 +177,11 @@ def _check(args: argparse.Namespace) -> int:
 
     run_dir, baseline = Path(args.run_dir), Path(args.baseline)
     if args.update_baseline:
-        written = check.update_baseline(run_dir, baseline)
-        print(f"baseline written: {baseline} ({len(written['metrics'])} metrics, "
+        path, written = check.update_baseline(run_dir, baseline)
+        print(f"baseline written: {path} ({len(written['metrics'])} metrics, "
               f"{len(written['data_checksums'])} data checksums)")
         return 0
-    rows, notes = check.check(run_dir, baseline)
+    baseline, rows, notes = check.check(run_dir, baseline)
     bad = [r for r in rows if r.verdict != "ok"]
     for note in notes:
         print(f"note: {note}")
@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "check", _check, "compare a run with a committed baseline (CI's regression check)")
     p.add_argument("run_dir")
-    p.add_argument("--baseline", required=True)
+    p.add_argument("--baseline", required=True,
+                   help="a baseline JSON, or a folder of them (the one of this run's profile and "
+                        "processor is used)")
     p.add_argument("--update-baseline", action="store_true",
                    help="rewrite the baseline from this run (an intended change)")
     p.add_argument("--rerun-cell", action="store_true",

@@ -133,11 +133,7 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
              for c in todo]
     outcomes = run_cells(run_cell, tasks, [c.label for c in todo], executor_config,
                          run_dir / "logs", progress=progress)
-    return {
-        o.key: {"ok": o.ok, "error": o.error, "log": o.log_path, "job_id": o.job_id,
-                "node": o.node, "attempts": o.attempts}
-        for o in outcomes
-    }
+    return {o.key: o.record() for o in outcomes}
 
 
 def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
@@ -174,13 +170,14 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
     """Speed of every model (as ``bench throughput``) and of affNIST-style generation."""
     from bench.data.testsets import generate
     from bench.throughput import measure
+    from bench.train import uses_bf16
 
     rows = []
     for model in profile.models:
         for batch in profile.throughput.batch_sizes:
             r = measure(model, profile.data.canvas, batch, profile.model.width, device,
                         warmup=profile.throughput.warmup, repeats=profile.throughput.repeats,
-                        bf16=profile.train.bf16 and device.type == "cuda")
+                        bf16=uses_bf16(profile.train, device))
             rows.append({"kind": "model", "model": model, "input_size": profile.data.canvas,
                          "batch": batch, "width": profile.model.width, "device": device.type,
                          **r})

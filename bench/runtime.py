@@ -42,11 +42,28 @@ def set_deterministic(flag: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_identity() -> str:
+    """Processor model and the vector ISA torch's CPU kernels use (e.g. AVX2, AVX512): CPU
+    results are bitwise repeatable only within one identity, since kernels differ across ISAs."""
+    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_identity()}, {torch.get_num_threads()} threads)"
 
 
 def versions() -> dict[str, str]:
@@ -80,6 +97,7 @@ def environment(device: torch.device | str) -> dict[str, str]:
         "platform": platform.platform(),
         "device": str(torch.device(device)),
         "device_name": device_name(device),
+        "cpu": cpu_identity(),
         "git_commit": git_commit(),
         **{f"version_{k}": v for k, v in versions().items()},
     }

@@ -45,7 +45,7 @@ from torch import nn
 from bench.cells import TrainSpec
 from bench.config import TrainConfig
 from bench.data.canvas import place, random_offsets, to_float
-from bench.data.mnist import load_split
+from bench.data.mnist import MNIST_COUNTS, load_split
 from bench.errors import BenchError
 from bench.io import CellFiles, derive_seed, load_torch, read_json, sha256_tensor, stable_hash
 from bench.models.registry import count_parameters, create_model
@@ -59,13 +59,13 @@ __all__ = [
     "step_budget",
     "train_cell",
     "training_subset",
+    "uses_bf16",
     "weights_hash",
 ]
 
 MIN_LR = 1e-6  # the released code's floor, tf.maximum(learning_rate, 1e-6)
 EVAL_BATCH = 500
 _DISPLAY_EVERY = 50  # steps between progress-bar loss readings (one host sync each)
-POOL_SIZE = 60_000  # MNIST-family training split
 
 
 def step_budget(cfg: TrainConfig, n: int) -> int:
@@ -131,6 +131,12 @@ def build_model(spec: TrainSpec) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed("init", spec))
         return create_model(spec.model, input_size=spec.canvas, width=spec.width)
+
+
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training autocasts to bf16: when asked, and on CUDA only (our choice: CPU bf16
+    autocast measured slower than fp32 on the development CPU)."""
+    return cfg.bf16 and torch.device(device).type == "cuda"
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -252,8 +258,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
            download: bool, on_step) -> dict[str, Any]:
     cfg = spec.train
     images, labels = load_split("train", spec.dataset, data_dir, download)
-    if images.shape[0] != POOL_SIZE:
-        raise BenchError(f"{spec.dataset}: expected {POOL_SIZE} training images, "
+    if images.shape[0] != MNIST_COUNTS["train"]:
+        raise BenchError(f"{spec.dataset}: expected {MNIST_COUNTS['train']} training images, "
                          f"found {images.shape[0]}")
     train_idx, val_idx = training_subset(labels, spec.n, spec.seed, cfg.val_size)
     x_train = images[train_idx].to(device)  # uint8 (n, 28, 28), resident
@@ -269,7 +275,7 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
     gen = torch.Generator(device=device).manual_seed(_seed("batches", spec))
     torch.manual_seed(_seed("dropout", spec))
 
-    bf16 = cuda and cfg.bf16  # the trainer autocasts on CUDA only
+    bf16 = uses_bf16(cfg, device)
 
     def amp():
         return autocast(device, bf16)
@@ -289,6 +295,7 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
     window, last_loss, start_step = 0, float("nan"), p.step
     bar = _progress_bar(spec, total, p.step, progress)
     run_seconds, tick = 0.0, time.perf_counter()
+    postfix: dict[str, str] = {}
     model.train()
     try:
         while p.step < total:
@@ -310,7 +317,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
             boundary = p.step % cfg.eval_every == 0 or p.step == total
             if p.step % _DISPLAY_EVERY == 0 or boundary:
                 last_loss = (loss_sum / window).item()
-                bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+                postfix["loss"] = f"{last_loss:.4f}"
+                bar.set_postfix(postfix, refresh=False)
             if not boundary:
                 continue
             now = time.perf_counter()
@@ -322,7 +330,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
                 if acc > p.best_acc:
                     p.best_acc, p.best_step = acc, p.step
                     save_checkpoint(acc)
-                bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{acc:.4f}", best=f"{p.best_acc:.4f}")
+                postfix.update(val=f"{acc:.4f}", best=f"{p.best_acc:.4f}")
+                bar.set_postfix(postfix)
             p.history.append([p.step, last_loss, acc if acc is not None else float("nan")])
             loss_sum, window = torch.zeros((), device=device), 0
             _save_state(files, spec, model, optimizer, gen, device, p)

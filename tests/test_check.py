@@ -105,3 +105,27 @@ def test_metric_key_formats_factor_values():
     r = {"setup": "s", "model": "m", "n": 10, "seed": 1, "test_set": "t", "metric": "a"}
     assert metric_key({**r, "factor_value": math.nan}) == "s|m|n10|s1|t||a"
     assert metric_key({**r, "factor_value": 0.5}) == "s|m|n10|s1|t|0.5|a"
+
+
+def test_a_baseline_folder_picks_the_run_s_processor(tmp_path, images, capsys):
+    """Two processors, two baselines: each run is checked against its own, exactly."""
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    run_a = make_run(tmp_path / "a", images, acc=0.8)
+    assert cli_check(args(run_a, folder, update=True)) == 0  # environment without a cpu key
+    first = sorted(folder.glob("*.json"))
+    assert [p.name for p in first] == ["smoke-cpu-unknown.json"]
+
+    run_b = make_run(tmp_path / "b", images, acc=0.7)
+    manifest = read_json(run_b / "manifest.json")
+    manifest["environment"] = {**ENV, "cpu": "Some CPU 9000, AVX2"}
+    write_json(run_b / "manifest.json", manifest)
+    assert cli_check(args(run_b, folder, update=True)) == 0  # adds a file, keeps the first
+    assert sorted(p.name for p in folder.glob("*.json")) == [
+        "smoke-cpu-some-cpu-9000-avx2.json", "smoke-cpu-unknown.json"]
+    assert read_json(folder / "smoke-cpu-unknown.json")["metrics"] == read_json(first[0])["metrics"]
+
+    # Each run passes exactly against its own processor's baseline, not the other's values.
+    assert cli_check(args(run_a, folder)) == 0
+    assert cli_check(args(run_b, folder)) == 0
+    assert "0 not" in capsys.readouterr().out

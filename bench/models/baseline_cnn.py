@@ -19,16 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.registry import NUM_CLASSES, Output, register_model
+from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 
 __all__ = ["BaselineCNN", "ConvClassifier", "scaled"]
 
 DROPOUT = 0.5  # the paper says "with dropout" without a rate; 0.5 is the usual choice
-
-
-def scaled(n: int, width: float) -> int:
-    """A layer size ``n`` scaled by ``width``, at least 1."""
-    return max(1, round(n * width))
 
 
 class ConvClassifier(nn.Module):

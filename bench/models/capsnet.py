@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.registry import NUM_CLASSES, Output, register_model
+from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 
 __all__ = ["CapsNet", "dynamic_routing", "margin_loss", "squash"]
 
@@ -187,10 +187,6 @@ def margin_loss(
     return (present + absent).sum(dim=1).mean()
 
 
-def _scaled(n: int, width: float) -> int:
-    return max(1, round(n * width))
-
-
 class CapsNet(nn.Module):
     """The three-layer CapsNet of Fig. 1 with the decoder of Fig. 2 (optional).
 
@@ -215,10 +211,10 @@ class CapsNet(nn.Module):
         super().__init__()
         self.input_size = input_size
         self.iterations = iterations
-        self.types = _scaled(primary_types, width)
+        self.types = scaled(primary_types, width)
         self.primary_dim = primary_dim
         self.digit_dim = digit_dim
-        channels = _scaled(conv_channels, width)
+        channels = scaled(conv_channels, width)
         self.grid = ((input_size - kernel + 1) - kernel) // 2 + 1  # valid conv, then stride 2
         if self.grid < 1:
             raise ValueError(f"input_size {input_size} too small for two {kernel}x{kernel} convs")
@@ -285,29 +281,25 @@ class CapsNet(nn.Module):
         return loss
 
 
-def _create(input_size: int, width: float, **kwargs) -> CapsNet:
-    return CapsNet(input_size=input_size, width=width, **kwargs)
-
-
 @register_model("capsnet")
 def capsnet(*, input_size: int, width: float) -> CapsNet:
     """The paper's model: 3 routing iterations, with the reconstruction decoder."""
-    return _create(input_size, width, iterations=3, reconstruction=True)
+    return CapsNet(input_size=input_size, width=width, iterations=3, reconstruction=True)
 
 
 @register_model("capsnet-r1")
 def capsnet_r1(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 1, reconstruction yes'."""
-    return _create(input_size, width, iterations=1, reconstruction=True)
+    return CapsNet(input_size=input_size, width=width, iterations=1, reconstruction=True)
 
 
 @register_model("capsnet-r1-norecon")
 def capsnet_r1_norecon(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 1, reconstruction no'."""
-    return _create(input_size, width, iterations=1, reconstruction=False)
+    return CapsNet(input_size=input_size, width=width, iterations=1, reconstruction=False)
 
 
 @register_model("capsnet-r3-norecon")
 def capsnet_r3_norecon(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 3, reconstruction no'."""
-    return _create(input_size, width, iterations=3, reconstruction=False)
+    return CapsNet(input_size=input_size, width=width, iterations=3, reconstruction=False)

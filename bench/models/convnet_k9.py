@@ -5,9 +5,9 @@ arXiv:2103.15459. They start from the CapsNet and remove its special parts one a
 transformation matrices, dynamic routing, squash, margin loss, reconstruction) and find that the
 kernel size, not routing, explains most of the affNIST robustness the CapsNet was credited with:
 the CapsNet's 9x9 kernels against the paper's baseline's 5x5. Their final "simple ConvNet" with
-9x9 kernels (and average pooling, 5.3M parameters) beats the CapsNet on affNIST. (Details here are
-from reviews of the paper; its full text was not reachable from this machine, so the exact layer
-list below follows the description of their CapsNet-derived baseline rather than their table.)
+9x9 kernels (and average pooling, 5.3M parameters) beats the CapsNet on affNIST. Our choice: the
+layer list below is their CapsNet-derived baseline (the CapsNet with its capsule layers replaced),
+not the final "simple ConvNet" of their table.
 
 This control keeps the CapsNet's feature extractor exactly and replaces PrimaryCaps -> DigitCaps
 routing by fully connected layers:
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from bench.models.baseline_cnn import ConvClassifier, scaled
-from bench.models.registry import NUM_CLASSES, register_model
+from bench.models.baseline_cnn import ConvClassifier
+from bench.models.registry import NUM_CLASSES, register_model, scaled
 
 __all__ = ["ConvNetK9"]
 

@@ -69,3 +69,8 @@ def create_model(name: str, input_size: int = 40, width: float = 1.0) -> nn.Modu
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def scaled(n: int, width: float) -> int:
+    """A layer size ``n`` scaled by the width multiplier, at least 1 (shared by every model)."""
+    return max(1, round(n * width))
