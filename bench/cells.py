@@ -17,6 +17,7 @@ on rerun (benchopt's cache design).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 from dataclasses import dataclass, field
@@ -47,9 +48,11 @@ __all__ = [
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = REPO_ROOT / "results"
 # The source that decides a trained model's weights, and nothing that only prints or orchestrates:
-# the trainer, the models, digit placement and MNIST reading, and io.py for derive_seed (the seeds
-# of the subset, the initialisation and the batches).
-TRAIN_CODE = ("train.py", "models", "data/canvas.py", "data/mnist.py", "io.py")
+# the trainer, the models, digit placement and MNIST reading, and the two functions of io.py that
+# make every seed (of the subset, the initialisation, the batches). "file.py:name" is one
+# top-level function of a file.
+TRAIN_CODE = ("train.py", "models", "data/canvas.py", "data/mnist.py", "io.py:derive_seed",
+              "io.py:stable_hash")
 
 
 @dataclass(frozen=True)
@@ -143,14 +146,29 @@ def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
                      profile.model.width, profile.data.dataset, train)
 
 
+def source_hash(root: Path, parts: tuple[str, ...]) -> str:
+    """Hash of the source named by ``parts`` under ``root``: a file, a folder (its ``*.py``), or
+    ``file.py:name``, the source of one top-level function or class of that file."""
+    texts: list[tuple[str, str]] = []
+    for part in parts:
+        rel, _, name = part.partition(":")
+        p = root / rel
+        if name:
+            tree = ast.parse(p.read_text())
+            nodes = [n for n in tree.body if getattr(n, "name", None) == name]
+            if not nodes:
+                raise BenchError(f"{p}: no top-level '{name}' to hash")
+            texts.append((part, ast.unparse(nodes[0])))
+        else:
+            files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+            texts += [(str(f.relative_to(root)), f.read_text()) for f in files]
+    return stable_hash(texts)
+
+
 @functools.lru_cache(maxsize=4)
 def code_hash(parts: tuple[str, ...] = TRAIN_CODE) -> str:
-    """Hash of the source files that decide training results (part of every cell's key)."""
-    files: list[Path] = []
-    for part in parts:
-        p = PACKAGE_DIR / part
-        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
-    return stable_hash([(str(f.relative_to(PACKAGE_DIR)), f.read_text()) for f in files])
+    """Hash of the source that decides training results (part of every cell's key)."""
+    return source_hash(PACKAGE_DIR, parts)
 
 
 def cell_dir(run_dir: Path, profile: Profile, cell: Cell, device_type: str) -> Path:

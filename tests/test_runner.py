@@ -111,3 +111,54 @@ def test_eval_stage_without_training_is_an_error(tmp_path):
     rc = main(["run", "eval", "--profile", "smoke", "--device", "cpu", "--out", str(tmp_path)])
     assert rc == 2
 
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "train", "--profile", "smoke"],
+    ["train", "--profile", "smoke", "--model", "capsnet", "--n", "100"],
+])
+def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
+    """`--download` is handed to the training's data loading (a fresh machine has no data)."""
+    import bench.train as train
+    from bench.cli import main
+    from bench.errors import BenchError
+
+    seen = []
+
+    def fake_load_split(split, dataset, data_dir=None, download=False):
+        seen.append((split, dataset, data_dir, download))
+        raise BenchError("stop here: the flag was seen")
+
+    monkeypatch.setattr(train, "load_split", fake_load_split)
+    rc = main([*argv, "--device", "cpu", "--out", str(tmp_path), "--download",
+               "--data-dir", str(tmp_path / "data")])
+    assert rc == 2  # the stub stopped the cell
+    assert seen and all(s == ("train", "mnist", str(tmp_path / "data"), True) for s in seen)
+
+
+def test_the_cache_key_covers_the_weight_code_and_nothing_else(tmp_path):
+    """A printed message does not move the key; a seed function or the trainer does."""
+    from bench.cells import TRAIN_CODE, source_hash
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "net.py").write_text("W = 1\n")
+    (tmp_path / "train.py").write_text("def step():\n    return 1\n")
+    (tmp_path / "io.py").write_text("def derive_seed(x):\n    return x\n\n"
+                                    "def write(p):\n    print('writing', p)\n")
+    (tmp_path / "cli.py").write_text("print('hello')\n")
+    parts = ("train.py", "models", "io.py:derive_seed")
+    key = source_hash(tmp_path, parts)
+
+    (tmp_path / "cli.py").write_text("print('hello, world')\n")  # only prints: same key
+    (tmp_path / "io.py").write_text("def derive_seed(x):\n    return x\n\n"
+                                    "def write(p):\n    print('now writing', p)\n")
+    assert source_hash(tmp_path, parts) == key
+
+    (tmp_path / "io.py").write_text("def derive_seed(x):\n    return x + 1\n\n"
+                                    "def write(p):\n    print('now writing', p)\n")
+    assert source_hash(tmp_path, parts) != key  # the seeds change: new key
+    key = source_hash(tmp_path, parts)
+    (tmp_path / "models" / "net.py").write_text("W = 2\n")
+    assert source_hash(tmp_path, parts) != key
+    # The real key names the trainer, the models and the seed function.
+    assert {"train.py", "models", "io.py:derive_seed"} <= set(TRAIN_CODE)
