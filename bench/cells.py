@@ -30,6 +30,8 @@ from bench.io import stable_hash
 from bench.runtime import REPO_ROOT
 
 __all__ = [
+    "AFFNIST_SETUP",
+    "MNIST28_SETUP",
     "RESULTS_DIR",
     "TRAIN_CODE",
     "Cell",
@@ -46,6 +48,10 @@ __all__ = [
 ]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The setups' names. AFFNIST_SETUP is the 40x40 affNIST experiment (distinct from the test set
+# "affnist", the affNIST-style set of bench.data.testsets); the names enter every seed.
+AFFNIST_SETUP = "affnist"
+MNIST28_SETUP = "mnist28"
 RESULTS_DIR = REPO_ROOT / "results"
 # The source that decides a trained model's weights, and nothing that only prints or orchestrates:
 # the trainer, the models, digit placement and MNIST reading, and the two functions of io.py that
@@ -86,7 +92,7 @@ class TrainSpec:
     model: str
     n: int
     seed: int
-    setup: str = "affnist"
+    setup: str = AFFNIST_SETUP
     canvas: int = 40
     train_shift: int = 6
     width: float = 1.0
@@ -104,11 +110,11 @@ class TrainSpec:
 def setups(profile: Profile) -> list[Setup]:
     """The profile's setups: ``affnist`` always, ``mnist28`` when it has a ``[mnist_table]``."""
     d = profile.data
-    out = [Setup("affnist", d.canvas, d.train_shift, profile.train.val_size, profile.models,
+    out = [Setup(AFFNIST_SETUP, d.canvas, d.train_shift, profile.train.val_size, profile.models,
                  profile.sizes, profile.seeds, None)]
     mt = profile.mnist_table
     if mt is not None:
-        out.append(Setup("mnist28", mt.canvas, mt.train_shift, mt.val_size, mt.models, mt.sizes,
+        out.append(Setup(MNIST28_SETUP, mt.canvas, mt.train_shift, mt.val_size, mt.models, mt.sizes,
                          mt.seeds, ("clean",)))
     return out
 

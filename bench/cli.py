@@ -73,7 +73,7 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.cells import Cell, cell_dir, default_run_dir, spec_for
+    from bench.cells import AFFNIST_SETUP, Cell, cell_dir, default_run_dir, spec_for
     from bench.config import load_profile
     from bench.models.registry import create_model
     from bench.runner import CellTask, DataSource, run_cell
@@ -84,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
         create_model(args.model, input_size=profile.data.canvas, width=profile.model.width)
     device = resolve_device(args.device)
     run_dir = Path(args.out) if args.out else default_run_dir(profile, device.type)
-    cell = Cell("affnist", args.model, args.n, args.seed)
+    cell = Cell(AFFNIST_SETUP, args.model, args.n, args.seed)
     spec_for(profile, cell)  # checks the cell against the profile
     # The runner's own cell folder, so that a later `run all` reuses this cell.
     folder = cell_dir(run_dir, profile, cell, device.type)

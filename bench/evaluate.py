@@ -22,18 +22,18 @@ import torch
 from bench import metrics
 from bench.cells import Cell, code_hash
 from bench.config import DataConfig
+from bench.data.testsets import CLEAN, set_kind
 from bench.errors import BenchError
 from bench.io import CellFiles, load_torch, read_json, stable_hash
 from bench.models.registry import create_model
 from bench.train import EVAL_BATCH
 
 N_EXAMPLES = 8
-SCRAMBLED_PREFIXES = ("scramble-", "displaced")
-CALIBRATED_SETS = ("clean", "affnist", "affnist-real")
 
 
 def is_scrambled(name: str) -> bool:
-    return name.startswith(SCRAMBLED_PREFIXES)
+    """Whether set ``name`` moves parts of its digits (scored against their intact twins)."""
+    return set_kind(name).scrambled
 
 
 @dataclasses.dataclass
@@ -89,6 +89,7 @@ def _test_sets(cfg: DataConfig, names: tuple[str, ...] | None, device: str,
 def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dict,
                 intact: Predictions | None) -> list[dict[str, Any]]:
     """Metric rows ``{test_set, factor_value, metric, value}`` of one test set."""
+    kind = set_kind(name)
     correct = (preds.pred == labels).numpy()
     conf = preds.confidence.numpy()
     nan = math.nan
@@ -97,10 +98,10 @@ def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dic
         {"test_set": name, "factor_value": nan, "metric": "error", "value": 1 - correct.mean()},
         {"test_set": name, "factor_value": nan, "metric": "mean_confidence", "value": conf.mean()},
     ]
-    if name in CALIBRATED_SETS:
+    if kind.calibrated:
         rows.append({"test_set": name, "factor_value": nan, "metric": "ece",
                      "value": metrics.ece(conf, correct)})
-    if name.startswith("sweep-"):
+    if kind.family == "sweep":
         values = params["value"].double().numpy()
         for v in np.unique(values):
             mask = values == v
@@ -164,7 +165,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
 
     model = load_model(files, device)
     preds = {name: predict(model, ts.images, device) for name, ts in sets.items()}
-    clean = sets.get("clean")
+    clean = sets.get(CLEAN.name)
     if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
         sources = clean.params["source"].long()
         row_of_source = torch.full((int(sources.max()) + 1,), -1, dtype=torch.long)
@@ -177,7 +178,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
             idx = row_of_source[ts.params["source"].long()]
             if bool((idx < 0).any()):
                 raise BenchError(f"{name}: some digits have no intact twin in the clean set")
-            intact = _subset(preds["clean"], idx)
+            intact = _subset(preds[CLEAN.name], idx)
             for flag, p, labels in ((False, preds[name], ts.labels),
                                     (True, intact, clean.labels[idx])):
                 conf_frames.append(pd.DataFrame({

@@ -13,7 +13,9 @@ Conventions shared by every figure, so that they can go into a paper unchanged:
   intervals (:func:`bench.metrics.mean_ci`): both are stated in the captions.
 
 Inputs are the tidy frames of the results schema (``metrics.csv``, ``confidences.parquet``,
-``throughput.csv``) or the dict of tensors of ``examples.pt``; nothing here reads files.
+``throughput.csv``) or the dict of tensors of ``examples.pt``; nothing here reads files. What a
+test set is (sweep, scrambled, ...) and the order the sets are shown in come from
+:func:`bench.data.testsets.set_kind`.
 """
 
 from __future__ import annotations
@@ -39,16 +41,23 @@ from matplotlib.ticker import (
     StrMethodFormatter,
 )
 
+from bench.data.testsets import (
+    AFFNIST_STYLE,
+    CLEAN,
+    find_set_kind,
+    order_set_names,
+    set_kind,
+    sets_where,
+)
 from bench.io import atomic_path, stable_hash
 
 __all__ = [
     "PALETTE",
     "COLUMN_IN",
     "PAGE_IN",
-    "TEST_SET_ORDER",
+    "largest_n",
     "model_color",
     "model_order",
-    "test_set_order",
     "save",
     "data_efficiency",
     "affnist_vs_clean",
@@ -73,19 +82,6 @@ PALETTE: dict[str, str] = {
     "convnet-k9": "#009E73",
 }
 _FALLBACK = ("#000000", "#7F7F7F", "#8C564B", "#BCBD22", "#17BECF", "#332288", "#44AA99")
-
-TEST_SET_ORDER = (
-    "clean",
-    "affnist",
-    "affnist-real",
-    "sweep-rotation",
-    "sweep-scale",
-    "sweep-shear",
-    "sweep-translate",
-    "scramble-g2",
-    "scramble-g3",
-    "displaced",
-)
 
 # x-axis label of each sweep factor: the unit of params["value"] in the test sets.
 FACTOR_LABELS = {
@@ -137,13 +133,6 @@ def model_order(models: Iterable[str]) -> list[str]:
     """Known models in :data:`PALETTE` order, then unknown ones alphabetically."""
     present = set(models)
     known = [m for m in PALETTE if m in present]
-    return known + sorted(present - set(known))
-
-
-def test_set_order(names: Iterable[str]) -> list[str]:
-    """Test sets in :data:`TEST_SET_ORDER`, then unknown ones alphabetically."""
-    present = set(names)
-    known = [t for t in TEST_SET_ORDER if t in present]
     return known + sorted(present - set(known))
 
 
@@ -199,7 +188,7 @@ def _grid(n_panels: int, width: float, panel_h: float, max_cols: int) -> tuple[F
     return fig, axes
 
 
-def _largest_n(df: pd.DataFrame) -> pd.DataFrame:
+def largest_n(df: pd.DataFrame) -> pd.DataFrame:
     """Rows at each model's largest training-set size (the headline operating point)."""
     n_max = df.groupby("model")["n"].transform("max")
     return df[df["n"] == n_max]
@@ -219,7 +208,8 @@ def _log_size_axis(ax: Any, sizes: Sequence[float]) -> None:
 
 
 def _panel_title(test_set: str) -> str:
-    if test_set.startswith("scramble") or test_set == "displaced":
+    kind = find_set_kind(test_set)
+    if kind is not None and kind.scrambled:
         return f"{test_set} (original class kept)"
     return test_set
 
@@ -237,7 +227,9 @@ def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: i
     """
     d = metrics[(metrics["metric"] == "accuracy") & metrics["factor_value"].isna()].copy()
     if test_sets is None:
-        test_sets = [t for t in test_set_order(d["test_set"]) if not t.startswith("sweep-")]
+        names = d["test_set"].unique()
+        sweep_sets = set(sets_where(names, lambda k: k.family == "sweep"))
+        test_sets = [t for t in order_set_names(names) if t not in sweep_sets]
     d["accuracy (%)"] = 100 * d["value"]
     models = model_order(d["model"])
     sizes = sorted(set(d["n"]))
@@ -255,14 +247,15 @@ def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: i
 
 
 def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
-                     other: str = "affnist") -> list[Path]:
+                     other: str = AFFNIST_STYLE.name) -> list[Path]:
     """affNIST-style accuracy against clean accuracy: one point per cell (model, n, seed).
 
     The paper's claim (Sabour et al. 2017, Sec. 5.2) compares models at *equal clean accuracy*;
     this plot shows that comparison for every training size at once. Marker area grows with n;
     the dashed line is y = x.
     """
-    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin(["clean", other])]
+    clean = CLEAN.name
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin([clean, other])]
     wide = d.pivot_table(index=["model", "n", "seed"], columns="test_set", values="value")
     wide = wide.dropna().reset_index()
     models = model_order(wide["model"])
@@ -274,9 +267,9 @@ def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
         ax = fig.subplots()
         for m in models:
             sel = (wide["model"] == m).to_numpy()
-            ax.scatter(100 * wide.loc[sel, "clean"], 100 * wide.loc[sel, other], s=area[sel],
+            ax.scatter(100 * wide.loc[sel, clean], 100 * wide.loc[sel, other], s=area[sel],
                        color=model_color(m), alpha=0.8, linewidths=0)
-        lim = [100 * min(wide["clean"].min(), wide[other].min()) - 2, 100.5]
+        lim = [100 * min(wide[clean].min(), wide[other].min()) - 2, 100.5]
         ax.plot(lim, lim, ls="--", lw=0.6, color="0.5")
         ax.set_xlim(lim)
         ax.set_ylim(lim)
@@ -289,13 +282,14 @@ def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
 def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000) -> list[Path]:
     """Accuracy against the magnitude of one transformation, one panel per factor.
 
-    Rows ``test_set == "sweep-<factor>"``, metric ``accuracy``, each model at its largest n;
-    95% bootstrap bands over seeds.
+    Rows of the sweep sets (``sweep-<factor>``), metric ``accuracy``, each model at its largest
+    n; 95% bootstrap bands over seeds.
     """
-    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].str.startswith("sweep-")]
-    d = _largest_n(d).copy()
+    sweep_sets = sets_where(metrics["test_set"].unique(), lambda k: k.family == "sweep")
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin(sweep_sets)]
+    d = largest_n(d).copy()
     d["accuracy (%)"] = 100 * d["value"]
-    sets = test_set_order(d["test_set"])
+    sets = order_set_names(d["test_set"])
     models = model_order(d["model"])
     with _style():
         fig, axes = _grid(len(sets), PAGE_IN, 1.8, 4)
@@ -304,7 +298,7 @@ def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000
                          hue="model", hue_order=models,
                          palette={m: model_color(m) for m in models}, marker="o",
                          n_boot=n_boot, legend=False, ax=ax, **_BAND)
-            factor = ts.removeprefix("sweep-")
+            factor = set_kind(ts).factor
             ax.set_xlabel(FACTOR_LABELS.get(factor, factor))
             ax.set_title(ts)
         _model_legend(fig, models)
@@ -322,11 +316,11 @@ def confidence_scrambled(confidences: pd.DataFrame, stem: str | os.PathLike) -> 
     for each scrambled set (``scramble-*``, ``displaced``) the rows with ``intact`` True are the
     intact counterparts. Each model at its largest n, seeds pooled; violins cut at the data range.
     """
-    d = confidences[confidences["test_set"].str.startswith("scramble")
-                    | (confidences["test_set"] == "displaced")]
-    d = _largest_n(d).copy()
+    scrambled = sets_where(confidences["test_set"].unique(), lambda k: k.scrambled)
+    d = confidences[confidences["test_set"].isin(scrambled)]
+    d = largest_n(d).copy()
     d["digit"] = np.where(d["intact"].astype(bool), "intact", "scrambled")
-    sets = test_set_order(d["test_set"])
+    sets = order_set_names(d["test_set"])
     models = model_order(d["model"])
     with _style():
         fig, axes = _grid(len(sets), PAGE_IN, 1.9, 3)
@@ -409,19 +403,27 @@ def _montage(fig: Figure, rows: Sequence[tuple[str, np.ndarray, np.ndarray | Non
              k: int, gap: int = 2) -> None:
     """One row of up to ``k`` greyscale tiles per entry (row label, images (K,H,W), labels).
 
-    Drawn as a single image on one axes (one embedded bitmap, fast and small), white gaps
-    between tiles, row labels as y tick labels, the class label in each tile's corner.
+    Drawn as a single image on one axes (one embedded bitmap, fast and small): the tiles laid
+    out by ``torchvision.utils.make_grid`` with white gaps (its outer border cut off), a smaller
+    image centred in its tile and a short row filled with white; row labels as y tick labels,
+    the class label in each tile's corner.
     """
+    import torch
+    from torchvision.utils import make_grid
+
     h = max(images.shape[1] for _, images, _ in rows)
     w = max(images.shape[2] for _, images, _ in rows)
-    canvas = np.ones((len(rows) * (h + gap) - gap, k * (w + gap) - gap), np.float32)
+    tiles = torch.ones((len(rows) * k, 1, h, w))
+    for r, (_, images, _) in enumerate(rows):
+        for c, img in enumerate(images[:k]):
+            y0, x0 = (h - img.shape[0]) // 2, (w - img.shape[1]) // 2
+            tiles[r * k + c, 0, y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = torch.from_numpy(img)
+    grid = make_grid(tiles, nrow=k, padding=gap, pad_value=1.0)[0]  # (3, H, W): one channel
+    canvas = grid[gap:gap + len(rows) * (h + gap) - gap, gap:gap + k * (w + gap) - gap].numpy()
     ax = fig.subplots()
     for r, (_, images, labels) in enumerate(rows):
-        for c, img in enumerate(images[:k]):
-            y0 = r * (h + gap) + (h - img.shape[0]) // 2
-            x0 = c * (w + gap) + (w - img.shape[1]) // 2
-            canvas[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
-            if labels is not None:
+        if labels is not None:
+            for c in range(min(k, len(images))):
                 ax.text(c * (w + gap) + 1, r * (h + gap) + 1, str(int(labels[c])),
                         color="#FFD54F", fontsize=5, ha="left", va="top")
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -444,7 +446,7 @@ def _grid_figure(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None]], k: i
 
 def example_grid(examples: Mapping[str, Any], stem: str | os.PathLike, k: int = 8) -> list[Path]:
     """The first ``k`` images of each test set (``images/<set>``), class label in the corner."""
-    sets = test_set_order(key.split("/", 1)[1] for key in examples if key.startswith("images/"))
+    sets = order_set_names(key.split("/", 1)[1] for key in examples if key.startswith("images/"))
     rows = []
     for ts in sets:
         labels = examples.get(f"labels/{ts}")
@@ -462,7 +464,7 @@ def reconstructions(examples: Mapping[str, Any], stem: str | os.PathLike,
     (Sabour et al. 2017, Sec. 4.1). On scrambled digits a good part-whole model should
     reconstruct the *intact* digit it believes in, not the scrambled input.
     """
-    sets = test_set_order(key.split("/", 1)[1] for key in examples if key.startswith("recon/"))
+    sets = order_set_names(key.split("/", 1)[1] for key in examples if key.startswith("recon/"))
     rows = []
     for ts in sets:
         if f"images/{ts}" in examples:

@@ -4,7 +4,9 @@ Every function accepts NumPy arrays, torch tensors (any device; they are copied 
 Python sequences, and returns plain Python floats, so the evaluator, the report and the tests use
 one definition of each number. The definitions follow the papers the benchmark tests:
 
-- accuracy / error: Sabour et al. (2017), Table 1 reports the test *error* in %.
+- accuracy and error (Sabour et al. 2017, Table 1 reports the test *error* in %): the mean of
+  ``pred == label`` and one minus it, computed where the predictions are
+  (:func:`bench.evaluate.set_metrics`), so they have no function here.
 - AUROC: the Mann-Whitney U statistic divided by ``n_pos * n_neg`` (Hanley & McNeil, 1982),
   ties counted half, so a detector that cannot tell the two sets apart scores exactly 0.5.
 - ECE: Guo et al. (2017), "On Calibration of Modern Neural Networks", Eq. (3), with M = 15
@@ -29,8 +31,6 @@ from scipy import stats
 from bench.errors import BenchError
 
 __all__ = [
-    "accuracy",
-    "error_rate",
     "auroc",
     "ece",
     "size_to_target",
@@ -57,55 +57,14 @@ def _same_length(a: np.ndarray, b: np.ndarray, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Classification
-
-
-def accuracy(pred: Any, labels: Any) -> float:
-    """Fraction of correct predictions.
-
-    Args:
-        pred: (N,) predicted classes, or (N, C) class scores whose argmax is the prediction
-            (capsule lengths or softmax probabilities, as in ``Output.scores``).
-        labels: (N,) true classes.
-
-    Returns:
-        ``mean(pred == labels)``; NaN for N = 0.
-
-    >>> accuracy([1, 2, 3, 4], [1, 2, 0, 0])
-    0.5
-    """
-    p = _np(pred, "pred", None)
-    y = _np(labels, "labels", np.int64).reshape(-1)
-    if p.ndim == 2:
-        p = p.argmax(axis=1)
-    p = p.reshape(-1)
-    _same_length(p, y, "accuracy(pred, labels)")
-    if y.size == 0:
-        return math.nan
-    return float(np.mean(p.astype(np.int64) == y))
-
-
-def error_rate(pred: Any, labels: Any) -> float:
-    """``1 - accuracy``: the quantity of the paper's MNIST table (Sabour et al. 2017, Table 1)."""
-    return 1.0 - accuracy(pred, labels)
-
-
-# --------------------------------------------------------------------------------------------
 # Ranking and calibration
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..N with tied values given the mean of the ranks they span (mid-ranks)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # rank of the last member of each group of ties
-    mid = ends - (counts - 1) / 2.0
-    return mid[inverse]
 
 
 def auroc(pos_scores: Any, neg_scores: Any) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counted half.
 
-    Computed exactly from the Mann-Whitney U statistic with mid-ranks:
+    Computed exactly from the Mann-Whitney U statistic with mid-ranks
+    (``scipy.stats.rankdata(method="average")``):
     ``AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` where ``R_pos`` is the sum of
     the positives' ranks in the pooled sample. With mid-ranks, each tied (positive, negative) pair
     contributes exactly 1/2, as in the pairwise definition. Used for "can the model tell an intact
@@ -127,7 +86,7 @@ def auroc(pos_scores: Any, neg_scores: Any) -> float:
         return math.nan
     if np.isnan(pos).any() or np.isnan(neg).any():
         raise BenchError("auroc: expected finite scores, found NaN")
-    ranks = _average_ranks(np.concatenate([pos, neg]))
+    ranks = stats.rankdata(np.concatenate([pos, neg]), method="average")
     n_pos, n_neg = pos.size, neg.size
     u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))

@@ -25,7 +25,16 @@ import numpy as np
 import pandas as pd
 
 from bench import figures
+from bench.cells import AFFNIST_SETUP
 from bench.config import PAPER_MNIST_ERRORS, Profile
+from bench.data.testsets import (
+    AFFNIST_STYLE,
+    CLEAN,
+    SET_KINDS,
+    find_set_kind,
+    order_set_names,
+    sets_where,
+)
 from bench.errors import BenchError
 from bench.io import load_torch, write_text
 from bench.metrics import aggregate, seed_matrix, size_to_target
@@ -33,7 +42,7 @@ from bench.metrics import aggregate, seed_matrix, size_to_target
 __all__ = ["build_report", "read_metrics", "Table", "METRICS_COLUMNS"]
 
 METRICS_COLUMNS = ("setup", "model", "n", "seed", "test_set", "factor_value", "metric", "value")
-MAIN_SETUP = "affnist"  # 40x40 canvas, every test set
+MAIN_SETUP = AFFNIST_SETUP  # the 40x40 setup, evaluated on every test set
 MNIST_SETUP = "mnist28"  # the paper's MNIST table
 PM = "±"
 
@@ -155,7 +164,7 @@ def _read_confidences(path: Path) -> pd.DataFrame:
     """
     return pd.read_parquet(
         path, columns=["setup", "model", "n", "seed", "test_set", "confidence", "intact"],
-        filters=[("test_set", "not in", ["clean", "affnist", "affnist-real"])],
+        filters=[("test_set", "not in", [k.name for k in SET_KINDS if not k.scrambled])],
     )
 
 
@@ -176,8 +185,10 @@ def _read_optional(path: Path, reader: Callable[[Path], Any], notes: list[str]) 
 # Tables
 
 
-def _at_largest_n(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["n"] == df.groupby("model")["n"].transform("max")]
+def _factor(test_set: str) -> str:
+    """A sweep's factor ("rotation", ...), or the name itself for a set of no known factor."""
+    kind = find_set_kind(test_set)
+    return kind.factor if kind is not None and kind.factor else test_set
 
 
 def _cell(agg: pd.DataFrame, model: str, test_set: str, metric: str) -> tuple[float, float, int]:
@@ -189,9 +200,9 @@ def _cell(agg: pd.DataFrame, model: str, test_set: str, metric: str) -> tuple[fl
 
 
 def _headline_table(main: pd.DataFrame, models: list[str]) -> Table | None:
-    d = _at_largest_n(main[main["factor_value"].isna()])
+    d = figures.largest_n(main[main["factor_value"].isna()])
     agg = aggregate(d, ["model", "n", "test_set", "metric"])
-    sets = [t for t in ("clean", "affnist", "affnist-real") if t in set(d["test_set"])]
+    sets = sets_where(d["test_set"].unique(), lambda k: k.calibrated)
     if not sets:
         return None
     header = ["Model", "n", "Seeds"] + [f"{t} acc. (%)" for t in sets]
@@ -212,11 +223,10 @@ def _headline_table(main: pd.DataFrame, models: list[str]) -> Table | None:
 
 
 def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
-    sets = figures.test_set_order(t for t in set(main["test_set"])
-                                  if t.startswith("scramble") or t == "displaced")
+    sets = sets_where(main["test_set"].unique(), lambda k: k.scrambled)
     if not sets:
         return None
-    d = _at_largest_n(main[main["test_set"].isin(sets)])
+    d = figures.largest_n(main[main["test_set"].isin(sets)])
     agg = aggregate(d, ["model", "test_set", "metric"])
     header = ["Model", "Test set", "Orig. class kept (%)", "Conf. scrambled", "Conf. intact",
               "AUROC conf.", "AUROC recon."]
@@ -238,12 +248,12 @@ def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
 
 
 def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
-    d = _at_largest_n(main[main["metric"] == "probe_r2"])
+    d = figures.largest_n(main[main["metric"] == "probe_r2"])
     if d.empty:
         return None
     agg = aggregate(d, ["model", "test_set", "metric"])
-    sets = figures.test_set_order(d["test_set"])
-    header = ["Model"] + [f"{t.removeprefix('sweep-')} R²" for t in sets]
+    sets = order_set_names(d["test_set"])
+    header = ["Model"] + [f"{_factor(t)} R²" for t in sets]
     rows = [[m] + [_pm(*_cell(agg, m, t, "probe_r2")[:2], digits=3) for t in sets]
             for m in models if m in set(d["model"])]
     return Table("probe", "Equivariance probe: held-out R² of a ridge read-out of each "
@@ -296,7 +306,7 @@ def _ratio(a: _Bound, ref: _Bound) -> str:
 
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
                            targets: Sequence[float]) -> Table | None:
-    d = main[(main["test_set"] == "clean") & (main["metric"] == "accuracy")]
+    d = main[(main["test_set"] == CLEAN.name) & (main["metric"] == "accuracy")]
     if d.empty or d["n"].nunique() < 1:
         return None
     need = {m: [_n_to_reach(d[d["model"] == m], t) for t in targets] for m in models}
@@ -319,10 +329,10 @@ def _data_efficiency_table(main: pd.DataFrame, models: list[str],
 
 
 def _mnist_table(df: pd.DataFrame) -> Table | None:
-    d = df[(df["setup"] == MNIST_SETUP) & (df["test_set"] == "clean") & (df["metric"] == "error")]
+    d = df[(df["setup"] == MNIST_SETUP) & (df["test_set"] == CLEAN.name) & (df["metric"] == "error")]
     if d.empty:
         return None
-    d = _at_largest_n(d)
+    d = figures.largest_n(d)
     agg = aggregate(d, ["model", "n"])
     header = ["Model", "n", "Seeds", "Our error (%)", "Paper error (%)", "Difference (pp)"]
     rows = []
@@ -411,8 +421,7 @@ def _run_section(manifest: dict | None, df: pd.DataFrame) -> list[str]:
         prof = manifest.get("profile") or {}
         for label, value in (
             ("profile", prof.get("name")),
-            ("git commit", manifest.get("git_commit") or manifest.get("commit")
-             or manifest.get("git")),
+            ("git commit", manifest.get("git_commit")),  # written by bench.runner.run
             ("device", manifest.get("device")),
         ):
             if value not in (None, "", {}):
@@ -521,16 +530,15 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
         figures.data_efficiency(main, out / "data_efficiency", n_boot=n_boot)
         done.append("data_efficiency")
     sets = set(acc["test_set"])
-    if {"clean", "affnist"} <= sets:
+    if {CLEAN.name, AFFNIST_STYLE.name} <= sets:
         figures.affnist_vs_clean(main, out / "affnist_vs_clean")
         done.append("affnist_vs_clean")
-    if any(t.startswith("sweep-") for t in sets):
+    if sets_where(sets, lambda k: k.family == "sweep"):
         figures.sweeps(main, out / "sweeps", n_boot=n_boot)
         done.append("sweeps")
     if conf is not None:
         c = conf[conf["setup"] == MAIN_SETUP]
-        scr = c["test_set"].str.startswith("scramble") | (c["test_set"] == "displaced")
-        if scr.any():
+        if c["test_set"].isin(sets_where(c["test_set"].unique(), lambda k: k.scrambled)).any():
             figures.confidence_scrambled(c, out / "confidence_scrambled")
             done.append("confidence_scrambled")
         else:

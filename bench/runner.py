@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench.cells import Cell, cell_dir, cells, data_config, setup_by_name, setups, spec_for
+from bench.cells import AFFNIST_SETUP, Cell, cell_dir, cells, data_config, setup_by_name, setups, spec_for
 from bench.config import Profile
 from bench.io import CellFiles, atomic_path, load_torch, read_json, save_torch, write_json
 from bench.runtime import environment, set_deterministic
@@ -113,7 +113,7 @@ def stage_data(profile: Profile, run_dir: Path, device: torch.device, data_dir: 
         sets = build_test_sets(data_config(profile, setup), device, names=setup.test_sets,
                                data_dir=data_dir, download=download, progress=progress)
         checksums[setup.name] = test_set_manifest(sets)
-        if setup.name == "affnist":
+        if setup.name == AFFNIST_SETUP:
             examples = example_images(sets)
     if examples:
         save_torch(run_dir / "examples.pt", examples)
@@ -148,7 +148,7 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
         if files.confidences.is_file():
             confs.append(pd.read_parquet(files.confidences))
         # The report's reconstruction figure: the CapsNet trained on the most data (lowest seed).
-        if (c.setup == "affnist" and c.model == "capsnet" and files.examples.is_file()
+        if (c.setup == AFFNIST_SETUP and c.model == "capsnet" and files.examples.is_file()
                 and (best_capsnet is None or (c.n, -c.seed) > best_capsnet[:2])):
             best_capsnet = (c.n, -c.seed, files.examples)
     if not frames:
@@ -168,7 +168,7 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
                      progress: bool = True) -> pd.DataFrame:
     """Speed of every model (as ``bench throughput``) and of affNIST-style generation."""
-    from bench.data.testsets import generate
+    from bench.data.testsets import AFFNIST_STYLE, generate
     from bench.throughput import measure
     from bench.train import uses_bf16
 
@@ -187,12 +187,12 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
     # Generation rate: the affNIST-style set generated from scratch (no cache).
     cfg = dataclasses.replace(profile.data, n_test=min(profile.data.n_test, 2000), affnist_k=4)
     t0 = time.perf_counter()
-    generated = generate("affnist", cfg, device)
+    generated = generate(AFFNIST_STYLE.name, cfg, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     count = int(generated.images.shape[0])
-    rows.append({"kind": "generation", "model": "affnist", "input_size": profile.data.canvas,
+    rows.append({"kind": "generation", "model": AFFNIST_STYLE.name, "input_size": profile.data.canvas,
                  "batch": count, "device": device.type,
                  "device_name": rows[0].get("device_name") if rows else device.type,
                  "images_per_s": count / seconds})

@@ -257,6 +257,7 @@ def _save_state(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, 
 def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, progress: bool,
            download: bool, on_step) -> dict[str, Any]:
     cfg = spec.train
+    t_setup = time.perf_counter()
     images, labels = load_split("train", spec.dataset, data_dir, download)
     if images.shape[0] != MNIST_COUNTS["train"]:
         raise BenchError(f"{spec.dataset}: expected {MNIST_COUNTS['train']} training images, "
@@ -295,6 +296,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
     window, last_loss, start_step = 0, float("nan"), p.step
     bar = _progress_bar(spec, total, p.step, progress)
     run_seconds, tick = 0.0, time.perf_counter()
+    # Where this session's time went (seconds); a resumed cell counts only the resumed part.
+    timing = {"setup_s": tick - t_setup, "steps_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
     postfix: dict[str, str] = {}
     model.train()
     try:
@@ -324,9 +327,11 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
             now = time.perf_counter()
             run_seconds += now - tick
             p.seconds += now - tick
-            acc = None
+            acc, timing_val = None, 0.0
             if cfg.val_size > 0:
                 acc = _accuracy(model, x_val, y_val, amp)
+                timing_val = time.perf_counter() - now
+                timing["validation_s"] += timing_val
                 if acc > p.best_acc:
                     p.best_acc, p.best_step = acc, p.step
                     save_checkpoint(acc)
@@ -336,6 +341,7 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
             loss_sum, window = torch.zeros((), device=device), 0
             _save_state(files, spec, model, optimizer, gen, device, p)
             tick = time.perf_counter()
+            timing["checkpoint_s"] += tick - now - timing_val
     finally:
         bar.close()
     if cfg.val_size == 0 or not files.checkpoint.exists():
@@ -362,6 +368,7 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
         "subset_sha256": sha256_tensor(train_idx),
         "weights_hash": weights_hash(ckpt["model"]),
         "resumed_from": resumed_from,
+        "timing": {**timing, "steps_s": run_seconds},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -10,13 +11,12 @@ import pytest
 import torch
 from scipy import stats
 
+import bench.metrics
 from bench.errors import BenchError
 from bench.metrics import (
-    accuracy,
     aggregate,
     auroc,
     ece,
-    error_rate,
     mean_ci,
     ridge_r2,
     seed_matrix,
@@ -24,21 +24,12 @@ from bench.metrics import (
 )
 
 # --------------------------------------------------------------------------------------------
-# accuracy / error
+# the examples in the docstrings
 
 
-def test_accuracy_on_classes_and_scores():
-    assert accuracy([1, 2, 3, 4], [1, 2, 0, 0]) == 0.5
-    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])  # argmax 1, 0, 1
-    assert accuracy(scores, [1, 1, 1]) == pytest.approx(2 / 3)
-    assert error_rate(scores, [1, 1, 1]) == pytest.approx(1 / 3)
-
-
-def test_accuracy_accepts_torch_and_rejects_mismatch():
-    assert accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])) == pytest.approx(2 / 3)
-    assert math.isnan(accuracy([], []))
-    with pytest.raises(BenchError, match="same length"):
-        accuracy([1, 2], [1, 2, 3])
+def test_docstring_examples_run():
+    result = doctest.testmod(bench.metrics)
+    assert result.failed == 0 and result.attempted >= 4
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def test_report_has_every_section(run):
                     "The paper's MNIST table", "Throughput", "Test-set generation", "Figures"):
         assert f"\n## {section}\n" in md, section
     assert "## Skipped" not in md  # every input file is present
+    assert f"- git commit: `{'0' * 40}`" in md  # the manifest's git_commit (bench.runner)
     assert "79%" in md and "66%" in md and "Gu, Tresp & Hu" in md
 
 

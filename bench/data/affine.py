@@ -6,17 +6,14 @@ dedicated CPU :class:`torch.Generator` (so the parameters do not depend on the d
 :func:`affine_matrices` turns parameters into ``(N, 2, 3)`` pixel matrices, and :func:`warp`
 applies them to uint8 canvases on whatever device they live on.
 
-Ranges: affNIST (Tieleman 2013, https://www.cs.toronto.edu/~tijmen/affNIST/) takes each MNIST
-digit centred on a 40x40 canvas (an edge of 6 background pixels around the 28x28 original) and
-makes 32 randomly transformed versions of it, with "significant translations": rotation, shear,
-independent horizontal and vertical scale, and a translation keeping the digit inside the 40x40
-image. Our defaults (:class:`bench.config.AffineConfig`) are the ranges attributed to that page:
-rotation uniform in +-20 degrees, shear factor uniform in +-0.2, scale_x and scale_y
-independently uniform in [0.8, 1.2], then a translation uniform over the positions that keep
-the transformed digit's bounding box (and all its ink) on the canvas. (The stored copy of the
-page we could search showed its introduction -- 40x40, 32 transforms per digit, 6 px centring
-border -- but not its list of ranges, so these numbers are the issue's and the config's,
-not yet checked against the page's text.)
+Ranges: affNIST (Tieleman 2013, https://www.cs.toronto.edu/~tijmen/affNIST/) applies "various
+reasonable affine transformations" to MNIST digits, "with significant translations involved",
+on a 40x40 canvas (the untransformed version centres each 28x28 digit with an edge of 6
+background pixels), 32 transformed versions per digit. The ranges of our defaults
+(:class:`bench.config.AffineConfig`) are our choice, not numbers quoted from that page: rotation
+uniform in +-20 degrees, shear factor uniform in +-0.2, scale_x and scale_y independently uniform
+in [0.8, 1.2], then a translation uniform over the positions that keep the transformed digit's
+bounding box (and all its ink) on the canvas.
 
 Convention (every function here):
     - pixel coordinates ``(x, y)``: x to the right, y down, origin at the centre of the top-left

@@ -11,15 +11,21 @@ from pathlib import Path
 
 import torch
 
+from bench.data.testsets import find_set_kind
 from bench.io import atomic_path
 
 __all__ = ["contact_sheet", "describe", "pick_examples"]
 
 
+def _family(ts) -> str | None:
+    kind = find_set_kind(ts.name)
+    return None if kind is None else kind.family
+
+
 def pick_examples(ts, rows: int = 6, cols: int = 8) -> tuple[list[int], int]:
     """Indices to show and the number of columns: for sweeps one column per grid point."""
     n = len(ts)
-    if "value" in ts.params and n:
+    if _family(ts) == "sweep" and n:
         values = ts.params["value"]
         points = torch.unique_consecutive(values)
         per_point = n // points.numel()
@@ -33,18 +39,19 @@ def pick_examples(ts, rows: int = 6, cols: int = 8) -> tuple[list[int], int]:
 
 
 def describe(ts, i: int) -> str:
-    """A short title for example ``i``: label, then the parameters that made it."""
+    """A short title for example ``i``: label, then the parameters of the set's kind that made it."""
     p = ts.params
     parts = [str(int(ts.labels[i]))]
-    if "angle_deg" in p and "value" not in p:
+    family = _family(ts)
+    if family == "affine":
         parts.append(f"r{p['angle_deg'][i]:+.0f} sh{p['shear'][i]:+.2f}")
         parts.append(f"\nsx{p['scale_x'][i]:.2f} sy{p['scale_y'][i]:.2f}")
         parts.append(f"t({p['tx'][i]:+.0f},{p['ty'][i]:+.0f})")
-    elif "value" in p:
+    elif family == "sweep":
         parts.append(f"v={p['value'][i]:g}")
-    elif "perm" in p:
+    elif family == "scramble":
         parts.append("p" + "".join(str(int(v)) for v in p["perm"][i]))
-    elif "clipped" in p:
+    elif family == "displaced":
         parts.append(f"clip {int(p['clipped'][i])}")
     return " ".join(parts)
 

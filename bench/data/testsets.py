@@ -1,19 +1,29 @@
-"""Every generated test set of the benchmark: specs, generation on the device, and a verified cache.
+"""Every test set of the benchmark: the table of their kinds, generation on the device, a verified cache.
 
-Sets (all from the first MNIST *test* digits, so no test digit was seen in training):
+Sets (all but ``affnist-real`` from the first MNIST *test* digits, so no test digit was seen in
+training); :data:`SET_KINDS` and :func:`set_kind` say what each name means:
 
 - ``clean``: the digits centred on the canvas (affNIST's "just centered": a 6 px border at 40x40;
   at 28x28 the paper's MNIST test set itself).
-- ``affnist``: each of ``n_test`` digits under ``affnist_k`` random affine transforms with the
-  affNIST ranges (Tieleman 2013; 32 per digit there), see :mod:`bench.data.affine`. Parameters
-  per image: ``matrix`` (2x3 forward pixel matrix) and the human-readable ``angle_deg, shear,
-  scale_x, scale_y, tx, ty`` (plus ``center_x, center_y`` and ``fits``), as affNIST stores them.
+- ``affnist``: the *affNIST-style* set, our generation following affNIST (Tieleman 2013,
+  https://www.cs.toronto.edu/~tijmen/affNIST/): each of ``n_test`` digits under ``affnist_k``
+  random affine transforms (32 per digit there) with the ranges of
+  :class:`bench.config.AffineConfig`, see :mod:`bench.data.affine`. Parameters per image:
+  ``matrix`` (2x3 forward pixel matrix) and the human-readable ``angle_deg, shear, scale_x,
+  scale_y, tx, ty`` (plus ``center_x, center_y`` and ``fits``), as affNIST stores them.
+- ``affnist-real``: the official affNIST test files (not generated) when ``real_affnist`` names
+  them, see :mod:`bench.data.affnist_mat`. Distinct from ``affnist`` above.
 - ``sweep-rotation``, ``sweep-scale``, ``sweep-shear``, ``sweep-translate``: one factor at a
   time on the grids of :class:`bench.config.DataConfig`, the same ``sweep_n`` digits at every
   point (paired comparisons), ``params["value"]`` the factor's magnitude.
-- ``scramble-g2``, ``scramble-g3`` (one per ``scramble_grids``) and ``displaced``: the capsule
-  paper's part-whole claim (Sabour et al. 2017, Sec. 1), see :mod:`bench.data.scramble`.
-- ``affnist-real``: the official affNIST test files when ``real_affnist`` names them.
+- ``scramble-g2``, ``scramble-g3`` (``scramble-g<k>``, one per ``scramble_grids``) and
+  ``displaced``: the capsule paper's part-whole claim (Sabour et al. 2017, Sec. 1), see
+  :mod:`bench.data.scramble`.
+
+The names are identities, never to be renamed: each seeds its set's generator, keys the cache
+and fills the ``test_set`` column of ``metrics.csv`` (and so the committed baselines). Note that
+the *setup* called ``affnist`` (:mod:`bench.cells`) is another thing: the 40x40
+training/evaluation configuration, whose name is kept because it enters every cell's seed.
 
 Every set derived from MNIST carries ``params["source"]``, the index into the MNIST test split,
 so a scrambled digit pairs with its intact version in ``clean``. Every random draw comes from a
@@ -31,8 +41,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +54,28 @@ import torch
 from bench.config import DataConfig
 from bench.data import affine, scramble
 from bench.data.canvas import place
+from bench.data.mnist import MNIST_COUNTS
 from bench.errors import BenchError
 from bench.io import derive_seed, load_torch, read_json, save_torch, sha256_tensor, stable_hash, write_json
 
 __all__ = [
-    "SET_NAMES",
+    "AFFNIST_REAL",
+    "AFFNIST_STYLE",
+    "CLEAN",
+    "DISPLACED",
+    "SET_KINDS",
+    "SWEEPS",
+    "SetKind",
     "TestSet",
     "build_test_sets",
     "default_set_names",
+    "find_set_kind",
     "generate",
+    "order_set_names",
+    "scramble_name",
+    "set_kind",
+    "set_size",
+    "sets_where",
     "test_set_manifest",
 ]
 
@@ -60,14 +85,166 @@ ROUNDING_NOTE = (
     "images are uint8: after the bilinear warp (kornia warp_affine, align_corners=True, zero "
     "padding) values were rounded to the nearest integer (ties to even) and clamped to [0, 255]"
 )
-SWEEP_FACTORS = {
-    "sweep-rotation": ("rotation", "rotation_grid"),
-    "sweep-scale": ("scale", "scale_grid"),
-    "sweep-shear": ("shear", "shear_grid"),
-    "sweep-translate": ("translate", "translate_grid"),
-}
-SET_NAMES = ("clean", "affnist", *SWEEP_FACTORS, "scramble-g*", "displaced", "affnist-real")
-WARPED = ("affnist", *SWEEP_FACTORS)
+
+
+# --------------------------------------------------------------------------------------------
+# The kinds of test set: the one place that reads meaning into a set's name
+
+
+FAMILIES = ("clean", "affine", "real", "sweep", "scramble", "displaced")
+
+
+@dataclass(frozen=True)
+class SetKind:
+    """What a test set is, looked up by its name (:func:`set_kind`).
+
+    Fields:
+        name: the set's name, as it seeds the generator and appears in ``metrics.csv``.
+        family: ``"clean"`` (centred digits), ``"affine"`` (the affNIST-style set ``affnist``),
+            ``"real"`` (the official affNIST files, ``affnist-real``), ``"sweep"`` (one factor on
+            a grid), ``"scramble"`` (cells of the digit permuted) or ``"displaced"`` (cells
+            pushed apart).
+        factor: sweeps only: ``"rotation"``, ``"scale"``, ``"shear"`` or ``"translate"``; its
+            grid is ``DataConfig.<factor>_grid`` and ``params["value"]`` its magnitude.
+        grid: ``scramble-g<k>`` only: k, the digit's box cut into k x k cells.
+        order: the family's place in tables and figures (scrambles then by ``grid``).
+
+    Derived from the family: :attr:`warped`, :attr:`scrambled`, :attr:`calibrated`.
+
+    Names: the set ``affnist`` (:data:`AFFNIST_STYLE`) is the affNIST-style set, our generation
+    following affNIST; ``affnist-real`` (:data:`AFFNIST_REAL`) is the official affNIST test
+    files. Neither is the *setup* ``affnist`` of :mod:`bench.cells`, the 40x40 training and
+    evaluation configuration, whose name is kept because it enters every cell's seed. Set names
+    are never renamed either: they seed the generators and fill the committed baselines.
+    """
+
+    name: str
+    family: str
+    factor: str | None = None
+    grid: int | None = None
+    order: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise BenchError(f"test-set family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+
+    @property
+    def warped(self) -> bool:
+        """Made by a bilinear warp (Kornia): pixels may differ by device and library version."""
+        return self.family in ("affine", "sweep")
+
+    @property
+    def scrambled(self) -> bool:
+        """Parts of each digit moved: scored against its intact twin in ``clean``."""
+        return self.family in ("scramble", "displaced")
+
+    @property
+    def calibrated(self) -> bool:
+        """ECE is reported (our choice: the sets drawn as a whole, not a sweep's grid of values
+        nor scrambled digits, whose label is the intact digit's class)."""
+        return self.family in ("clean", "affine", "real")
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Where the set goes in tables and figures: by ``order``, scrambles then by grid."""
+        return (self.order, self.grid or 0)
+
+
+CLEAN = SetKind("clean", "clean", order=0)
+AFFNIST_STYLE = SetKind("affnist", "affine", order=1)
+AFFNIST_REAL = SetKind("affnist-real", "real", order=2)
+SWEEPS = tuple(SetKind(f"sweep-{f}", "sweep", factor=f, order=3 + i)
+               for i, f in enumerate(("rotation", "scale", "shear", "translate")))
+_SCRAMBLE_ORDER = 7  # scramble-g<k> for any k >= 2: made by set_kind, not listed
+DISPLACED = SetKind("displaced", "displaced", order=8)
+SET_KINDS = (CLEAN, AFFNIST_STYLE, AFFNIST_REAL, *SWEEPS, DISPLACED)
+_BY_NAME = {k.name: k for k in SET_KINDS}
+_SCRAMBLE_NAME = re.compile(r"scramble-g([1-9][0-9]*)")
+# The official affNIST test set: the 10,000 MNIST test digits x 32 transforms each
+# (https://www.cs.toronto.edu/~tijmen/affNIST/); a path naming only some of its files holds fewer.
+AFFNIST_REAL_COUNT = 320_000
+
+
+def scramble_name(g: int) -> str:
+    """The name of the scrambled set with g x g cells (:func:`set_kind` reads it back)."""
+    return f"scramble-g{g}"
+
+
+def find_set_kind(name: str) -> SetKind | None:
+    """The kind of set ``name``, or None for a name the benchmark does not make."""
+    kind = _BY_NAME.get(name)
+    if kind is None:
+        m = _SCRAMBLE_NAME.fullmatch(name)
+        if m and int(m.group(1)) >= 2:
+            kind = SetKind(name, "scramble", grid=int(m.group(1)), order=_SCRAMBLE_ORDER)
+    return kind
+
+
+def set_kind(name: str) -> SetKind:
+    """The kind of set ``name``; an unknown name is a one-line :class:`BenchError`."""
+    kind = find_set_kind(name)
+    if kind is None:
+        known = [*(k.name for k in SET_KINDS if k is not DISPLACED), "scramble-g<k> (k >= 2)",
+                 DISPLACED.name]
+        raise BenchError(f"unknown test set '{name}' (known: {', '.join(known)})")
+    return kind
+
+
+def sets_where(names: Iterable[str], test: Callable[[SetKind], bool]) -> list[str]:
+    """The known names among ``names`` whose kind passes ``test``, in table order."""
+    return order_set_names(t for t in set(names)
+                           if (k := find_set_kind(t)) is not None and test(k))
+
+
+def order_set_names(names: Iterable[str]) -> list[str]:
+    """``names`` in table order (:attr:`SetKind.order`), then unknown names alphabetically."""
+    kinds = {t: find_set_kind(t) for t in set(names)}
+    known = sorted((t for t, k in kinds.items() if k is not None), key=lambda t: kinds[t].sort_key)
+    return known + sorted(t for t, k in kinds.items() if k is None)
+
+
+def _sweep_grid(cfg: DataConfig, kind: SetKind) -> tuple[float, ...]:
+    return getattr(cfg, f"{kind.factor}_grid")
+
+
+def _config_names(cfg: DataConfig) -> tuple[str, ...]:
+    """Every set ``cfg`` can make, in the order they are built and written."""
+    return (CLEAN.name, AFFNIST_STYLE.name, *(k.name for k in SWEEPS),
+            *(scramble_name(g) for g in cfg.scramble_grids), DISPLACED.name, AFFNIST_REAL.name)
+
+
+def default_set_names(cfg: DataConfig) -> tuple[str, ...]:
+    """The sets a config asks for: only ``clean`` at 28x28 (the paper's MNIST setup), else all
+    (``affnist-real`` only when ``real_affnist`` names its files)."""
+    if cfg.canvas < 40:
+        return (CLEAN.name,)
+    return tuple(t for t in _config_names(cfg) if t != AFFNIST_REAL.name or cfg.real_affnist)
+
+
+def _check_name(name: str, cfg: DataConfig) -> SetKind:
+    known = _config_names(cfg)
+    if name not in known:
+        raise BenchError(f"unknown test set '{name}' (known: {', '.join(known)})")
+    if name == AFFNIST_REAL.name and not cfg.real_affnist:
+        raise BenchError(f"test set '{name}' needs data.real_affnist = path to the affNIST .mat file(s)")
+    return set_kind(name)
+
+
+def set_size(cfg: DataConfig, name: str) -> int:
+    """Number of images of set ``name`` for ``cfg``, without building it.
+
+    ``affnist-real`` counts the full official test set (:data:`AFFNIST_REAL_COUNT`). A name
+    ``cfg`` cannot make is a :class:`BenchError`, as in :func:`generate`.
+    """
+    kind = _check_name(name, cfg)
+    digits = min(cfg.n_test, MNIST_COUNTS["test"])
+    if kind.family == "affine":
+        return digits * cfg.affnist_k
+    if kind.family == "sweep":
+        return min(cfg.sweep_n, digits) * len(_sweep_grid(cfg, kind))
+    if kind.family == "real":
+        return AFFNIST_REAL_COUNT
+    return digits  # clean, scramble, displaced: one image per digit
 
 
 @dataclass
@@ -93,38 +270,9 @@ class TestSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str) -> TestSet:
-        """A copy with images, labels and params on ``device``."""
-        return dataclasses.replace(
-            self,
-            images=self.images.to(device),
-            labels=self.labels.to(device),
-            params={k: v.to(device) for k, v in self.params.items()},
-        )
-
 
 # --------------------------------------------------------------------------------------------
-# Names and specs
-
-
-def default_set_names(cfg: DataConfig) -> tuple[str, ...]:
-    """The sets a config asks for: only ``clean`` at 28x28 (the paper's MNIST setup), else all."""
-    if cfg.canvas < 40:
-        return ("clean",)
-    names = ["clean", "affnist", *SWEEP_FACTORS]
-    names += [f"scramble-g{g}" for g in cfg.scramble_grids] + ["displaced"]
-    if cfg.real_affnist:
-        names.append("affnist-real")
-    return tuple(names)
-
-
-def _check_name(name: str, cfg: DataConfig) -> None:
-    known = ["clean", "affnist", *SWEEP_FACTORS, *(f"scramble-g{g}" for g in cfg.scramble_grids),
-             "displaced", "affnist-real"]
-    if name not in known:
-        raise BenchError(f"unknown test set '{name}' (known: {', '.join(known)})")
-    if name == "affnist-real" and not cfg.real_affnist:
-        raise BenchError("test set 'affnist-real' needs data.real_affnist = path to the affNIST .mat file(s)")
+# Specs
 
 
 def _versions() -> dict[str, str]:
@@ -135,6 +283,7 @@ def _versions() -> dict[str, str]:
 
 def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> dict[str, Any]:
     """Everything that changes the pixels of set ``name`` (and nothing else)."""
+    kind = set_kind(name)
     spec: dict[str, Any] = {
         "set": name,
         "generator_version": GENERATOR_VERSION,
@@ -142,26 +291,25 @@ def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> 
         "source_sha256": source_sha,
         "canvas": cfg.canvas,
     }
-    if name in ("clean", "affnist") or name.startswith("scramble-") or name == "displaced":
+    if kind.family in ("clean", "affine", "scramble", "displaced"):  # the first n_test digits
         spec["n_test"] = cfg.n_test
-    if name == "affnist":
+    if kind.family == "affine":
         spec.update(affnist_k=cfg.affnist_k, affine=dataclasses.asdict(cfg.affine))
-    if name in SWEEP_FACTORS:
-        factor, grid = SWEEP_FACTORS[name]
-        spec.update(sweep_n=cfg.sweep_n, factor=factor, grid=list(getattr(cfg, grid)))
-    if name.startswith("scramble-"):
-        spec["g"] = int(name.removeprefix("scramble-g"))
-    if name == "displaced":
+    if kind.family == "sweep":
+        spec.update(sweep_n=cfg.sweep_n, factor=kind.factor, grid=list(_sweep_grid(cfg, kind)))
+    if kind.family == "scramble":
+        spec["g"] = kind.grid
+    if kind.family == "displaced":
         spec.update(g=min(cfg.scramble_grids), displace_px=cfg.displace_px)
-    if name != "clean":
+    if kind.family != "clean":
         spec["seed"] = cfg.seed
-    if name in WARPED:
+    if kind.warped:
         spec.update(device_type=device.type, **_versions())
     return spec
 
 
 # --------------------------------------------------------------------------------------------
-# Generators: (cfg, clean canvases on the device, device, progress bar) -> images, params
+# Generators: (cfg, clean canvases on the device, their bounding boxes, progress bar) -> images, params
 
 
 def _generator(name: str, seed: int) -> torch.Generator:
@@ -179,11 +327,11 @@ def _warp_blocks(canvases, sources, matrices, bar) -> torch.Tensor:
     return out
 
 
-def _gen_affnist(cfg: DataConfig, canvases, bboxes, device, bar):
+def _gen_affnist(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
     n = canvases.shape[0]
     sources = torch.arange(n).repeat_interleave(cfg.affnist_k)
     params = affine.sample_affine_params(
-        sources.numel(), cfg.affine, _generator("affnist", cfg.seed), bboxes[sources], cfg.canvas
+        sources.numel(), cfg.affine, _generator(kind.name, cfg.seed), bboxes[sources], cfg.canvas
     )
     params["matrix"] = affine.affine_matrices(params)
     images = _warp_blocks(canvases, sources, params["matrix"], bar)
@@ -191,32 +339,35 @@ def _gen_affnist(cfg: DataConfig, canvases, bboxes, device, bar):
     return images, params
 
 
-def _gen_sweep(name: str, cfg: DataConfig, canvases, bboxes, device, bar):
-    factor, grid_name = SWEEP_FACTORS[name]
-    grid = torch.tensor(getattr(cfg, grid_name), dtype=torch.float64)
+def _gen_sweep(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+    grid = torch.tensor(_sweep_grid(cfg, kind), dtype=torch.float64)
     n = min(cfg.sweep_n, canvases.shape[0])
     sources = torch.arange(n).repeat(grid.numel())  # point-major: every point, the same digits
     values = grid.repeat_interleave(n)
-    gen = _generator(name, cfg.seed) if factor == "translate" else None
-    params = affine.sweep_params(factor, values, bboxes[sources], cfg.canvas, gen)
+    gen = _generator(kind.name, cfg.seed) if kind.factor == "translate" else None
+    params = affine.sweep_params(kind.factor, values, bboxes[sources], cfg.canvas, gen)
     params["matrix"] = affine.affine_matrices(params)
     images = _warp_blocks(canvases, sources, params["matrix"], bar)
     params["source"] = sources
     return images, params
 
 
-def _gen_scramble(name: str, cfg: DataConfig, canvases, bboxes, device, bar):
-    g = int(name.removeprefix("scramble-g"))
-    images, perms = scramble.scramble(canvases, g, _generator(name, cfg.seed), bboxes.to(device))
+def _gen_scramble(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+    images, perms = scramble.scramble(canvases, kind.grid, _generator(kind.name, cfg.seed),
+                                      bboxes.to(canvases.device))
     bar.update(images.shape[0])
     return images.cpu(), {"perm": perms, "source": torch.arange(images.shape[0])}
 
 
-def _gen_displaced(cfg: DataConfig, canvases, bboxes, device, bar):
+def _gen_displaced(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
     g = min(cfg.scramble_grids)
-    images, clipped = scramble.displace_cells(canvases, g, cfg.displace_px, bboxes.to(device))
+    images, clipped = scramble.displace_cells(canvases, g, cfg.displace_px, bboxes.to(canvases.device))
     bar.update(images.shape[0])
     return images.cpu(), {"clipped": clipped, "source": torch.arange(images.shape[0])}
+
+
+_GENERATORS = {"affine": _gen_affnist, "sweep": _gen_sweep, "scramble": _gen_scramble,
+               "displaced": _gen_displaced}
 
 
 def _mnist_test(cfg: DataConfig, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,26 +380,14 @@ def _generate(name, cfg, device, labels, clean_cpu, bboxes, progress) -> TestSet
     """Build one set from the MNIST test digits (no cache)."""
     from tqdm.auto import tqdm
 
-    if name == "affnist":
-        count = clean_cpu.shape[0] * cfg.affnist_k
-    elif name in SWEEP_FACTORS:
-        count = min(cfg.sweep_n, clean_cpu.shape[0]) * len(getattr(cfg, SWEEP_FACTORS[name][1]))
-    else:
-        count = clean_cpu.shape[0]
-    with tqdm(total=count, desc=name, unit="img", disable=not progress, leave=False) as bar:
-        if name == "clean":
-            images, params = clean_cpu.clone(), {"source": torch.arange(count)}
-            bar.update(count)
+    kind = set_kind(name)
+    with tqdm(total=set_size(cfg, name), desc=name, unit="img", disable=not progress,
+              leave=False) as bar:
+        if kind.family == "clean":
+            images, params = clean_cpu.clone(), {"source": torch.arange(clean_cpu.shape[0])}
+            bar.update(clean_cpu.shape[0])
         else:
-            canvases = clean_cpu.to(device)
-            if name == "affnist":
-                images, params = _gen_affnist(cfg, canvases, bboxes, device, bar)
-            elif name in SWEEP_FACTORS:
-                images, params = _gen_sweep(name, cfg, canvases, bboxes, device, bar)
-            elif name.startswith("scramble-"):
-                images, params = _gen_scramble(name, cfg, canvases, bboxes, device, bar)
-            else:
-                images, params = _gen_displaced(cfg, canvases, bboxes, device, bar)
+            images, params = _GENERATORS[kind.family](kind, cfg, clean_cpu.to(device), bboxes, bar)
     params = {k: v.cpu() for k, v in params.items()}
     return TestSet(name, images, labels[params["source"]].clone(), params)
 
@@ -258,7 +397,7 @@ def _affnist_real(cfg: DataConfig) -> TestSet:
     from bench.data.affnist_mat import load_affnist_mat
 
     images, labels, params, spec = load_affnist_mat(cfg.real_affnist)
-    return TestSet("affnist-real", images, labels, params, spec=spec)
+    return TestSet(AFFNIST_REAL.name, images, labels, params, spec=spec)
 
 
 def generate(
@@ -271,8 +410,7 @@ def generate(
 ) -> TestSet:
     """Build one set without touching the cache (for timing and tests); images on the CPU."""
     device = torch.device(device)
-    _check_name(name, cfg)
-    if name == "affnist-real":
+    if _check_name(name, cfg).family == "real":
         return _affnist_real(cfg)
     digits, labels = _mnist_test(cfg, data_dir, download)
     clean = place(digits[: cfg.n_test], cfg.canvas)
@@ -329,7 +467,7 @@ def _save_cached(pt: Path, js: Path, ts: TestSet, cfg: DataConfig, device: torch
         "versions": _versions(),
         "device": str(device),
         "device_name": device_name(device),
-        "note": ROUNDING_NOTE if ts.name in WARPED else "images are uint8; pixels copied exactly",
+        "note": ROUNDING_NOTE if set_kind(ts.name).warped else "images are uint8; pixels copied exactly",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(js, manifest)  # written last: a set without its manifest is never used
@@ -348,15 +486,14 @@ def build_test_sets(
     """Build (or load from the verified cache) the test sets ``names`` of ``cfg``.
 
     Generation runs on ``device`` (Kornia warps on the GPU when given one); the returned sets
-    hold their tensors on the CPU (``TestSet.to(device)`` moves one). ``names`` defaults to
-    :func:`default_set_names`. ``cache_dir`` defaults to ``$BENCH_CACHE_DIR`` or ``datasets/cache``.
+    hold their tensors on the CPU. ``names`` defaults to :func:`default_set_names`.
+    ``cache_dir`` defaults to ``$BENCH_CACHE_DIR`` or ``datasets/cache``.
     """
     from bench.runtime import DATASETS_DIR
 
     device = torch.device(device)
     names = tuple(names) if names is not None else default_set_names(cfg)
-    for name in names:
-        _check_name(name, cfg)
+    kinds = {name: _check_name(name, cfg) for name in names}
     if cache_dir is None:
         cache_dir = os.environ.get("BENCH_CACHE_DIR") or DATASETS_DIR / "cache"
     cache = Path(cache_dir)
@@ -371,11 +508,11 @@ def build_test_sets(
         return state
 
     source_sha = ""
-    if any(name != "affnist-real" for name in names):  # the spec pins the source digits' bytes
+    if any(k.family != "real" for k in kinds.values()):  # the spec pins the source digits' bytes
         source_sha = sha256_tensor(_mnist_test(cfg, data_dir, download)[0])
     for name in names:
         start = time.perf_counter()
-        if name == "affnist-real":
+        if kinds[name].family == "real":
             ts = _affnist_real(cfg)
             ts.sha256 = sha256_tensor(ts.images)
             ts.seconds = time.perf_counter() - start
@@ -408,7 +545,3 @@ def test_set_manifest(sets: dict[str, TestSet]) -> dict[str, dict[str, Any]]:
 
 
 test_set_manifest.__test__ = False  # not a pytest test function
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
