@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     files = folder if isinstance(folder, CellFiles) else CellFiles(folder)
     if not files.train_summary.is_file():
         raise BenchError(f"cell {cell.label} is not trained yet ({files.folder}): run the train stage")
+    t0 = time.perf_counter()
     sets = _test_sets(cfg, tuple(names) if names else None, str(device), data_dir, download)
     checksums = {k: v["sha256"] for k, v in test_set_manifest(sets).items()}
     key = eval_key(checksums)
@@ -164,7 +166,13 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
         return read_json(files.eval_summary)
 
     model = load_model(files, device)
-    preds = {name: predict(model, ts.images, device) for name, ts in sets.items()}
+    t_sets = time.perf_counter()
+    preds, predict_s = {}, {}
+    for name, ts in sets.items():
+        t = time.perf_counter()
+        preds[name] = predict(model, ts.images, device)
+        predict_s[name] = time.perf_counter() - t
+    t_metrics = time.perf_counter()
     clean = sets.get(CLEAN.name)
     if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
         sources = clean.params["source"].long()
@@ -201,7 +209,12 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
                **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
-                  for k, p in preds.items()}}
+                  for k, p in preds.items()},
+               # Where the evaluation's time went (seconds): test sets and model loading, the
+               # forward passes per set, and the metrics (the probe's ridge fits included).
+               "timing": {"sets_s": t_sets - t0, "predict_s": sum(predict_s.values()),
+                          "metrics_s": time.perf_counter() - t_metrics,
+                          "predict_s_per_set": predict_s}}
     files.finish_evaluation(table, conf, recon, summary)
     return summary
 

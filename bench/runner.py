@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,30 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
     return len(frames)
 
 
+def cell_timing(profile: Profile, run_dir: Path, device_type: str) -> dict[str, Any]:
+    """Where the cells' time went: seconds per part summed over the cells that record it
+    (``timing`` of train.json and eval.json), and the median seconds of one cell (train + eval)."""
+    totals: dict[str, float] = {}
+    per_cell: list[float] = []
+    for c in cells(profile):
+        files = CellFiles(cell_dir(run_dir, profile, c, device_type))
+        parts: dict[str, float] = {}
+        for stage, path in (("train", files.train_summary), ("eval", files.eval_summary)):
+            if path.is_file():
+                timing = read_json(path).get("timing") or {}
+                parts.update({f"{stage}/{k}": v for k, v in timing.items()
+                              if isinstance(v, (int, float))})
+        if not parts:
+            continue
+        per_cell.append(sum(parts.values()))
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v
+    if not per_cell:
+        return {}
+    return {"cells": len(per_cell), "median_cell_s": round(statistics.median(per_cell), 3),
+            "sum_s": {k: round(v, 3) for k, v in sorted(totals.items())}}
+
+
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
                      progress: bool = True) -> pd.DataFrame:
     """Speed of every model (as ``bench throughput``) and of affNIST-style generation."""
@@ -249,6 +274,12 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
             manifest.update(outcomes=outcomes)
             if "eval" in cell_stages:
                 collect(profile, run_dir, device.type)
+            timing = cell_timing(profile, run_dir, device.type)
+            manifest.update(cell_timing=timing)
+            if progress and timing:
+                parts = ", ".join(f"{k} {v:.0f} s" for k, v in timing["sum_s"].items() if v >= 0.5)
+                print(f"  {timing['cells']} cells, median {timing['median_cell_s']:.1f} s per cell "
+                      f"(train + eval); summed: {parts}")
         elif stage == "throughput":
             if force_throughput or not (run_dir / "throughput.csv").is_file():
                 stage_throughput(profile, run_dir, device, progress)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import gpu_check
 from bench.cli import main
-from bench.config import DataConfig, Profile, TrainConfig
 from bench.errors import BenchError
 from bench.gpu_check import (
     SECTIONS,
@@ -19,10 +19,7 @@ from bench.gpu_check import (
     GpuCheck,
     _deadline,
     _OutOfTime,
-    estimate_profile,
-    matmul_rate,
     run_gpu_check,
-    test_set_images,
 )
 
 
@@ -58,6 +55,8 @@ def test_quick_cpu_run_records_every_section(quick_run):
     md = (out / "gpu-check.md").read_text()
     for name in SECTIONS:
         assert f"| {name} |" in md
+    assert "## throughput_eager" in md and "| capsnet | 40 | 8 | eager | bf16 |" in md
+    assert "## estimate of the `paper` profile" in md
 
 
 def test_quick_rows_are_consistent(quick_run):
@@ -87,41 +86,25 @@ def test_quick_rows_are_consistent(quick_run):
     assert sec["generation"]["images"] == 100 * 2 and sec["generation"]["images_per_s"] > 0
 
 
-def _tiny_profile() -> Profile:
-    data = DataConfig(n_test=10, affnist_k=2, sweep_n=5, rotation_grid=(0, 10), scale_grid=(1.0,),
-                      shear_grid=(0.0,), translate_grid=(0, 2), scramble_grids=(2,))
-    train = TrainConfig(batch_size=10, epochs=1.0, min_steps=20, max_steps=50, val_size=100,
-                        eval_every=20)
-    return Profile(name="tiny", models=("capsnet", "convnet-k9"), sizes=(100, 1000), seeds=(0,),
-                   data=data, train=train)
+def test_a_row_is_measure_plus_the_fraction_of_the_matmul_rate(tmp_path, monkeypatch):
+    check = GpuCheck(CheckSettings.quick_settings(torch.device("cpu")), torch.device("cpu"),
+                     tmp_path, log=lambda _: None)
+    check.rates["bf16"] = 4e12
+    calls = []
 
+    def fake_measure(name, size, batch, width, device, warmup, repeats, bf16, compile, **kw):
+        calls.append((name, size, batch, bf16, compile, kw["train"], kw["infer"], kw["latency"]))
+        return {"train_images_per_s": 100.0, "infer_images_per_s": None,
+                "flops_per_image": 1e9, "flops_train_per_image": 2e9}
 
-def test_estimate_matches_a_hand_computation():
-    p = _tiny_profile()
-    # step_budget: n=100 -> max(20, 100/10) = 20; n=1000 -> max(20, 100) capped at 50.
-    # validations: ceil(20/20) + ceil(50/20) = 1 + 3 = 4, of 100 images each.
-    # test images per cell: clean 10 + affnist 10*2 + sweeps 5*(2+1+1+2) + scramble 10
-    # + displaced 10 = 80; data = those 80 once.
-    assert sum(test_set_images(p.data, ["clean", "affnist", "sweep-rotation", "sweep-scale",
-                                        "sweep-shear", "sweep-translate", "scramble-g2",
-                                        "displaced"]).values()) == 80
-    train = {("affnist", "capsnet"): 100.0, ("affnist", "convnet-k9"): 50.0}
-    infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
-    est = estimate_profile(p, train, infer, gen_rate=40.0, cell_overhead_s=1.5, extra_s=0.5)
-    capsnet = (20 + 50) * 10 / 100 + 4 * 100 / 200 + 2 * 80 / 200  # 7 + 2 + 0.8
-    k9 = (20 + 50) * 10 / 50 + 4 * 100 / 100 + 2 * 80 / 100  # 14 + 4 + 1.6
-    assert est["cells"] == 4
-    assert est["train_s"] == pytest.approx(7 + 14)
-    assert est["data_s"] == pytest.approx(80 / 40)
-    assert est["total_s"] == pytest.approx(capsnet + k9 + 80 / 40 + 4 * 1.5 + 0.5)
-    assert est["total_s"] == pytest.approx(37.9)
-    with pytest.raises(BenchError, match="no measured rate for affnist/convnet-k9"):
-        estimate_profile(p, {("affnist", "capsnet"): 1.0}, infer, gen_rate=1.0)
-
-
-def test_matmul_rate_is_positive_on_the_cpu():
-    rate = matmul_rate("cpu", torch.float32, n=64, warmup=1, repeats=2, trials=1)
-    assert rate > 0 and rate != float("inf")
+    monkeypatch.setattr(gpu_check, "measure", fake_measure)
+    row = check._row("capsnet", 40, 8, True, infer=False)
+    assert calls == [("capsnet", 40, 8, True, False, True, False, False)]
+    assert row["tflops_train"] == pytest.approx(0.2)  # 2e9 FLOPs x 100 images/s
+    assert row["frac_matmul_train"] == pytest.approx(0.05)  # 2e11 / 4e12
+    assert "tflops_infer" not in row and row["precision"] == "bf16"
+    skipped = check._row("capsnet", 40, 8, False, need_s=1e9)
+    assert skipped["skipped"].startswith("time budget") and len(calls) == 1
 
 
 def test_without_cuda_and_quick_it_is_a_one_line_error(monkeypatch, capsys):

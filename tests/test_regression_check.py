@@ -1,4 +1,4 @@
-"""A deliberate regression in a model makes `bench check` fail with a table naming it (issue 6).
+"""A deliberate regression in a model makes `bench check` fail with a table naming it.
 
 A tiny run becomes the baseline; the same profile is run again with the CapsNet's routing changed
 from 3 iterations to 1 (as a code change would), and the check must fail on the CapsNet's

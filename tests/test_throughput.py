@@ -1,4 +1,4 @@
-"""``measure`` and ``python -m bench throughput``: every field present and consistent."""
+"""``measure``, ``timed`` and ``python -m bench throughput``: every field present and consistent."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 import math
 
 import pytest
+import torch
 
+from bench import throughput
 from bench.cli import main
 from bench.flops import flops_per_image
 from bench.models.registry import count_parameters, create_model
-from bench.throughput import measure
+from bench.throughput import matmul_rate, measure, timed
 
 KEYS = ("params", "flops_per_image", "flops_train_per_image", "train_images_per_s",
-        "infer_images_per_s", "latency_b1_ms", "peak_mem_mb", "tflops_train", "device_name")
+        "infer_images_per_s", "latency_b1_ms", "peak_mem_mb", "peak_mem_kind", "tflops_train",
+        "model", "input_size", "width", "batch", "device_name")
 
 
 def test_measure_reports_consistent_numbers(device):
@@ -31,6 +34,48 @@ def test_measure_reports_consistent_numbers(device):
     assert row["peak_mem_mb"] >= 0 and not math.isnan(row["peak_mem_mb"])
     assert row["peak_mem_kind"] in (("cuda_max_allocated",) if device.type == "cuda"
                                     else ("peak_rss_increase", "process_peak_rss"))
+
+
+def test_timed_is_the_median_of_the_timed_calls(monkeypatch):
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # calls of 3, 1 and 2 seconds
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert timed(lambda: calls.append(1), "cpu", warmup=2, repeats=3) == 2.0
+    assert len(calls) == 2 + 3
+
+
+def test_images_per_s_is_batch_over_the_timed_seconds(monkeypatch):
+    seconds = iter([0.5, 0.25, 0.01])  # train, inference at batch 8, inference at batch 1
+    monkeypatch.setattr(throughput, "timed", lambda fn, device, warmup, repeats: next(seconds))
+    row = measure("capsnet", 28, 8, 0.0625, "cpu")
+    assert row["train_images_per_s"] == 16.0 and row["infer_images_per_s"] == 32.0
+    assert row["latency_b1_ms"] == pytest.approx(10.0)
+    assert row["tflops_train"] == pytest.approx(row["flops_train_per_image"] * 16.0 / 1e12)
+
+
+def test_switches_select_what_is_timed(monkeypatch):
+    timed_calls = []
+
+    def fake_timed(fn, device, warmup, repeats):
+        fn()  # the step really runs once: channels_last and a given model must work
+        timed_calls.append(fn)
+        return 1.0
+
+    monkeypatch.setattr(throughput, "timed", fake_timed)
+    model = create_model("convnet-k9", 28, 0.125)
+    row = measure("convnet-k9", 28, 2, 0.125, "cpu", train=False, latency=False,
+                  channels_last=True, model=model)
+    assert len(timed_calls) == 1  # inference only
+    assert row["train_images_per_s"] is None and row["tflops_train"] is None
+    assert row["latency_b1_ms"] is None and row["infer_images_per_s"] == 2.0
+    assert row["params"] == count_parameters(model)
+
+
+def test_matmul_rate_is_two_n_cubed_over_the_timed_seconds(monkeypatch):
+    rate = matmul_rate("cpu", torch.float32, n=64, warmup=1, repeats=2)
+    assert 0 < rate < float("inf")
+    monkeypatch.setattr(throughput, "timed", lambda fn, device, warmup, repeats: 0.5)
+    assert matmul_rate("cpu", torch.float32, n=64) == 2 * 64**3 / 0.5
 
 
 def test_cli_json_and_table(capsys):

@@ -1,6 +1,6 @@
-"""Training-step speed of every model (pytest-benchmark), and the issue's CapsNet floor.
+"""Training-step speed of every model (pytest-benchmark), and a floor for the full-size CapsNet.
 
-Run: ``python -m pytest tests/benchmarks -m bench --benchmark-enable``. The floor (issue 4): the
+Run: ``python -m pytest tests/benchmarks -m bench --benchmark-enable``. The floor (our choice): the
 full-size CapsNet at 28x28, batch 32, forward + backward + Adam at >= 15 images/s on the 2-core
 CI machine, with DigitCaps (u_hat = W_ij u_i) and routing < 10% of the step.
 """

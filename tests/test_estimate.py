@@ -1,0 +1,102 @@
+"""``bench.estimate``: a profile's wall time from measured rates, against totals worked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.config import DataConfig, MnistTableConfig, Profile, ThroughputConfig, TrainConfig
+from bench.errors import BenchError
+from bench.estimate import estimate_from_measurements, estimate_profile, pick_rates, test_images
+
+DATA = DataConfig(n_test=10, affnist_k=2, sweep_n=5, rotation_grid=(0, 10), scale_grid=(1.0,),
+                  shear_grid=(0.0,), translate_grid=(0, 2), scramble_grids=(2,))
+TRAIN = TrainConfig(batch_size=10, epochs=1.0, min_steps=20, max_steps=50, val_size=100,
+                    eval_every=20)
+
+
+def _tiny_profile() -> Profile:
+    return Profile(name="tiny", models=("capsnet", "convnet-k9"), sizes=(100, 1000), seeds=(0,),
+                   data=DATA, train=TRAIN)
+
+
+def test_test_images_per_setup():
+    # clean 10 + affnist 10 x 2 + sweeps 5 x (2 + 1 + 1 + 2) + scramble-g2 10 + displaced 10 = 80
+    assert test_images(_tiny_profile()) == {"affnist": 80}
+
+
+def test_estimate_profile_matches_a_hand_computation():
+    p = _tiny_profile()
+    # step_budget: n=100 -> max(20, 100/10) = 20; n=1000 -> max(20, 100) capped at 50.
+    # validations: ceil(20/20) + ceil(50/20) = 1 + 3 = 4, of 100 images each.
+    # test images per cell: 80 (above); data = those 80 once.
+    train = {("affnist", "capsnet"): 100.0, ("affnist", "convnet-k9"): 50.0}
+    infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
+    est = estimate_profile(p, train, infer, gen_rate=40.0, cell_overhead_s=1.5, extra_s=0.5)
+    # capsnet: (20 + 50) x 10 / 100 + 4 x 100 / 200 + 2 x 80 / 200 = 7 + 2 + 0.8
+    # convnet-k9: (20 + 50) x 10 / 50 + 4 x 100 / 100 + 2 x 80 / 100 = 14 + 4 + 1.6
+    # total: 9.8 + 19.6 + data 80 / 40 + overhead 4 x 1.5 + extra 0.5 = 37.9
+    assert est["cells"] == 4
+    assert est["train_s"] == pytest.approx(7 + 14)
+    assert est["val_s"] == pytest.approx(2 + 4)
+    assert est["eval_s"] == pytest.approx(0.8 + 1.6)
+    assert est["data_s"] == pytest.approx(2.0)
+    assert est["total_s"] == pytest.approx(37.9)
+    assert est["total_h"] == pytest.approx(37.9 / 3600)
+
+
+def test_a_missing_rate_is_a_one_line_error():
+    p = _tiny_profile()
+    infer = {("affnist", "capsnet"): 1.0, ("affnist", "convnet-k9"): 1.0}
+    with pytest.raises(BenchError, match="no measured rate for affnist/convnet-k9"):
+        estimate_profile(p, {("affnist", "capsnet"): 1.0}, infer, gen_rate=1.0)
+
+
+def _two_setup_profile() -> Profile:
+    return Profile(name="two", models=("capsnet",), sizes=(100,), seeds=(0,), data=DATA,
+                   train=TRAIN, throughput=ThroughputConfig(batch_sizes=(10,)),
+                   mnist_table=MnistTableConfig(models=("capsnet", "baseline-cnn"), sizes=(100,),
+                                                seeds=(0,)))
+
+
+ROWS = [  # made-up measurements, as gpu-check records them
+    {"model": "capsnet", "input_size": 40, "batch": 10, "precision": "bf16",
+     "train_images_per_s": 50.0, "seconds": 3.0},
+    {"model": "capsnet", "input_size": 40, "batch": 20, "precision": "fp32",
+     "infer_images_per_s": 200.0, "seconds": 1.0},
+    {"model": "capsnet", "input_size": 28, "batch": 10, "precision": "bf16",
+     "train_images_per_s": 80.0, "seconds": 2.0},
+    {"model": "capsnet", "input_size": 28, "batch": 20, "precision": "fp32",
+     "infer_images_per_s": 400.0, "seconds": 1.0},
+]
+LEARN = [{"model": "capsnet", "train_images_per_s": 25.0, "wall_s": 10.0, "train_seconds": 6.0,
+          "validations": 2, "val_size": 100}]
+
+
+def test_pick_rates_prefers_the_trainer_and_scales_the_other_setup():
+    rates = pick_rates(_two_setup_profile(), ROWS, {"capsnet": 25.0}, train_batch=10,
+                       eval_batch=20, precision="bf16")
+    assert rates.ratio == pytest.approx(0.5)  # trainer 25 / row 50
+    assert rates.train == pytest.approx({("affnist", "capsnet"): 25.0,
+                                         ("mnist28", "capsnet"): 80.0 * 0.5,
+                                         ("mnist28", "baseline-cnn"): 25.0})  # capsnet's, 40x40
+    assert rates.infer == pytest.approx({("affnist", "capsnet"): 200.0,
+                                         ("mnist28", "capsnet"): 400.0,
+                                         ("mnist28", "baseline-cnn"): 200.0})
+
+
+def test_estimate_from_measurements_matches_a_hand_computation():
+    est = estimate_from_measurements(_two_setup_profile(), ROWS, LEARN, gen_rate=45.0,
+                                     train_batch=10, eval_batch=20, precision="bf16")
+    # Every cell: n = 100 -> max(20, 100 / 10) = 20 steps of batch 10.
+    # affnist/capsnet: train 200 / 25 = 8; one validation of 100 / 200 = 0.5; eval 80 / 200 = 0.4
+    # mnist28/capsnet: train 200 / 40 = 5; no validation (val_size 0); eval 10 / 400 = 0.025
+    # mnist28/baseline-cnn: train 200 / 25 = 8; eval 10 / 200 = 0.05
+    # data: (80 + 10) / 45 = 2
+    # overhead per cell: wall 10 - (train 6 + 2 x 100 / 200) = 3, x 3 cells = 9
+    # extra: the 40x40 bf16 rows at the throughput batch 10: 3
+    # total: 21 + 0.5 + 0.475 + 2 + 9 + 3 = 35.975
+    assert est["cell_overhead_s"] == pytest.approx(3.0)
+    assert est["extra_s"] == pytest.approx(3.0)
+    assert est["test_images"] == {"affnist": 80, "mnist28": 10}
+    assert est["total_s"] == pytest.approx(35.975)
+    assert est["train_rates"]["mnist28/capsnet"] == pytest.approx(40.0)
