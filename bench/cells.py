@@ -148,6 +148,8 @@ def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
     train = profile.train
     if train.val_size != setup.val_size:
         train = dataclasses.replace(train, val_size=setup.val_size)
+    if train.val_size == 0 and train.select != "last":  # nothing to select with: keep the last
+        train = dataclasses.replace(train, select="last")
     return TrainSpec(cell.model, cell.n, cell.seed, setup.name, setup.canvas, setup.train_shift,
                      profile.model.width, profile.data.dataset, train)
 

@@ -72,15 +72,29 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay: float = 0.96
     decay_steps: int = 2_000
+    # "exponential": the released code's smooth decay, lr * lr_decay ** (step / decay_steps);
+    # "cosine": our choice for a fixed budget, lr * (1 + cos(pi * step / steps)) / 2, so that
+    # every cell ends its budget at a small learning rate whatever the budget.
+    lr_schedule: str = "exponential"
     batch_size: int = 128
-    epochs: float = 50.0  # bench.train.step_budget: max(min_steps, epochs * n / batch_size) <= max_steps
+    # The step budget (bench.train.step_budget): `steps` for every n when > 0 (a profile's cells
+    # then all train equally long); otherwise max(min_steps, epochs * n / batch_size) <= max_steps.
+    steps: int = 0
+    epochs: float = 50.0
     min_steps: int = 500
     max_steps: int = 100_000
-    val_size: int = 5_000  # held out of the training set (never the test set); 0: keep the last step
-    eval_every: int = 500  # steps between validations (best validation checkpoint kept)
+    val_size: int = 5_000  # held out of the training set (never the test set); 0: no validation
+    eval_every: int = 500  # steps between validations
+    # Which weights a cell keeps: "best_val" (the best validation accuracy: the validation labels
+    # then select the model) or "last" (the end of the budget: validation only monitors).
+    select: str = "best_val"
+    # A cell has converged when its validation accuracy at the end of the budget is less than
+    # this much (a fraction: 0.002 = 0.2 points) above its accuracy at 3/4 of the budget.
+    converged_gain: float = 0.002
     deterministic: bool = True
     bf16: bool = False  # autocast on CUDA only
-    channels_last: bool = False  # CUDA only
+    channels_last: bool = True  # channels-last memory format for the convolutions (CPU and CUDA)
+    fused_optimizer: bool = True  # torch's fused Adam kernel (CPU and CUDA): same update, fewer passes
     compile: bool = False  # torch.compile the training step
 
 
@@ -248,6 +262,14 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
     elif isinstance(obj, TrainConfig):
         if obj.batch_size < 1 or obj.lr <= 0 or obj.min_steps < 1 or obj.eval_every < 1:
             raise bad("batch_size", "lr, min_steps and eval_every must be positive")
+        if obj.steps < 0:
+            raise bad("steps", f"must be >= 0 (0: the epochs rule), got {obj.steps}")
+        if obj.lr_schedule not in ("exponential", "cosine"):
+            raise bad("lr_schedule", f"must be exponential or cosine, got {obj.lr_schedule!r}")
+        if obj.select not in ("best_val", "last"):
+            raise bad("select", f"must be best_val or last, got {obj.select!r}")
+        if obj.select == "best_val" and obj.val_size == 0:
+            raise bad("select", "best_val needs a validation set (val_size > 0); use last")
         if not 0 <= obj.val_size < 60_000:
             raise bad("val_size", f"must be in [0, 60000), got {obj.val_size}")
 

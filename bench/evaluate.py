@@ -87,6 +87,40 @@ def _test_sets(cfg: DataConfig, names: tuple[str, ...] | None, device: str,
                            download=download, progress=False)
 
 
+@functools.lru_cache(maxsize=4)
+def class_mean_images(dataset: str, canvas: int, data_dir: str | None = None,
+                      download: bool = False) -> torch.Tensor:
+    """``(10, canvas, canvas)`` float images in [0, 1]: the mean training digit of each class,
+    centred as the clean test set is. The reference a decoder that learned nothing but the class
+    would reach: it outputs the class mean whatever the digit."""
+    from bench.data.canvas import place
+    from bench.data.mnist import load_split
+
+    images, labels = load_split("train", dataset, data_dir, download)
+    x = place(images, canvas).float().div_(255.0)
+    sums = torch.zeros(10, canvas, canvas).index_add_(0, labels.long(), x)
+    return sums / torch.bincount(labels.long(), minlength=10).clamp(min=1)[:, None, None].float()
+
+
+def reconstruction_rows(preds: Predictions, images: torch.Tensor, means: torch.Tensor
+                        ) -> list[dict[str, Any]]:
+    """Mean squared error per pixel of the model's reconstructions of ``images`` (uint8
+    ``(N, C, C)``), and of the class-mean image of the predicted class (the decoder is masked by
+    the predicted class too), on the same digits."""
+    if preds.recon_error is None:
+        return []
+    pixels = images.shape[-1] * images.shape[-2]
+    x = images.float().div(255.0)
+    baseline = (x - means[preds.pred]).pow(2).flatten(1).sum(1) / pixels
+    nan = math.nan
+    return [
+        {"test_set": CLEAN.name, "factor_value": nan, "metric": "recon_mse",
+         "value": float(preds.recon_error.double().mean() / pixels)},
+        {"test_set": CLEAN.name, "factor_value": nan, "metric": "recon_mse_class_mean",
+         "value": float(baseline.double().mean())},
+    ]
+
+
 def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dict,
                 intact: Predictions | None) -> list[dict[str, Any]]:
     """Metric rows ``{test_set, factor_value, metric, value}`` of one test set."""
@@ -146,6 +180,8 @@ def load_model(cell: CellFiles | str | Path, device: torch.device | str = "cpu")
     spec = ckpt["spec"]
     model = create_model(spec["model"], input_size=spec["canvas"], width=spec["width"])
     model.load_state_dict(ckpt["model"])
+    if spec.get("train", {}).get("channels_last", False):  # as it trained (TrainConfig)
+        model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval()
 
 
@@ -198,6 +234,9 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
                     "intact": flag,
                 }))
         rows += set_metrics(name, preds[name], ts.labels, ts.params, intact)
+        if name == CLEAN.name:
+            means = class_mean_images(cfg.dataset, cfg.canvas, data_dir, download)
+            rows += reconstruction_rows(preds[name], ts.images.cpu(), means)
 
     ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
     table = pd.DataFrame([{**ident, **r} for r in rows])

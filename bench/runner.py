@@ -139,10 +139,12 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
 
 def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
     """Concatenate the evaluated cells of this profile into run-level tidy files."""
-    frames, confs = [], []
+    frames, confs, cell_rows = [], [], []
     best_capsnet: tuple[int, int, Path] | None = None
     for c in cells(profile):
         files = CellFiles(cell_dir(run_dir, profile, c, device_type))
+        if files.train_summary.is_file():
+            cell_rows.append(_cell_row(c, files))
         if not files.eval_summary.is_file():
             continue
         frames.append(pd.read_csv(files.metrics))
@@ -152,6 +154,9 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
         if (c.setup == AFFNIST_SETUP and c.model == "capsnet" and files.examples.is_file()
                 and (best_capsnet is None or (c.n, -c.seed) > best_capsnet[:2])):
             best_capsnet = (c.n, -c.seed, files.examples)
+    if cell_rows:
+        with atomic_path(run_dir / "cells.csv") as tmp:
+            pd.DataFrame(cell_rows).to_csv(tmp, index=False)
     if not frames:
         return 0
     with atomic_path(run_dir / "metrics.csv") as tmp:
@@ -164,6 +169,24 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
         examples.update(load_torch(best_capsnet[2]))
         save_torch(run_dir / "examples.pt", examples)
     return len(frames)
+
+
+def _cell_row(c: Cell, files: CellFiles) -> dict[str, Any]:
+    """One row of ``cells.csv``: how the cell was trained, whether it converged, what it cost."""
+    t = read_json(files.train_summary)
+    e = read_json(files.eval_summary) if files.eval_summary.is_file() else {}
+    timing = t.get("timing") or {}
+    return {
+        "setup": c.setup, "model": c.model, "n": c.n, "seed": c.seed,
+        "steps": t.get("steps"), "selection": t.get("selection", "best_val"),
+        "checkpoint_step": t.get("checkpoint_step", t.get("best_step")),
+        "converged": t.get("converged"), "val_improvement": t.get("val_improvement"),
+        "final_val_accuracy": t.get("final_val_accuracy"),
+        "labelled_images": t.get("labelled_images"),
+        "train_seconds": sum(v for v in timing.values() if isinstance(v, (int, float))) or None,
+        "eval_seconds": sum(v for k, v in (e.get("timing") or {}).items()
+                            if isinstance(v, (int, float))) or None,
+    }
 
 
 def cell_timing(profile: Profile, run_dir: Path, device_type: str) -> dict[str, Any]:
@@ -202,7 +225,9 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
         for batch in profile.throughput.batch_sizes:
             r = measure(model, profile.data.canvas, batch, profile.model.width, device,
                         warmup=profile.throughput.warmup, repeats=profile.throughput.repeats,
-                        bf16=uses_bf16(profile.train, device))
+                        bf16=uses_bf16(profile.train, device),
+                        channels_last=profile.train.channels_last,
+                        fused=profile.train.fused_optimizer)
             rows.append({"kind": "model", "model": model, "input_size": profile.data.canvas,
                          "batch": batch, "width": profile.model.width, "device": device.type,
                          **r})

@@ -125,6 +125,7 @@ def measure(
     *,
     backend: str = "inductor",
     channels_last: bool = False,
+    fused: bool = False,
     train: bool = True,
     infer: bool = True,
     latency: bool = True,
@@ -135,8 +136,9 @@ def measure(
     ``train``, ``infer`` and ``latency`` (batch 1 inference) select what is timed; a rate not
     timed is None. ``compile`` runs the model through ``torch.compile(backend=backend,
     dynamic=False)`` after ``torch.compiler.reset()`` and adds ``graph_breaks``.
-    ``channels_last`` puts the model and the inputs in that memory format (as the trainer does
-    on CUDA). ``model``: the module to time (moved to ``device``); None builds ``model_name``
+    ``channels_last`` puts the model and the inputs in that memory format and ``fused`` uses
+    torch's fused Adam, as the trainer does when its config asks (``TrainConfig``).
+    ``model``: the module to time (moved to ``device``); None builds ``model_name``
     with a fixed seeded initialisation (:func:`bench.train.build_model`).
     """
     device = torch.device(device)
@@ -157,7 +159,7 @@ def measure(
 
         counters.clear()
     step_model = torch.compile(model, backend=backend, dynamic=False) if compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
 
     def train_step() -> None:
         optimizer_step(model, step_model, optimizer, x, y, bf16)

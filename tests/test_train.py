@@ -16,7 +16,9 @@ from bench.errors import BenchError
 from bench.evaluate import load_model
 from bench.io import read_json
 from bench.train import (
+    convergence,
     learning_rate,
+    step_budget,
     train_cell,
     training_subset,
     weights_hash,
@@ -116,7 +118,9 @@ def test_summary_and_files(reference):
     for key in ("spec", "steps", "best_step", "best_val_accuracy", "train_seconds",
                 "images_per_s", "final_loss", "device", "params"):
         assert key in summary
-    assert summary["steps"] == 12 and summary["best_step"] in (4, 8, 12)
+    history = summary["history"]
+    first_best = max(history, key=lambda h: (h["val_accuracy"], -h["step"]))["step"]
+    assert summary["steps"] == 12 and summary["best_step"] == first_best
     assert summary["spec"] == SPEC.to_dict() and summary["train_size"] == 40
     assert 0.0 <= summary["best_val_accuracy"] <= 1.0 and math.isfinite(summary["final_loss"])
     assert [h["step"] for h in summary["history"]] == [4, 8, 12]
@@ -197,3 +201,44 @@ def test_cli_train(tmp_path, capsys):
     assert summary["steps"] == 3 and summary["spec"]["canvas"] == 40
     assert str(cell) in capsys.readouterr().out
     assert main(["train", "--model", "no-such-model", "--n", "20", "--out", str(tmp_path)]) == 2
+
+
+def test_cosine_schedule_over_the_budget():
+    cfg = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    assert learning_rate(0, cfg, 1000) == pytest.approx(1e-3)
+    assert learning_rate(500, cfg, 1000) == pytest.approx(0.5e-3)  # (1 + cos(pi / 2)) / 2
+    assert learning_rate(250, cfg, 1000) == pytest.approx(1e-3 * (1 + math.sqrt(0.5)) / 2)
+    assert learning_rate(1000, cfg, 1000) == pytest.approx(1e-6)  # cos(pi) = -1: the floor
+    with pytest.raises(BenchError, match="budget"):
+        learning_rate(10, cfg)
+
+
+def test_a_fixed_budget_is_the_same_for_every_n():
+    cfg = TrainConfig(steps=700, batch_size=32, epochs=15, min_steps=100, max_steps=500)
+    assert {step_budget(cfg, n) for n in (100, 300, 1000, 3000, 60000)} == {700}
+
+
+@pytest.mark.parametrize(("history", "expected"), [
+    # val accuracy 0.90 at 6 of 8 steps (3/4 of the budget), 0.901 at the end: +0.1 point
+    ([[2, 1.0, 0.80], [4, 1.0, 0.88], [6, 1.0, 0.90], [8, 1.0, 0.901]], (True, 0.001)),
+    # +1 point over the last quarter: still learning
+    ([[2, 1.0, 0.80], [4, 1.0, 0.88], [6, 1.0, 0.90], [8, 1.0, 0.91]], (False, 0.01)),
+    # the last validation before 3/4 is at step 4 when step 6 was not validated
+    ([[4, 1.0, 0.90], [8, 1.0, 0.95]], (False, 0.05)),
+    ([[8, 1.0, 0.95]], (None, None)),  # nothing before the last quarter
+    ([[4, 1.0, float("nan")], [8, 1.0, float("nan")]], (None, None)),  # no validation
+])
+def test_convergence_rule(history, expected):
+    converged, gain = convergence(history, total=8, gain=0.002)
+    assert converged == expected[0]
+    assert (gain is None) if expected[1] is None else gain == pytest.approx(expected[1])
+
+
+def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
+    spec = dataclasses.replace(SPEC, train=dataclasses.replace(TINY, select="last"))
+    summary = train_cell(spec, tmp_path / "cell", "cpu", progress=False)
+    final = torch.load(tmp_path / "cell" / "checkpoint.pt", weights_only=True)
+    assert final["step"] == summary["steps"] == summary["checkpoint_step"] == 12
+    assert summary["labelled_images"] == SPEC.n  # validation only monitored
+    assert summary["final_val_accuracy"] == summary["history"][-1]["val_accuracy"]
+    assert summary["converged"] in (True, False)
