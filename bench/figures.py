@@ -6,11 +6,12 @@ Conventions shared by every figure, so that they can go into a paper unchanged:
   a deterministic fallback for names it does not know);
 - sized for one paper column (:data:`COLUMN_IN` = 3.4 in) or two (:data:`PAGE_IN` = 7.0 in),
   with constrained layout and the legend inside the figure (never cut off);
-- TrueType fonts embedded (``pdf.fonttype`` = 42), no creation date in the PDF, fixed PNG
-  metadata, and bootstrap bands from a fixed seed (``errorbar=("ci", 95)``, ``seed=0``), so two
-  builds of the same results are byte-identical files;
-- bands are 95% bootstrap intervals of the mean over seeds (seaborn), the tables use Student-t
-  intervals (:func:`bench.metrics.mean_ci`): both are stated in the captions.
+- TrueType fonts embedded (``pdf.fonttype`` = 42), no creation date in the PDF and fixed PNG
+  metadata, so two builds of the same results are byte-identical files;
+- bands are exactly the tables' intervals: :func:`bench.stats.mean_interval` of the per-seed
+  values (95% Student t, clipped to [0, 100]%), computed by :func:`interval_bands`, with every
+  seed drawn as a point (hollow where its cell did not converge); the functions that draw bands
+  return the frame they drew, so a test can compare it with the tables.
 
 Inputs are the tidy frames of the results schema (``metrics.csv``, ``confidences.parquet``,
 ``throughput.csv``) or the dict of tensors of ``examples.pt``; nothing here reads files. What a
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from matplotlib.ticker import (
     StrMethodFormatter,
 )
 
+from bench import stats
 from bench.data.testsets import (
     AFFNIST_STYLE,
     CLEAN,
@@ -56,9 +58,11 @@ __all__ = [
     "COLUMN_IN",
     "PAGE_IN",
     "largest_n",
+    "interval_bands",
     "model_color",
     "model_order",
     "save",
+    "claims",
     "data_efficiency",
     "affnist_vs_clean",
     "sweeps",
@@ -115,7 +119,9 @@ _RC: dict[str, Any] = {
 _PDF_METADATA = {"Creator": "capsbench", "Producer": "capsbench", "CreationDate": None,
                  "ModDate": None}
 _PNG_METADATA = {"Software": "capsbench"}
-_BAND = {"errorbar": ("ci", 95), "seed": 0}
+# Verdict colours of the forest plot (Okabe-Ito): supported, contradicted, the rest grey.
+VERDICT_COLORS = {"supported": "#009E73", "contradicted": "#D55E00"}
+_NEUTRAL = "0.35"
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,91 +224,260 @@ def _panel_title(test_set: str) -> str:
 # Figures from metrics.csv
 
 
-def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000,
-                    test_sets: Sequence[str] | None = None) -> list[Path]:
-    """Accuracy against training-set size (log x), one panel per test set, 95% bootstrap bands.
+def interval_bands(metrics: pd.DataFrame, by: Sequence[str] = ("model", "test_set", "n"),
+                   bounds: tuple[float, float] | None = (0.0, 1.0)) -> pd.DataFrame:
+    """The band of each group: :func:`bench.stats.mean_interval` of its per-seed values.
+
+    ``metrics``: tidy rows (columns ``*by``, seed, value); several rows of one seed in a group
+    are averaged first. Columns: ``*by, estimate, low, high, n_seeds, clipped``, in the units of
+    ``value`` (fractions for accuracies); ``low``/``high`` are NaN for one seed. The report's
+    tables call the same function on the same values, so a band is the printed interval.
+    """
+    rows = []
+    for key, g in metrics.groupby(list(by), sort=True):
+        per_seed = g.groupby("seed")["value"].mean()
+        iv = stats.mean_interval(per_seed.to_numpy(dtype=float), bounds=bounds)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append((*key, iv.estimate, iv.low, iv.high, iv.n, iv.clipped))
+    return pd.DataFrame(rows, columns=[*by, "estimate", "low", "high", "n_seeds", "clipped"])
+
+
+def _draw_bands(ax: Any, bands: pd.DataFrame, points: pd.DataFrame, x: str,
+                models: Sequence[str], hollow: Collection[tuple[str, float, int]] = ()
+                ) -> list[tuple[str, float, int]]:
+    """Mean line, interval band and per-seed points of each model, in percent.
+
+    ``hollow``: (model, x, seed) of the points to draw hollow (cells that did not converge).
+    Returns the (model, x, seed) of the points drawn hollow.
+    """
+    drawn: list[tuple[str, float, int]] = []
+    for m in models:
+        color = model_color(m)
+        b = bands[bands["model"] == m].sort_values(x)
+        if not b.empty:
+            xs = b[x].to_numpy(dtype=float)
+            ok = np.isfinite(b["low"].to_numpy(dtype=float))
+            ax.fill_between(xs, 100 * b["low"].fillna(0).to_numpy(dtype=float),
+                            100 * b["high"].fillna(0).to_numpy(dtype=float), where=ok,
+                            color=color, alpha=0.18, linewidth=0, zorder=1)
+            ax.plot(xs, 100 * b["estimate"].to_numpy(dtype=float), color=color, zorder=3)
+        p = points[points["model"] == m]
+        if p.empty:
+            continue
+        is_hollow = np.array([(m, float(v), int(s)) in hollow
+                              for v, s in zip(p[x], p["seed"], strict=True)], dtype=bool)
+        drawn += [(m, float(v), int(sd)) for v, sd, h in
+                  zip(p[x], p["seed"], is_hollow, strict=True) if h]
+        px, py = p[x].to_numpy(dtype=float), 100 * p["value"].to_numpy(dtype=float)
+        ax.scatter(px[~is_hollow], py[~is_hollow], s=5, color=color, alpha=0.6,
+                   linewidths=0, zorder=4)
+        ax.scatter(px[is_hollow], py[is_hollow], s=9, facecolors="none", edgecolors=color,
+                   linewidths=0.7, zorder=5)
+    return drawn
+
+
+def _hollow_legend(fig: Figure, models: Sequence[str], hollow: bool, ncol: int = 5) -> None:
+    handles = [Line2D([], [], color=model_color(m), marker="o", markersize=2.5, label=m)
+               for m in models]
+    if hollow:
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none",
+                              linestyle="none", label="not converged"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), ncol),
+               frameon=False, handlelength=1.5, columnspacing=1.2)
+
+
+def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *,
+                    test_sets: Sequence[str] | None = None,
+                    not_converged: Collection[tuple[str, int, int]] = ()) -> pd.DataFrame:
+    """Accuracy against training-set size (log x), one panel per test set.
 
     ``metrics``: tidy rows of one setup (columns model, n, seed, test_set, factor_value, metric,
-    value); the ``accuracy`` rows of the test sets without a sweep factor are drawn.
+    value); the ``accuracy`` rows of the test sets without a sweep factor are drawn: the mean
+    over seeds, its 95% interval as the band (:func:`interval_bands`, the tables' interval) and
+    one point per seed, hollow for the cells (model, n, seed) in ``not_converged``.
+
+    Returns:
+        the bands drawn (:func:`interval_bands` by model, test_set, n; fractions), with
+        ``attrs["hollow"]``: the (model, test_set, n, seed) of the points drawn hollow.
     """
-    d = metrics[(metrics["metric"] == "accuracy") & metrics["factor_value"].isna()].copy()
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["factor_value"].isna()]
     if test_sets is None:
         names = d["test_set"].unique()
         sweep_sets = set(sets_where(names, lambda k: k.family == "sweep"))
         test_sets = [t for t in order_set_names(names) if t not in sweep_sets]
-    d["accuracy (%)"] = 100 * d["value"]
+    d = d[d["test_set"].isin(list(test_sets))]
+    bands = interval_bands(d, ("model", "test_set", "n"))
     models = model_order(d["model"])
     sizes = sorted(set(d["n"]))
+    hollow = {(m, float(n), int(s)) for m, n, s in not_converged}
+    drawn: list[tuple[str, str, int, int]] = []
     with _style():
         fig, axes = _grid(len(test_sets), PAGE_IN, 1.7, 3)
         for ax, ts in zip(axes, test_sets, strict=False):
-            sns.lineplot(data=d[d["test_set"] == ts], x="n", y="accuracy (%)", hue="model",
-                         hue_order=models, palette={m: model_color(m) for m in models},
-                         marker="o", n_boot=n_boot, legend=False, ax=ax, **_BAND)
+            drawn += [(m, ts, int(n), sd) for m, n, sd in _draw_bands(
+                ax, bands[bands["test_set"] == ts], d[d["test_set"] == ts], "n", models, hollow)]
             _log_size_axis(ax, sizes)
             ax.set_title(_panel_title(ts))
             ax.set_xlabel("training images n")
-        _model_legend(fig, models)
-        return save(fig, stem)
+            ax.set_ylabel("accuracy (%)")
+        _hollow_legend(fig, models, bool(drawn))
+        save(fig, stem)
+    bands.attrs["hollow"] = sorted(drawn)
+    return bands
 
 
 def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
-                     other: str = AFFNIST_STYLE.name) -> list[Path]:
+                     other: str = AFFNIST_STYLE.name, *,
+                     not_converged: Collection[tuple[str, int, int]] = (),
+                     c_star: float | None = None) -> list[Path]:
     """affNIST-style accuracy against clean accuracy: one point per cell (model, n, seed).
 
     The paper's claim (Sabour et al. 2017, Sec. 5.2) compares models at *equal clean accuracy*;
     this plot shows that comparison for every training size at once. Marker area grows with n;
-    the dashed line is y = x.
+    the dashed line is y = x, the dotted vertical line the matched clean accuracy ``c_star``
+    (a fraction) when given; cells in ``not_converged`` (model, n, seed) are hollow.
     """
     clean = CLEAN.name
-    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin([clean, other])]
+    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin([clean, other])
+                & metrics["factor_value"].isna()]
     wide = d.pivot_table(index=["model", "n", "seed"], columns="test_set", values="value")
     wide = wide.dropna().reset_index()
     models = model_order(wide["model"])
     sizes = np.log10(wide["n"].to_numpy(dtype=float))
     lo, hi = sizes.min(), sizes.max()
     area = 6 + 24 * (sizes - lo) / (hi - lo) if hi > lo else np.full_like(sizes, 15)
+    hollow_keys = {(m, int(n), int(s)) for m, n, s in not_converged}
+    hollow = np.array([(m, int(n), int(s)) in hollow_keys
+                       for m, n, s in zip(wide["model"], wide["n"], wide["seed"], strict=True)],
+                      dtype=bool)
     with _style():
         fig = plt.figure(figsize=(COLUMN_IN, COLUMN_IN * 0.9), layout="constrained")
         ax = fig.subplots()
         for m in models:
             sel = (wide["model"] == m).to_numpy()
-            ax.scatter(100 * wide.loc[sel, clean], 100 * wide.loc[sel, other], s=area[sel],
-                       color=model_color(m), alpha=0.8, linewidths=0)
+            for h in (False, True):
+                k = sel & (hollow == h)
+                if not k.any():
+                    continue
+                style = (dict(facecolors="none", edgecolors=model_color(m), linewidths=0.7)
+                         if h else dict(color=model_color(m), alpha=0.8, linewidths=0))
+                ax.scatter(100 * wide.loc[k, clean], 100 * wide.loc[k, other], s=area[k],
+                           **style)
         lim = [100 * min(wide[clean].min(), wide[other].min()) - 2, 100.5]
         ax.plot(lim, lim, ls="--", lw=0.6, color="0.5")
+        if c_star is not None and np.isfinite(c_star):
+            ax.axvline(100 * c_star, ls=":", lw=0.8, color="0.3")
+            ax.text(100 * c_star, lim[0] + 0.02 * (lim[1] - lim[0]), f" c* = {100 * c_star:.1f}%",
+                    fontsize=5.5, color="0.3", ha="left", va="bottom")
         ax.set_xlim(lim)
         ax.set_ylim(lim)
         ax.set_xlabel("clean accuracy (%)")
         ax.set_ylabel(f"{other} accuracy (%)")
-        _model_legend(fig, models, line=False)
+        _hollow_legend(fig, models, bool(hollow.any()), ncol=3)
         return save(fig, stem)
 
 
-def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike, *, n_boot: int = 1000) -> list[Path]:
+def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
     """Accuracy against the magnitude of one transformation, one panel per factor.
 
     Rows of the sweep sets (``sweep-<factor>``), metric ``accuracy``, each model at its largest
-    n; 95% bootstrap bands over seeds.
+    n: mean over seeds with its 95% interval (:func:`interval_bands`) and one point per seed.
+
+    Returns:
+        the bands drawn (by model, test_set, factor_value; fractions).
     """
     sweep_sets = sets_where(metrics["test_set"].unique(), lambda k: k.family == "sweep")
     d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin(sweep_sets)]
-    d = largest_n(d).copy()
-    d["accuracy (%)"] = 100 * d["value"]
+    d = largest_n(d)
+    bands = interval_bands(d, ("model", "test_set", "factor_value"))
     sets = order_set_names(d["test_set"])
     models = model_order(d["model"])
     with _style():
         fig, axes = _grid(len(sets), PAGE_IN, 1.8, 4)
         for ax, ts in zip(axes, sets, strict=False):
-            sns.lineplot(data=d[d["test_set"] == ts], x="factor_value", y="accuracy (%)",
-                         hue="model", hue_order=models,
-                         palette={m: model_color(m) for m in models}, marker="o",
-                         n_boot=n_boot, legend=False, ax=ax, **_BAND)
+            _draw_bands(ax, bands[bands["test_set"] == ts], d[d["test_set"] == ts],
+                        "factor_value", models)
             factor = set_kind(ts).factor
             ax.set_xlabel(FACTOR_LABELS.get(factor, factor))
+            ax.set_ylabel("accuracy (%)")
             ax.set_title(ts)
         _model_legend(fig, models)
-        return save(fig, stem)
+        save(fig, stem)
+    return bands
+
+
+def _ratio_ticks(lo: float, hi: float) -> list[float]:
+    """Round ticks (1, 1.5, 2, 3, 5, 7 times a power of ten) inside [lo, hi], at most about 8."""
+    ticks: list[float] = []
+    for subs in ((1, 1.5, 2, 3, 5, 7), (1, 2, 5), (1,)):
+        ticks = [float(f"{m * 10.0 ** k:.6g}") for k in range(-4, 5) for m in subs]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) <= 8:
+            break
+    return ticks
+
+
+def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
+    """The claims scoreboard as a forest plot: one panel per claim, its effect and 95% interval.
+
+    ``board``: one row per claim with columns claim, effect, unit (``"pp"``, ``"AUROC"`` or
+    ``"ratio"``), estimate, low, high (in that unit; NaN when not measured or without an
+    interval), null (no effect: 0, or 1 for a ratio, drawn dashed), verdict and note (why it was
+    not measured). Each panel has its own x axis, because the effects have different units; a
+    ratio is drawn on a log axis. The point and interval are coloured by the verdict.
+
+    Returns:
+        ``board`` with the x limits drawn (columns ``xmin``, ``xmax``).
+    """
+    board = board.reset_index(drop=True).copy()
+    board["xmin"], board["xmax"] = math.nan, math.nan
+    n = max(len(board), 1)
+    with _style():
+        fig = plt.figure(figsize=(PAGE_IN, 0.25 + 0.72 * n), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(n, 1, squeeze=False).ravel())
+        for i, (ax, row) in enumerate(zip(axes, board.itertuples(), strict=False)):
+            ax.set_title(f"{row.claim}: {row.effect}", loc="left", fontsize=6.5)
+            est, low, high, null = row.estimate, row.low, row.high, row.null
+            if not np.isfinite(est):
+                ax.text(0.5, 0.5, row.note or "not measured", transform=ax.transAxes,
+                        ha="center", va="center", fontsize=6, color=_NEUTRAL)
+                ax.set_axis_off()
+                continue
+            color = VERDICT_COLORS.get(row.verdict, _NEUTRAL)
+            has_iv = bool(np.isfinite(low) and np.isfinite(high))
+            log = row.unit == "ratio"
+            values = [v for v in (est, low, high, null) if np.isfinite(v)]
+            xmin, xmax = min(values), max(values)
+            if log:
+                pad = (xmax / xmin) ** 0.15 if xmax > xmin else 1.5
+                xmin, xmax = xmin / pad, xmax * pad
+            else:
+                pad = 0.15 * (xmax - xmin) if xmax > xmin else 1.0
+                xmin, xmax = xmin - pad, xmax + pad
+            ax.axvline(null, ls="--", lw=0.7, color="0.4", zorder=1)
+            if has_iv:
+                ax.errorbar([est], [0], xerr=[[est - low], [high - est]], fmt="o", color=color,
+                            ecolor=color, elinewidth=1.4, capsize=3, markersize=4, zorder=3)
+            else:
+                ax.plot([est], [0], "o", color=color, markersize=4, zorder=3)
+            text = row.verdict + ("" if has_iv else " (no interval: one seed)")
+            ax.text(0.995, 0.9, text, transform=ax.transAxes, ha="right", va="top",
+                    fontsize=6, color=color, fontweight="bold")
+            if log:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(FixedLocator(_ratio_ticks(xmin, xmax)))
+                ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+                ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(xmin, xmax)
+            ax.set_ylim(-1, 1)
+            ax.set_yticks([])
+            ax.grid(axis="y", visible=False)
+            ax.set_xlabel({"pp": "difference (percentage points)",
+                           "AUROC": "difference of AUROC",
+                           "ratio": "ratio (log scale)"}.get(row.unit, row.unit), labelpad=1)
+            board.loc[i, ["xmin", "xmax"]] = [xmin, xmax]
+        save(fig, stem)
+    return board
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,22 @@
 """``python -m bench report RUN_DIR``: tables and figures of a run folder, no training.
 
-Reads the tidy results of a run (``metrics.csv``, required; ``confidences.parquet``,
-``throughput.csv``, ``examples.pt`` and ``manifest.json``, each optional) and writes
+Reads the tidy results of a run (``metrics.csv``, required; ``cells.csv``,
+``confidences.parquet``, ``throughput.csv``, ``examples.pt`` and ``manifest.json``, each
+optional) and writes
 
-- ``report.md``: the headline tables (mean +- 95% Student-t interval over seeds), with a note
-  for every part skipped because its input file is absent;
+- ``report.md``: first the claims scoreboard (each claim made for capsules, its effect with a
+  95% interval paired over seeds, the scale it was measured at and the verdict of
+  :func:`bench.stats.verdict`), then the tables, with a note for every part skipped because its
+  input file is absent;
 - ``tables/*.tex``: the same tables for a paper (booktabs rules, written here, no jinja2);
-- ``figures/*.pdf|png``: the figures of :mod:`bench.figures`.
+- ``figures/*.pdf|png``: the figures of :mod:`bench.figures`, among them the scoreboard as a
+  forest plot (``claims``).
+
+Every interval comes from :mod:`bench.stats`: a mean gets the Student-t interval over seeds
+clipped to the metric's range (``†`` marks a clipped one), a comparison between two models is
+paired by seed (the per-seed differences or log ratios), and a training-set size gets a
+geometric interval. The figures' bands are the same intervals. No sentence of the report calls a
+difference real unless its interval excludes no effect.
 
 Everything is a function of the input files only (no dates, no absolute paths), so rebuilding
 a report gives byte-identical files, and the CI can compare them.
@@ -16,18 +26,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench import figures
+from bench import figures, stats
 from bench.cells import AFFNIST_SETUP
 from bench.config import PAPER_MNIST_ERRORS, Profile
 from bench.data.testsets import (
+    AFFNIST_REAL,
     AFFNIST_STYLE,
     CLEAN,
     SET_KINDS,
@@ -37,14 +49,30 @@ from bench.data.testsets import (
 )
 from bench.errors import BenchError
 from bench.io import load_torch, write_text
-from bench.metrics import aggregate, seed_matrix, size_to_target
+from bench.stats import VERDICT_RULE, Interval
 
-__all__ = ["build_report", "read_metrics", "Table", "METRICS_COLUMNS"]
+__all__ = ["build_report", "read_metrics", "read_cells", "claims", "claims_frame", "Claim",
+           "Table", "METRICS_COLUMNS", "REFERENCE", "SCOREBOARD_RULES"]
 
 METRICS_COLUMNS = ("setup", "model", "n", "seed", "test_set", "factor_value", "metric", "value")
+CELLS_COLUMNS = ("setup", "model", "n", "seed")  # the key columns cells.csv must have
 MAIN_SETUP = AFFNIST_SETUP  # the 40x40 setup, evaluated on every test set
 MNIST_SETUP = "mnist28"  # the paper's MNIST table
+REFERENCE = "capsnet"  # every difference and ratio is taken against it
+MAXPOOL = "convnet-maxpool"  # the "traditional ConvNet" of the claims
+K9 = "convnet-k9"  # Gu et al. (2021)'s control
 PM = "±"
+CLIPPED = "†"  # an interval clipped to the metric's range
+BOUNDED = "‡"  # a size that is only an upper bound (target reached at the smallest n)
+MINUS = "−"
+NOT_MEASURED = "not measured"
+
+NOTE_MEAN = (f"Intervals: mean over seeds [95% Student-t interval of the mean], clipped to the "
+             f"metric's range ([0, 100]% for accuracies); {CLIPPED}: clipped (the t approximation "
+             "is poor near a bound); one seed: the value alone, no interval.")
+NOTE_DIFF = (f"Differences: model {MINUS} {REFERENCE} per seed on the seeds both share, mean "
+             "[95% paired Student-t interval]; an interval that contains 0 is no evidence of a "
+             "difference.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,7 +81,11 @@ PM = "±"
 
 @dataclass
 class Table:
-    """A table of preformatted cells; ``align`` has one of l/r/c per column."""
+    """A table of preformatted cells; ``align`` has one of l/r/c per column.
+
+    ``tex_columns`` replaces ``align`` as the LaTeX column spec (e.g. ``p{3cm}`` for a column
+    of long text), and ``wide`` sets it across both columns of a paper (``table*``).
+    """
 
     name: str  # file stem under tables/
     title: str
@@ -61,6 +93,8 @@ class Table:
     rows: list[list[str]]
     align: str
     notes: list[str] = field(default_factory=list)
+    tex_columns: str | None = None
+    wide: bool = False
 
     def markdown(self) -> str:
         marks = {"l": ":--", "r": "--:", "c": ":-:"}
@@ -69,28 +103,30 @@ class Table:
             "| " + " | ".join(marks[a] for a in self.align) + " |",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines + ([""] + self.notes if self.notes else []))
+        notes = [line for note in self.notes for line in ("", note)]  # one paragraph each
+        return "\n".join(lines + notes)
 
     def latex(self) -> str:
         """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``; needs ``booktabs``)."""
         body = [" & ".join(_tex(c) for c in row) + r" \\" for row in self.rows]
         caption = _tex(self.title) + ("" if not self.notes else " " + " ".join(
             _tex(n) for n in self.notes))
+        env = "table*" if self.wide else "table"
         return "\n".join([
             "% Generated by `python -m bench report`; needs \\usepackage{booktabs}.",
-            r"\begin{table}[t]",
+            rf"\begin{{{env}}}[t]",
             r"\centering",
             r"\small",
             rf"\caption{{{caption}}}",
             rf"\label{{tab:{self.name}}}",
-            rf"\begin{{tabular}}{{{self.align}}}",
+            rf"\begin{{tabular}}{{{self.tex_columns or self.align}}}",
             r"\toprule",
             " & ".join(_tex(h) for h in self.header) + r" \\",
             r"\midrule",
             *body,
             r"\bottomrule",
             r"\end{tabular}",
-            r"\end{table}",
+            rf"\end{{{env}}}",
             "",
         ])
 
@@ -99,7 +135,8 @@ _TEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "<": r"$<$", ">": r"$>$", PM: r"$\pm$", "≤": r"$\le$", "≥": r"$\ge$", "—": "--",
-    "×": r"$\times$", "²": r"$^2$",
+    "×": r"$\times$", "²": r"$^2$", CLIPPED: r"$^\dagger$", BOUNDED: r"$^\ddagger$",
+    MINUS: r"$-$", "–": "--", "÷": r"$\div$", "*": r"$^*$",
 }
 
 
@@ -111,13 +148,36 @@ def _tex(text: str) -> str:
 # Number formatting
 
 
-def _pm(mean: float, ci: float, scale: float = 1.0, digits: int = 2) -> str:
-    """"mean ± half-width", or the mean alone for one seed, or an em dash when absent."""
-    if mean is None or not np.isfinite(mean):
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, never "-0.00"."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _signed(x: float, digits: int) -> str:
+    text = _fixed(x, digits)
+    return text if text.startswith("-") or float(text) == 0 else "+" + text
+
+
+def _iv(iv: Interval | None, scale: float = 1.0, digits: int = 2, *, signed: bool = False,
+        unit: str = "") -> str:
+    """"estimate [low, high]" (``†`` when clipped), the estimate alone without an interval, or
+    an em dash without an estimate."""
+    if iv is None or not np.isfinite(iv.estimate):
         return "—"
-    text = f"{mean * scale:.{digits}f}"
-    if ci is not None and np.isfinite(ci):
-        text += f" {PM} {ci * scale:.{digits}f}"
+    text = (_signed if signed else _fixed)(iv.estimate * scale, digits)
+    if np.isfinite(iv.low) and np.isfinite(iv.high):
+        text += f" [{_fixed(iv.low * scale, digits)}, {_fixed(iv.high * scale, digits)}]"
+    return text + unit + (CLIPPED if iv.clipped else "")
+
+
+def _iv_int(iv: Interval) -> str:
+    """A size with its interval, as whole numbers: "196 [120, 320]"."""
+    if not np.isfinite(iv.estimate):
+        return "—"
+    text = _int(iv.estimate)
+    if np.isfinite(iv.low) and np.isfinite(iv.high):
+        text += f" [{_int(iv.low)}, {_int(iv.high)}]"
     return text
 
 
@@ -130,6 +190,24 @@ def _num(x: float, digits: int = 1) -> str:
         return "—"
     text = f"{x:,.{digits}f}"
     return text[1:] if text.startswith("-") and float(text[1:].replace(",", "")) == 0 else text
+
+
+def _n_range(sizes: Iterable[float]) -> str:
+    sizes = sorted(set(sizes))
+    if not sizes:
+        return "n = —"
+    if len(sizes) == 1:
+        return f"n = {sizes[0]:,.0f}"
+    return f"n = {sizes[0]:,.0f}–{sizes[-1]:,.0f}"
+
+
+def _width(width: Any) -> str:
+    """A channel multiplier as the fraction it is (0.125 -> "1/8")."""
+    try:
+        frac = Fraction(float(width)).limit_denominator(64)
+    except (TypeError, ValueError):
+        return str(width)
+    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +231,35 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     df["factor_value"] = pd.to_numeric(df["factor_value"], errors="coerce")
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["n"] = df["n"].astype(np.int64)
+    return df
+
+
+def _flag(x: Any) -> bool | None:
+    """A boolean cell of a CSV (True/False/1/0, any case), None when not recorded."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    text = str(x).strip().lower()
+    return {"true": True, "1": True, "1.0": True, "false": False, "0": False,
+            "0.0": False}.get(text)
+
+
+def read_cells(path: Path) -> pd.DataFrame:
+    """``cells.csv`` (one row per cell: steps, convergence, labelled images, seconds).
+
+    ``converged`` becomes True, False or None (not recorded); a missing key column is an error.
+    """
+    df = pd.read_csv(path)
+    missing = [c for c in CELLS_COLUMNS if c not in df.columns]
+    if missing:
+        raise BenchError(f"report: {path} lacks columns {missing}")
+    df["n"] = df["n"].astype(np.int64)
+    df["seed"] = df["seed"].astype(np.int64)
+    df["converged"] = pd.Series([_flag(x) for x in df["converged"]] if "converged" in df
+                                else [None] * len(df), index=df.index, dtype=object)
+    for col in ("steps", "val_improvement", "labelled_images"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
     return df
 
 
@@ -182,6 +289,400 @@ def _read_optional(path: Path, reader: Callable[[Path], Any], notes: list[str]) 
 
 
 # --------------------------------------------------------------------------------------------
+# Per-seed values and curves
+
+
+def _rows(d: pd.DataFrame, model: str | None = None, test_set: str | None = None,
+          metric: str | None = None, n: int | None = None) -> pd.DataFrame:
+    sel = d["factor_value"].isna()
+    for col, want in (("model", model), ("test_set", test_set), ("metric", metric), ("n", n)):
+        if want is not None:
+            sel &= d[col] == want
+    return d[sel]
+
+
+def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
+    """{seed: value} of the rows of one cell per seed (a missing value is left out)."""
+    s = rows.groupby("seed")["value"].mean()
+    return {int(k): float(v) for k, v in s.items() if np.isfinite(v)}
+
+
+def _wide(main: pd.DataFrame, model: str, test_set: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Seeds x sizes (increasing) of one model's metric on one test set; empty when absent."""
+    rows = _rows(main, model, test_set, metric)
+    if rows.empty:
+        return pd.DataFrame()
+    return rows.pivot_table(index="seed", columns="n", values="value",
+                            aggfunc="mean").sort_index(axis=1)
+
+
+Curves = dict[int, tuple[np.ndarray, np.ndarray]]  # seed -> (clean, other) in increasing n
+
+
+def _curves(main: pd.DataFrame, model: str, other: str) -> tuple[Curves, list[int]]:
+    """Per seed, the (clean, other) accuracies along n (points with both), and the sizes."""
+    c = _wide(main, model, CLEAN.name)
+    o = _wide(main, model, other)
+    if c.empty or o.empty:
+        return {}, []
+    sizes = sorted(set(c.columns) & set(o.columns))
+    out: Curves = {}
+    for seed in sorted(set(c.index) & set(o.index)):
+        cv = c.loc[seed, sizes].to_numpy(dtype=float)
+        ov = o.loc[seed, sizes].to_numpy(dtype=float)
+        keep = np.isfinite(cv) & np.isfinite(ov)
+        if keep.any():
+            out[int(seed)] = (cv[keep], ov[keep])
+    return out, [int(n) for n in sizes]
+
+
+def _c_star(curves: Iterable[Curves]) -> float | None:
+    """The highest clean accuracy that every curve reaches (the lowest of their maxima), or None
+    when it lies below some curve's lowest point (the ranges do not all overlap)."""
+    tops, bottoms = [], []
+    for per_seed in curves:
+        for clean, _ in per_seed.values():
+            tops.append(float(clean.max()))
+            bottoms.append(float(clean.min()))
+    if not tops:
+        return None
+    c = min(tops)
+    return c if c >= max(bottoms) else None
+
+
+def _matched(per_seed: Curves, at: float) -> dict[int, float | None]:
+    return {s: stats.matched_accuracy(c, o, at) for s, (c, o) in per_seed.items()}
+
+
+@dataclass
+class _Needed:
+    """Per seed, the training-set size at which clean accuracy first reaches a target."""
+
+    values: dict[int, float | None]
+    at_first: set[int]  # seeds that reached it at the smallest n (the size is an upper bound)
+
+    @property
+    def missing(self) -> int:
+        return sum(v is None for v in self.values.values())
+
+    def subset(self, seeds: Iterable[int]) -> _Needed:
+        seeds = set(seeds)
+        return _Needed({s: v for s, v in self.values.items() if s in seeds},
+                       self.at_first & seeds)
+
+
+def _needed(main: pd.DataFrame, model: str, target: float) -> _Needed:
+    c = _wide(main, model, CLEAN.name)
+    values: dict[int, float | None] = {}
+    at_first: set[int] = set()
+    for seed in c.index:
+        row = c.loc[seed]
+        row = row[np.isfinite(row.to_numpy(dtype=float))]
+        if row.empty:
+            continue
+        acc = row.to_numpy(dtype=float)
+        values[int(seed)] = stats.n_to_target(row.index.to_numpy(dtype=float), acc, target)
+        if acc[0] >= target:
+            at_first.add(int(seed))
+    return _Needed(values, at_first)
+
+
+# --------------------------------------------------------------------------------------------
+# The context every table and claim reads
+
+
+@dataclass
+class _Context:
+    main: pd.DataFrame
+    manifest: dict | None
+    cells: pd.DataFrame | None
+
+    @property
+    def config(self) -> dict:
+        prof = (self.manifest or {}).get("profile") or {}
+        return prof.get("config") or {}
+
+    @property
+    def profile_models(self) -> list[str] | None:
+        models = self.config.get("models") or ((self.manifest or {}).get("profile") or {}).get(
+            "models")
+        return list(models) if models else None
+
+    def absent(self, *models: str) -> str | None:
+        """Why a comparison of ``models`` cannot be measured (a model without results), or None."""
+        have, listed = set(self.main["model"]), self.profile_models
+        missing = [m for m in figures.model_order(models) if m not in have]
+        if not missing:
+            return None
+        no_results = [m for m in missing if listed is not None and m in listed]
+        not_listed = [m for m in missing if m not in no_results]
+        why = []
+        for names, what in ((not_listed, "not in this profile"),
+                            (no_results, "no results in this run")):
+            if names:
+                label = "model" if len(names) == 1 else "models"
+                verb = "" if what.startswith("not") else ("has " if len(names) == 1 else "have ")
+                why.append(f"{label} {' and '.join(names)} {verb}{what}")
+        return f"{NOT_MEASURED} ({'; '.join(why)})"
+
+    def cell_rows(self, models: Iterable[str], sizes: Iterable[int] | None,
+                  seeds: Iterable[int] | None) -> pd.DataFrame | None:
+        if self.cells is None:
+            return None
+        c = self.cells[(self.cells["setup"] == MAIN_SETUP) & self.cells["model"].isin(list(models))]
+        if sizes is not None:
+            c = c[c["n"].isin(list(sizes))]
+        if seeds is not None:
+            c = c[c["seed"].isin(list(seeds))]
+        return c
+
+    def scale(self, models: Sequence[str], sizes: Iterable[int], seeds: Iterable[int],
+              k: int, lead: str = "") -> str:
+        """Where a comparison was measured: n, width, steps, labelled images, seeds, convergence."""
+        sizes, seeds = sorted(set(sizes)), sorted(set(seeds))
+        parts = [lead] if lead else []
+        parts.append(_n_range(sizes))
+        if "model" in self.config and "width" in (self.config["model"] or {}):
+            parts.append(f"width {_width(self.config['model']['width'])}")
+        cells = self.cell_rows(models, sizes, seeds)
+        steps = (cells["steps"].dropna() if cells is not None else pd.Series(dtype=float))
+        if not steps.empty:
+            lo, hi = steps.min(), steps.max()
+            parts.append(f"{lo:,.0f} steps" if lo == hi else f"{lo:,.0f}–{hi:,.0f} steps")
+        else:
+            train = self.config.get("train") or {}
+            if train.get("steps"):
+                parts.append(f"{int(train['steps']):,} steps")
+            elif train.get("max_steps"):
+                parts.append(f"≤ {int(train['max_steps']):,} steps")
+        if cells is not None and len(sizes) == 1:
+            labelled = cells["labelled_images"].dropna()
+            if not labelled.empty and (labelled != sizes[0]).any():
+                lo, hi = labelled.min(), labelled.max()
+                parts.append(f"{lo:,.0f} labelled images" if lo == hi
+                             else f"{lo:,.0f}–{hi:,.0f} labelled images")
+        parts.append(f"{k} paired seed" + ("" if k == 1 else "s"))
+        if cells is None or cells.empty:
+            parts.append("convergence not recorded")
+        else:
+            flags = [_flag(f) for f in cells["converged"]]
+            bad = sum(f is False for f in flags)
+            unknown = sum(f is None for f in flags)
+            if bad:
+                parts.append(f"{bad} of {len(flags)} cells not converged")
+            if unknown:
+                parts.append(f"convergence of {unknown} of {len(flags)} cells not recorded")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The claims scoreboard
+
+
+@dataclass
+class Claim:
+    """One row of the scoreboard: an effect, oriented so that above ``null`` is what is claimed."""
+
+    key: str  # "C1"
+    name: str  # "viewpoint"
+    effect: str  # what is compared, in words
+    meaning: str  # what "supported" means
+    null: float  # no effect: 0 for differences, 1 for ratios
+    unit: str  # "pp" (a difference of accuracies), "AUROC" (a difference of AUROCs), "ratio"
+    interval: Interval | None = None
+    scale: str = ""
+    reason: str = ""  # why it was not measured
+
+    @property
+    def verdict(self) -> str:
+        return NOT_MEASURED if self.interval is None else stats.verdict(self.interval, self.null)
+
+    def estimate_text(self) -> str:
+        if self.interval is None:
+            return self.reason
+        if self.unit == "pp":
+            return _iv(self.interval, 100, 2, signed=True, unit=" pp")
+        if self.unit == "ratio":
+            return _iv(self.interval, 1, 2, unit="×")
+        return _iv(self.interval, 1, 3, signed=True)
+
+    def null_text(self) -> str:
+        return {"pp": "0 pp", "ratio": "1×"}.get(self.unit, "0")
+
+
+def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> Claim:
+    """``a`` minus ``b`` on ``other`` at the highest clean accuracy both reach on every seed."""
+    if (why := ctx.absent(a, b)) is not None:
+        claim.reason = why
+        return claim
+    ca, sizes_a = _curves(ctx.main, a, other)
+    cb, sizes_b = _curves(ctx.main, b, other)
+    common = sorted(set(ca) & set(cb))
+    if not common:
+        claim.reason = f"{NOT_MEASURED} (no clean and {other} accuracies of both models)"
+        return claim
+    ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
+    c = _c_star([ca, cb])
+    if c is None:
+        claim.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
+                        "every seed)")
+        return claim
+    claim.interval = stats.paired_difference(_matched(ca, c), _matched(cb, c))
+    claim.effect = claim.effect.replace("c*", f"c* = {100 * c:.2f}%")
+    claim.scale = ctx.scale([a, b], set(sizes_a) | set(sizes_b), common, claim.interval.n,
+                            lead="along the n-curve")
+    return claim
+
+
+def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
+                targets: Sequence[float]) -> Claim:
+    """``num`` / ``den`` of the n to reach the highest target both reach on every seed."""
+    if (why := ctx.absent(num, den)) is not None:
+        claim.reason = why
+        return claim
+    for t in sorted(targets, reverse=True):
+        a, b = _needed(ctx.main, num, t), _needed(ctx.main, den, t)
+        common = sorted(set(a.values) & set(b.values))
+        a, b = a.subset(common), b.subset(common)
+        if not common or a.missing or b.missing:
+            continue
+        if all(s in a.at_first and s in b.at_first for s in common):
+            claim.reason = (f"{NOT_MEASURED} (both models reach {100 * t:g}% clean accuracy at "
+                            "the smallest n on every seed: no ratio)")
+            return claim
+        claim.interval = stats.ratio_interval(a.values, b.values)
+        claim.effect = claim.effect.replace("target", f"{100 * t:g}% clean accuracy")
+        sizes = set(_wide(ctx.main, num, CLEAN.name).columns) | set(
+            _wide(ctx.main, den, CLEAN.name).columns)
+        if a.at_first or b.at_first:
+            claim.effect += f" {BOUNDED}"
+        claim.scale = ctx.scale([num, den], sizes, common, claim.interval.n,
+                                lead="along the n-curve")
+        return claim
+    listed = ", ".join(f"{100 * t:g}%" for t in targets)
+    claim.reason = (f"{NOT_MEASURED} (no target of {listed} reached by both models on every "
+                    "seed)")
+    return claim
+
+
+def _smallest_scramble(test_sets: Iterable[str]) -> str | None:
+    """The scrambled set with the smallest grid (``scramble-g2`` before ``scramble-g3``)."""
+    kinds = [k for k in (find_set_kind(t) for t in set(test_sets))
+             if k is not None and k.family == "scramble" and k.grid]
+    return min(kinds, key=lambda k: k.grid).name if kinds else None
+
+
+def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
+    """``a`` minus ``b`` of the intact-vs-scrambled AUROC, smallest grid, largest common n."""
+    if (why := ctx.absent(a, b)) is not None:
+        claim.reason = why
+        return claim
+    auroc = ctx.main[ctx.main["metric"] == "auroc_confidence"]
+    ts = _smallest_scramble(auroc["test_set"])
+    sizes = (set(_rows(auroc, a, ts)["n"]) & set(_rows(auroc, b, ts)["n"])) if ts else set()
+    if not sizes:
+        claim.reason = f"{NOT_MEASURED} (no auroc_confidence on a scrambled set for both models)"
+        return claim
+    n = max(sizes)
+    va, vb = _by_seed(_rows(auroc, a, ts, n=n)), _by_seed(_rows(auroc, b, ts, n=n))
+    claim.interval = stats.paired_difference(va, vb)
+    claim.effect = claim.effect.replace("scrambled", ts)
+    claim.scale = ctx.scale([a, b], [n], sorted(set(va) & set(vb)), claim.interval.n,
+                            lead="at the largest n")
+    return claim
+
+
+def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | None = None,
+           cells: pd.DataFrame | None = None) -> list[Claim]:
+    """The four rows of the scoreboard (see :data:`SCOREBOARD_RULES`).
+
+    Args:
+        main: the rows of ``metrics.csv`` of the affNIST setup.
+        targets: the profile's clean-accuracy targets (C2 uses the highest one both models reach
+            on every seed).
+        manifest: ``manifest.json`` (the width and step budget of the "Measured at" column, and
+            the profile's models), if any.
+        cells: :func:`read_cells` of ``cells.csv`` (steps, labelled images, convergence), if any.
+    """
+    ctx = _Context(main, manifest, cells)
+    other = AFFNIST_STYLE.name
+    return [
+        _matched_claim(ctx, Claim(
+            "C1", "viewpoint",
+            f"{other} accuracy at matched clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
+            f"the CapsNet keeps more {other} accuracy than the max-pooling ConvNet at the same "
+            "clean accuracy (Sabour et al. 2017, Sec. 5.2)", 0.0, "pp"),
+            REFERENCE, MAXPOOL, other),
+        _data_claim(ctx, Claim(
+            "C2", "data efficiency",
+            f"training images to reach target, {MAXPOOL} ÷ {REFERENCE}",
+            "the CapsNet needs fewer training images than the max-pooling ConvNet", 1.0,
+            "ratio"), MAXPOOL, REFERENCE, targets),
+        _part_claim(ctx, Claim(
+            "C3", "part arrangement",
+            f"AUROC intact vs scrambled (confidence), {REFERENCE} {MINUS} {MAXPOOL}",
+            "the CapsNet's confidence separates intact from scrambled digits better", 0.0,
+            "AUROC"), REFERENCE, MAXPOOL),
+        _matched_claim(ctx, Claim(
+            "C4", "counter-claim",
+            f"{other} accuracy at matched clean accuracy c*, {K9} {MINUS} {REFERENCE}",
+            f"the ConvNet with the CapsNet's 9x9 kernels keeps more {other} accuracy than the "
+            "CapsNet at the same clean accuracy (the counter-claim of Gu, Tresp & Hu 2021 "
+            "holds)", 0.0, "pp"),
+            K9, REFERENCE, other),
+    ]
+
+
+SCOREBOARD_RULES = [
+    f"C1 and C4 compare the {AFFNIST_STYLE.name} accuracy of two models at the same clean "
+    "accuracy c*, the highest clean accuracy both reach on every seed: each seed's accuracy is "
+    "read at c* along its curve of increasing n by linear interpolation between sizes.",
+    "C2 takes the training-set size at which each seed's clean accuracy first reaches the "
+    "highest of the profile's targets that both models reach on every seed (linear in log n "
+    "between sizes), and the geometric mean of the per-seed ratios.",
+    "C3 compares the AUROC of telling intact from scrambled digits by each model's own "
+    "confidence (capsule length for the CapsNet, softmax maximum for the ConvNets), on the "
+    "scrambled set with the smallest grid at the largest n. It ranks each model's own "
+    "confidences, so it compares the families only as rankings; a label-free feature-density "
+    "score is planned to replace it.",
+    f"Intervals: 95%, paired over seeds (Student t on the per-seed differences; for C2 on the "
+    f"log ratios, exponentiated); {CLIPPED}: clipped to the possible range; {BOUNDED}: some "
+    "seed reached the target at the smallest n, where the size is only an upper bound.",
+]
+
+
+def _claims_table(rows: list[Claim]) -> Table:
+    header = ["Claim", "Effect", "Estimate [95% interval]", "No effect", "Measured at",
+              "Verdict"]
+    body = [[f"{c.key} {c.name}", c.effect, c.estimate_text(), c.null_text(),
+             c.scale or "—", c.verdict] for c in rows]
+    notes = [f"{c.key} supported means: {c.meaning}." for c in rows]
+    notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
+    return Table("claims", "The claims made for capsules, each measured as one effect with its "
+                 "95% interval paired over seeds, and the verdict its interval gives.",
+                 header, body, "llrlll", notes,
+                 tex_columns=r"p{0.11\linewidth}p{0.27\linewidth}rlp{0.27\linewidth}l",
+                 wide=True)
+
+
+def claims_frame(rows: list[Claim]) -> pd.DataFrame:
+    """What the forest plot draws: one row per claim, in the unit shown (pp, AUROC, ratio)."""
+    out = []
+    for c in rows:
+        iv = c.interval
+        scale = 100.0 if c.unit == "pp" else 1.0
+        out.append({
+            "claim": f"{c.key} {c.name}", "effect": c.effect, "unit": c.unit,
+            "estimate": iv.estimate * scale if iv else math.nan,
+            "low": iv.low * scale if iv else math.nan,
+            "high": iv.high * scale if iv else math.nan,
+            "null": c.null, "n": iv.n if iv else 0, "verdict": c.verdict,
+            "note": c.reason,
+        })
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Tables
 
 
@@ -191,35 +692,89 @@ def _factor(test_set: str) -> str:
     return kind.factor if kind is not None and kind.factor else test_set
 
 
-def _cell(agg: pd.DataFrame, model: str, test_set: str, metric: str) -> tuple[float, float, int]:
-    hit = agg[(agg["model"] == model) & (agg["test_set"] == test_set) & (agg["metric"] == metric)]
-    if hit.empty:
-        return math.nan, math.nan, 0
-    row = hit.iloc[0]
-    return float(row["mean"]), float(row["ci"]), int(row["n_seeds"])
+def _largest_n_label(d: pd.DataFrame) -> str:
+    """"n = 3,000", or each model's largest n when they differ."""
+    top = d.groupby("model")["n"].max()
+    if top.nunique() <= 1:
+        return f"n = {int(top.max()):,}" if len(top) else "n = —"
+    return "n = " + ", ".join(f"{int(n):,} ({m})" for m, n in
+                              ((m, top[m]) for m in figures.model_order(top.index)))
 
 
-def _headline_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | None, Table | None, str]:
+    """Accuracy and ECE at each model's largest n, and the paired difference to the reference."""
     d = figures.largest_n(main[main["factor_value"].isna()])
-    agg = aggregate(d, ["model", "n", "test_set", "metric"])
     sets = sets_where(d["test_set"].unique(), lambda k: k.calibrated)
+    label = _largest_n_label(d)
     if not sets:
-        return None
+        return None, None, label
     header = ["Model", "n", "Seeds"] + [f"{t} acc. (%)" for t in sets]
     header += [f"{t} ECE (%)" for t in sets]
     rows = []
     for m in models:
-        sub = agg[agg["model"] == m]
+        sub = d[d["model"] == m]
         if sub.empty:
             continue
-        row = [m, _int(float(sub["n"].iloc[0]))]
-        row.append(str(int(sub["n_seeds"].max())))
-        row += [_pm(*_cell(agg, m, t, "accuracy")[:2], scale=100) for t in sets]
-        row += [_pm(*_cell(agg, m, t, "ece")[:2], scale=100) for t in sets]
+        n = int(sub["n"].max())
+        row = [m, _int(n), str(sub["seed"].nunique())]
+        for metric in ("accuracy", "ece"):
+            row += [_iv(stats.mean_interval(_by_seed(_rows(sub, m, t, metric))), 100)
+                    for t in sets]
         rows.append(row)
-    return Table("headline", "Accuracy and calibration (ECE, 15 bins) at each model's largest "
-                 f"training set, mean {PM} 95% Student-t interval over seeds.",
-                 header, rows, "lrr" + "r" * 2 * len(sets))
+    head = Table("headline", f"Accuracy and calibration (ECE, 15 bins) at the largest n ({label}),"
+                 " mean over seeds with its 95% interval.", header, rows,
+                 "lrr" + "r" * 2 * len(sets), [NOTE_MEAN])
+    diff = None
+    if REFERENCE in models:
+        rows = []
+        for m in models:
+            if m == REFERENCE:
+                continue
+            shared = set(_rows(main, m, metric="accuracy")["n"]) & set(
+                _rows(main, REFERENCE, metric="accuracy")["n"])
+            if not shared:
+                continue
+            n = max(shared)
+            ivs = [stats.paired_difference(_by_seed(_rows(main, m, t, "accuracy", n)),
+                                           _by_seed(_rows(main, REFERENCE, t, "accuracy", n)))
+                   for t in sets]
+            rows.append([m, _int(n), str(max(iv.n for iv in ivs))]
+                        + [_iv(iv, 100, signed=True) for iv in ivs])
+        if rows:
+            diff = Table("headline_diff", f"Accuracy difference to {REFERENCE} at the largest n "
+                         f"({label}), paired by seed, in percentage points.",
+                         ["Model", "n", "Seed pairs"]
+                         + [f"{t} acc. {MINUS} {REFERENCE} (pp)" for t in sets],
+                         rows, "lrr" + "r" * len(sets), [NOTE_DIFF])
+    return head, diff, label
+
+
+def _matched_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+    """Each model's affNIST-style accuracy at a clean accuracy c* every model reaches."""
+    rows = []
+    for other in (AFFNIST_STYLE.name, AFFNIST_REAL.name):
+        curves = {m: _curves(main, m, other)[0] for m in models}
+        curves = {m: c for m, c in curves.items() if c}
+        c = _c_star(curves.values())
+        if c is None:
+            continue
+        matched = {m: _matched(cv, c) for m, cv in curves.items()}
+        for m in curves:
+            iv = stats.mean_interval(matched[m])
+            diff = "—"
+            if m != REFERENCE and REFERENCE in matched:
+                diff = _iv(stats.paired_difference(matched[m], matched[REFERENCE]), 100,
+                           signed=True)
+            rows.append([m, other, _fixed(100 * c, 2), str(iv.n), _iv(iv, 100), diff])
+    if not rows:
+        return None
+    return Table("matched", "Accuracy under affine transforms at matched clean accuracy "
+                 "(Sabour et al. 2017, Sec. 5.2, compare 99.23% vs 99.22% clean): c* is the "
+                 "highest clean accuracy that every model reaches on every seed; each seed's "
+                 "accuracy is read at c* along its curve of increasing n (linear interpolation "
+                 "between sizes).",
+                 ["Model", "Test set", "c* (clean, %)", "Seeds", "Acc. at c* (%)",
+                  f"{MINUS} {REFERENCE} (pp)"], rows, "llrrrr", [NOTE_MEAN, NOTE_DIFF])
 
 
 def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
@@ -227,105 +782,148 @@ def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     if not sets:
         return None
     d = figures.largest_n(main[main["test_set"].isin(sets)])
-    agg = aggregate(d, ["model", "test_set", "metric"])
     header = ["Model", "Test set", "Orig. class kept (%)", "Conf. scrambled", "Conf. intact",
               "AUROC conf.", "AUROC recon."]
     rows = []
     for m in models:
         for t in sets:
-            vals = [_cell(agg, m, t, k) for k in ("accuracy", "mean_confidence",
-                                                  "mean_confidence_intact", "auroc_confidence",
-                                                  "auroc_recon")]
-            if all(v[2] == 0 for v in vals):
+            vals = [_by_seed(_rows(d, m, t, k)) for k in (
+                "accuracy", "mean_confidence", "mean_confidence_intact", "auroc_confidence",
+                "auroc_recon")]
+            if not any(vals):
                 continue
-            rows.append([m, t, _pm(*vals[0][:2], scale=100)]
-                        + [_pm(*v[:2], digits=3) for v in vals[1:]])
-    return Table("scrambled", "Scrambled and displaced parts at each model's largest training "
-                 "set: how often the original class is still predicted, mean confidence on the "
-                 "scrambled and the same intact digits, and AUROC of telling them apart "
-                 "(intact = positive) by confidence or by reconstruction error (CapsNet).",
-                 header, rows, "llrrrrr")
+            ivs = [stats.mean_interval(v) for v in vals]
+            rows.append([m, t, _iv(ivs[0], 100)] + [_iv(iv, digits=3) for iv in ivs[1:]])
+    return Table("scrambled", f"Scrambled and displaced parts at the largest n "
+                 f"({_largest_n_label(d)}): how often the original class is still predicted, "
+                 "mean confidence on the scrambled and the same intact digits, and AUROC of "
+                 "telling them apart (intact = positive) by confidence or by reconstruction "
+                 "error (CapsNet).", header, rows, "llrrrrr", [NOTE_MEAN])
 
 
 def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
-    d = figures.largest_n(main[main["metric"] == "probe_r2"])
+    d = main[main["metric"] == "probe_r2"]
     if d.empty:
         return None
-    agg = aggregate(d, ["model", "test_set", "metric"])
+    d = figures.largest_n(d)
     sets = order_set_names(d["test_set"])
     header = ["Model"] + [f"{_factor(t)} R²" for t in sets]
-    rows = [[m] + [_pm(*_cell(agg, m, t, "probe_r2")[:2], digits=3) for t in sets]
+    rows = [[m] + [_iv(stats.mean_interval(_by_seed(d[(d["model"] == m) & (d["test_set"] == t)]),
+                                           bounds=(-math.inf, 1.0)), digits=3) for t in sets]
             for m in models if m in set(d["model"])]
     return Table("probe", "Equivariance probe: held-out R² of a ridge read-out of each "
                  "transformation's magnitude from the model's features (CapsNet: winning "
-                 f"capsule's pose), largest training set, mean {PM} 95% interval.",
-                 header, rows, "l" + "r" * len(sets))
+                 f"capsule's pose), at the largest n ({_largest_n_label(d)}).",
+                 header, rows, "l" + "r" * len(sets),
+                 [NOTE_MEAN.replace("([0, 100]% for accuracies)", "(R² ≤ 1)")])
 
 
-@dataclass(frozen=True)
-class _Bound:
-    """A size to reach a target: exact (interpolated), at most (first size), or beyond (never)."""
-
-    value: float
-    kind: str  # "eq" | "le" | "gt" | "nan"
-
-    def text(self) -> str:
-        if self.kind == "nan":
-            return "—"
-        prefix = {"eq": "", "le": "≤ ", "gt": "> "}[self.kind]
-        return prefix + _int(self.value)
-
-
-def _n_to_reach(rows: pd.DataFrame, target: float) -> _Bound:
-    if rows.empty:
-        return _Bound(math.nan, "nan")
-    sizes, acc = seed_matrix(rows)
-    n = size_to_target(sizes, acc, target)
-    if math.isnan(n):
-        return _Bound(float(sizes.max()), "gt")
-    first = float(np.nanmean(acc[:, 0])) if np.isfinite(acc[:, 0]).any() else math.nan
-    if n == sizes[0] and first >= target:
-        return _Bound(n, "le")  # already reached at the smallest size: an upper bound
-    return _Bound(n, "eq")
-
-
-def _ratio(a: _Bound, ref: _Bound) -> str:
-    """a / ref with the direction its bounds allow, or a dash where nothing can be said."""
-    if a.kind == "nan" or ref.kind == "nan":
+def _needed_text(nd: _Needed) -> str:
+    total = len(nd.values)
+    if total == 0:
         return "—"
-    r = a.value / ref.value
-    kinds = (a.kind, ref.kind)
-    if kinds == ("eq", "eq"):
-        return f"{r:.2f}×"
-    if kinds in (("le", "eq"), ("eq", "gt"), ("le", "gt")):
-        return f"≤ {r:.2f}×"
-    if kinds in (("gt", "eq"), ("eq", "le"), ("gt", "le")):
-        return f"> {r:.2f}×" if a.kind == "gt" else f"≥ {r:.2f}×"
-    return "—"
+    if nd.missing:
+        return f"not reached ({nd.missing} of {total} seeds)"
+    values = [v for v in nd.values.values() if v is not None]
+    if len(nd.at_first) == total:
+        return f"≤ {_int(max(values))}"
+    return _iv_int(stats.geometric_interval(values)) + (BOUNDED if nd.at_first else "")
+
+
+def _ratio_text(nd: _Needed, ref: _Needed) -> str:
+    common = sorted(set(nd.values) & set(ref.values))
+    if not common:
+        return "—"
+    num = {s: nd.values[s] for s in common}
+    den = {s: ref.values[s] for s in common}
+    dropped = sum(num[s] is None or den[s] is None for s in common)
+    iv = stats.ratio_interval(num, den)
+    if iv.n == 0:
+        return f"not reached ({dropped} of {len(common)} seeds)"
+    used = [s for s in common if num[s] is not None and den[s] is not None]
+    if all(s in nd.at_first and s in ref.at_first for s in used):
+        return "no ratio (both reached it at the smallest n)"
+    bounded = any(s in nd.at_first or s in ref.at_first for s in used)
+    text = _iv(iv, 1, 2, unit="×") + (BOUNDED if bounded else "")
+    if dropped:
+        text += f" ({dropped} of {len(common)} seeds dropped: not reached)"
+    return text
 
 
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
                            targets: Sequence[float]) -> Table | None:
-    d = main[(main["test_set"] == CLEAN.name) & (main["metric"] == "accuracy")]
-    if d.empty or d["n"].nunique() < 1:
+    d = _rows(main, test_set=CLEAN.name, metric="accuracy")
+    if d.empty:
         return None
-    need = {m: [_n_to_reach(d[d["model"] == m], t) for t in targets] for m in models}
-    ref = "capsnet" if "capsnet" in need else None
+    need = {m: [_needed(main, m, t) for t in targets] for m in models}
+    ref = REFERENCE if REFERENCE in need else None
     header = ["Model"] + [f"n for {100 * t:g}%" for t in targets]
     if ref:
-        header += [f"÷ {ref} ({100 * t:g}%)" for t in targets]
+        header += [f"ratio to {ref} ({100 * t:g}%)" for t in targets]
     rows = []
     for m in models:
-        row = [m] + [b.text() for b in need[m]]
+        row = [m] + [_needed_text(b) for b in need[m]]
         if ref:
-            row += [_ratio(b, r) for b, r in zip(need[m], need[ref], strict=True)]
+            row += (["reference"] * len(targets) if m == ref else
+                    [_ratio_text(b, r) for b, r in zip(need[m], need[ref], strict=True)])
         rows.append(row)
-    notes = ["Training images needed to reach each clean accuracy: seed-mean curve, linear in "
-             "log n between sizes; ≤ : reached at the smallest size; > : not reached at the "
-             "largest."]
-    return Table("data_efficiency", "Data efficiency on clean test digits.",
-                 [h.replace("÷", "ratio to") for h in header], rows,
+    notes = ["Training images needed to reach each clean accuracy: per seed, the first size "
+             "whose accuracy reaches the target, interpolated linearly in log n from the size "
+             "before; geometric mean over seeds [95% Student-t interval on log n, "
+             f"exponentiated]; not reached (k of S seeds): k seeds never reached it by the "
+             f"largest n; {BOUNDED} or ≤: reached at the smallest n, where the size is only an "
+             "upper bound."]
+    if ref:
+        notes.append(f"Ratios: model ÷ {ref}, per seed on the seeds both share, geometric mean "
+                     "[95% paired Student-t interval on the log ratios, exponentiated]; above 1: "
+                     f"the model needs more images than {ref}.")
+    return Table("data_efficiency", "Data efficiency on clean test digits.", header, rows,
                  "l" + "r" * (len(header) - 1), notes)
+
+
+def _reading(diff: Interval) -> str:
+    """Where the decoder's error lies against the class-mean baseline, as its interval says."""
+    if not (np.isfinite(diff.low) and np.isfinite(diff.high)):
+        return "no interval (one seed): no reading"
+    if diff.high < 0:
+        return "below the class-mean baseline"
+    if diff.low > 0:
+        return "above the class-mean baseline"
+    return "not distinguishable from the class-mean baseline (the interval contains 0)"
+
+
+def _recon_table(main: pd.DataFrame, models: list[str]) -> tuple[Table | None, str]:
+    d = main[(main["test_set"] == CLEAN.name)
+             & main["metric"].isin(["recon_mse", "recon_mse_class_mean"])]
+    if d.empty:
+        return None, ""
+    d = figures.largest_n(d)
+    rows, sentence = [], ""
+    for m in models:
+        own = _by_seed(_rows(d, m, metric="recon_mse"))
+        base = _by_seed(_rows(d, m, metric="recon_mse_class_mean"))
+        if not own:
+            continue
+        a, b = stats.mean_interval(own), stats.mean_interval(base)
+        diff = stats.paired_difference(own, base)
+        n = int(d[d["model"] == m]["n"].max())
+        rows.append([m, _int(n), str(a.n), _iv(a, digits=4), _iv(b, digits=4),
+                     _iv(diff, digits=4, signed=True), _reading(diff)])
+        if m == REFERENCE:
+            sentence = (f"{m} reconstructs clean test digits (n = {n:,}) with a mean squared "
+                        f"error per pixel of {_iv(a, digits=4)}, against {_iv(b, digits=4)} for "
+                        f"the class-mean training image of the predicted class: "
+                        f"{_reading(diff)}.")
+    if not rows:
+        return None, ""
+    return Table("recon", "Reconstructions: the decoder's mean squared error per pixel on clean "
+                 "test digits at the largest n, beside that of the class-mean training image "
+                 "(what a decoder that learned nothing but the class would reach).",
+                 ["Model", "n", "Seeds", "Recon. MSE", "Class-mean MSE",
+                  f"Difference (recon. {MINUS} class mean)", "Reading"], rows, "lrrrrrl",
+                 [NOTE_MEAN.replace("([0, 100]% for accuracies)", "([0, 1])"),
+                  "Difference: per seed, paired Student t; the reading follows its interval."]
+                 ), sentence
 
 
 def _mnist_table(df: pd.DataFrame) -> Table | None:
@@ -333,17 +931,46 @@ def _mnist_table(df: pd.DataFrame) -> Table | None:
     if d.empty:
         return None
     d = figures.largest_n(d)
-    agg = aggregate(d, ["model", "n"])
     header = ["Model", "n", "Seeds", "Our error (%)", "Paper error (%)", "Difference (pp)"]
     rows = []
-    for m in figures.model_order(agg["model"]):
-        r = agg[agg["model"] == m].iloc[0]
+    for m in figures.model_order(d["model"]):
+        sub = d[d["model"] == m]
+        iv = stats.mean_interval(_by_seed(sub))
         paper = PAPER_MNIST_ERRORS.get(m, math.nan)
-        rows.append([m, _int(r["n"]), str(int(r["n_seeds"])), _pm(r["mean"], r["ci"], 100),
-                     _num(paper, 2), _num(100 * r["mean"] - paper, 2)])
-    return Table("mnist", f"The paper's MNIST table (Sabour et al. 2017, Table 1): test error "
-                 f"on 28x28 MNIST, mean {PM} 95% interval over seeds, beside the paper's numbers.",
-                 header, rows, "lrrrrr")
+        rows.append([m, _int(sub["n"].max()), str(iv.n), _iv(iv, 100), _num(paper, 2),
+                     _num(100 * iv.estimate - paper, 2)])
+    return Table("mnist", "The paper's MNIST table (Sabour et al. 2017, Table 1): test error "
+                 "on 28x28 MNIST beside the paper's numbers; difference: our mean minus the "
+                 "paper's.", header, rows, "lrrrrr", [NOTE_MEAN])
+
+
+def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
+                                                      set[tuple[str, str, int, int]]]:
+    """The Run section's convergence line, the table of cells that did not converge, and their
+    keys (setup, model, n, seed)."""
+    if cells is None:
+        return ["- convergence not recorded (no `cells.csv`)"], None, set()
+    flags = [_flag(f) for f in cells["converged"]]
+    known = [f for f in flags if f is not None]
+    if not known:
+        return ["- convergence not recorded (`cells.csv` has no `converged` values)"], None, set()
+    line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: "
+            "validation accuracy no longer rising over the last quarter of training)")
+    if len(known) < len(flags):
+        line += f"; {len(flags) - len(known)} not recorded"
+    bad = cells[[f is False for f in flags]].sort_values(["setup", "model", "n", "seed"])
+    keys = {(str(r.setup), str(r.model), int(r.n), int(r.seed)) for r in bad.itertuples()}
+    if bad.empty:
+        return [line], None, keys
+    order = {m: i for i, m in enumerate(figures.model_order(bad["model"]))}
+    bad = bad.assign(_o=bad["model"].map(order)).sort_values(["setup", "_o", "n", "seed"])
+    rows = [[str(r.setup), str(r.model), _int(r.n), str(int(r.seed)), _int(r.steps),
+             _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
+    table = Table("convergence", "Cells that did not converge: their validation accuracy was "
+                  "still rising over the last quarter of training (hollow markers in the "
+                  "figures).", ["Setup", "Model", "n", "Seed", "Steps",
+                                "Validation gain, last quarter (pp)"], rows, "llrrrr")
+    return [line], table, keys
 
 
 def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
@@ -385,27 +1012,36 @@ HOW_TO_READ = f"""\
 - **The counter-claim.** Gu, Tresp & Hu (CVPR 2021) ablated CapsNet's components and report that
   dynamic routing and the transformation process do not help robustness to affine transforms,
   and that ConvNets given CapsNet's other components can be more robust than CapsNet.
-- **What is compared here.** Models are compared at each one's largest training set and, in the
-  data-efficiency table and figures, across training-set sizes. `affnist` is an affNIST-style set
-  regenerated from MNIST test digits (`affnist-real` is the official set, when given). On
-  scrambled digits, "accuracy" is how often the scrambled digit still gets its original class
-  (lower means more sensitive to part arrangement).
-- **Uncertainty.** Tables give mean {PM} half-width of a 95% Student-t interval over seeds (no
-  interval with one seed); figure bands are 95% bootstrap intervals (1000 resamples, seed 0).
-  With few seeds these intervals are wide: read overlaps as "no evidence of a difference".
+- **What is compared here.** The scoreboard and the matched-accuracy table compare models at
+  the same clean accuracy, as the paper does; the headline tables compare them at the largest
+  n, whatever their clean accuracy; the data-efficiency table and figures compare them across
+  training-set sizes. `affnist` is an affNIST-style set regenerated from MNIST test digits
+  (`affnist-real` is the official set, when given). On scrambled digits, "accuracy" is how often
+  the scrambled digit still gets its original class (lower means more sensitive to part
+  arrangement).
+- **Uncertainty.** Seeds are the unit of replication. Means carry a 95% Student-t interval over
+  seeds, clipped to the metric's range ({CLIPPED} marks a clipped interval); comparisons with
+  {REFERENCE} are paired by seed; training-set sizes and their ratios get intervals on the log
+  scale. Figure bands are the same intervals as the tables, with each seed drawn as a point.
+  With few seeds the intervals are wide: an interval that contains no effect (0, or 1 for a
+  ratio) is no evidence of a difference.
 """
 
 # Every table this module can write (file stems under tables/).
-TABLE_NAMES = ("headline", "scrambled", "probe", "data_efficiency", "mnist", "throughput",
-               "generation")
+TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
+               "probe", "data_efficiency", "recon", "mnist", "throughput", "generation")
 
 FIGURE_CAPTIONS = {
+    "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
+              "(paired over seeds); dashed: no effect (0, or 1 for the ratio, log scale).",
     "data_efficiency": "Accuracy against training-set size n (log scale), one panel per test "
-                       "set, mean over seeds with 95% bootstrap bands.",
+                       "set: mean over seeds with the tables' 95% interval as the band, one "
+                       "point per seed; hollow points: cells that did not converge.",
     "affnist_vs_clean": "affNIST-style against clean accuracy, one point per cell (model, n, "
-                        "seed); marker area grows with n; dashed: y = x.",
-    "sweeps": "Accuracy against the magnitude of each transformation, at each model's largest "
-              "n, 95% bootstrap bands over seeds.",
+                        "seed); marker area grows with n; dashed: y = x; dotted: the matched "
+                        "clean accuracy c*; hollow points: cells that did not converge.",
+    "sweeps": "Accuracy against the magnitude of each transformation at the largest n: mean "
+              "over seeds with the tables' 95% interval as the band.",
     "confidence_scrambled": "Confidence on scrambled digits (right halves) against the same "
                             "digits intact (left halves), largest n, seeds pooled; lines: "
                             "quartiles.",
@@ -415,7 +1051,7 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _run_section(manifest: dict | None, df: pd.DataFrame) -> list[str]:
+def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]) -> list[str]:
     lines = ["## Run", ""]
     if manifest is not None:
         prof = manifest.get("profile") or {}
@@ -427,6 +1063,19 @@ def _run_section(manifest: dict | None, df: pd.DataFrame) -> list[str]:
             if value not in (None, "", {}):
                 text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
                 lines.append(f"- {label}: `{text}`")
+        config = prof.get("config") or {}
+        train = config.get("train") or {}
+        scale = []
+        if "width" in (config.get("model") or {}):
+            scale.append(f"width {_width(config['model']['width'])}")
+        if train.get("steps"):
+            scale.append(f"{int(train['steps']):,} steps per cell")
+        elif train.get("max_steps"):
+            scale.append(f"at most {int(train['max_steps']):,} steps per cell")
+        if train.get("batch_size"):
+            scale.append(f"batch {int(train['batch_size'])}")
+        if scale:
+            lines.append(f"- scale: {', '.join(scale)}")
     for setup in sorted(set(df["setup"])):
         d = df[df["setup"] == setup]
         lines.append(
@@ -434,15 +1083,25 @@ def _run_section(manifest: dict | None, df: pd.DataFrame) -> list[str]:
             f"n = {', '.join(f'{n:,}' for n in sorted(set(d['n'])))}; "
             f"seeds = {', '.join(str(s) for s in sorted(set(d['seed'])))}"
         )
-    return lines + [""]
+    return lines + convergence + [""]
 
 
-def build_report(run_dir: Path, *, n_boot: int = 1000, with_figures: bool = True) -> None:
+def _targets(manifest: dict | None, notes: list[str]) -> list[float]:
+    prof = (manifest or {}).get("profile") or {}
+    targets = prof.get("targets") or (prof.get("config") or {}).get("targets")
+    if targets:
+        return [float(t) for t in targets]
+    targets = list(Profile().targets)
+    notes.append(f"No profile targets in `manifest.json`: the data-efficiency table and claim "
+                 f"C2 use the default targets {targets}.")
+    return targets
+
+
+def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     """Write ``report.md``, ``tables/*.tex`` and ``figures/*`` of a run folder.
 
     Args:
         run_dir: a run folder holding at least ``metrics.csv``.
-        n_boot: bootstrap resamples of the figure bands (1000 for reports).
         with_figures: False writes the tables only (fast; for tests and quick looks).
 
     Raises:
@@ -453,60 +1112,75 @@ def build_report(run_dir: Path, *, n_boot: int = 1000, with_figures: bool = True
     notes: list[str] = []
     manifest = _read_optional(run_dir / "manifest.json", lambda p: json.loads(p.read_text()),
                               notes)
+    cells = _read_optional(run_dir / "cells.csv", read_cells, notes)
     conf = _read_optional(run_dir / "confidences.parquet", _read_confidences, notes)
     tp = _read_optional(run_dir / "throughput.csv", pd.read_csv, notes)
     examples = _read_optional(run_dir / "examples.pt", load_torch, notes)
 
     main = df[df["setup"] == MAIN_SETUP]
     models = figures.model_order(main["model"])
-    if manifest is not None and (manifest.get("profile") or {}).get("targets"):
-        targets = [float(t) for t in manifest["profile"]["targets"]]
-    else:
-        targets = list(Profile().targets)
-        notes.append(f"No profile targets in `manifest.json`: the data-efficiency table uses "
-                     f"the default targets {targets}.")
+    targets = _targets(manifest, notes)
+    board = claims(main, targets, manifest=manifest, cells=cells)
+    convergence, convergence_table, not_converged = _convergence(cells)
 
-    sections: list[tuple[str, Table | None]] = []
+    sections: list[tuple[str, Table | None, str]] = []
+    if convergence_table is not None:
+        sections.append(("Cells that did not converge", convergence_table, ""))
     if main.empty:
         notes.append(f"No rows of setup `{MAIN_SETUP}` in `metrics.csv`: its tables and "
                      "figures are skipped.")
     else:
+        head, diff, label = _headline_tables(main, models)
+        recon, recon_sentence = _recon_table(main, models)
+        sections.append((f"Accuracy and calibration at the largest n ({label})", head, ""))
+        if REFERENCE in models:
+            sections.append((f"Difference to {REFERENCE} at the largest n ({label})", diff, ""))
         sections += [
-            ("Accuracy and calibration", _headline_table(main, models)),
-            ("Scrambled and displaced parts", _scrambled_table(main, models)),
-            ("Equivariance probe", _probe_table(main, models)),
-            ("Data efficiency", _data_efficiency_table(main, models, targets)),
+            ("Accuracy at matched clean accuracy", _matched_table(main, models), ""),
+            ("Scrambled and displaced parts", _scrambled_table(main, models), ""),
+            ("Equivariance probe", _probe_table(main, models), ""),
+            ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
+            ("Reconstructions", recon, recon_sentence),
         ]
     mnist = _mnist_table(df)
     if mnist is not None:
-        sections.append(("The paper's MNIST table", mnist))
+        sections.append(("The paper's MNIST table", mnist, ""))
     if tp is not None:
         for t in _throughput_tables(tp):
             sections.append(("Throughput" if t.name == "throughput" else "Test-set generation",
-                             t))
+                             t, ""))
 
-    written_figures = (_figures(run_dir / "figures", main, conf, tp, examples, notes, n_boot)
+    written_figures = (_figures(run_dir / "figures", main, conf, tp, examples, notes,
+                                not_converged, claims_frame(board), models)
                        if with_figures else [])
 
     tables_dir = run_dir / "tables"
-    written_tables = {t.name for _, t in sections if t is not None}
+    scoreboard = _claims_table(board)
+    written_tables = {scoreboard.name} | {t.name for _, t, _ in sections if t is not None}
     _remove_stale(tables_dir, [f"{n}.tex" for n in TABLE_NAMES if n not in written_tables])
     if with_figures:
         _remove_stale(run_dir / "figures", [f"{s}.{ext}" for s in FIGURE_CAPTIONS
                                             if s not in written_figures for ext in ("pdf", "png")])
-    md = ["# capsbench report", ""]
-    md += _run_section(manifest, df)
+    write_text(tables_dir / f"{scoreboard.name}.tex", scoreboard.latex())
+    md = ["# capsbench report", "", "## Claims scoreboard", "", scoreboard.title, "",
+          scoreboard.markdown(), ""]
+    if "claims" in written_figures:
+        md += ["![claims](figures/claims.png)", "", f"*claims*: {FIGURE_CAPTIONS['claims']} "
+               "(`figures/claims.pdf`)", ""]
+    md += ["LaTeX: `tables/claims.tex`", ""]
+    md += _run_section(manifest, df, convergence)
     md += [HOW_TO_READ]
-    for title, table in sections:
+    for title, table, sentence in sections:
         if table is None:
             notes.append(f"{title}: no matching rows in `metrics.csv`, skipped.")
             continue
         write_text(tables_dir / f"{table.name}.tex", table.latex())
-        md += [f"## {title}", "", table.title, "", table.markdown(), "",
-               f"LaTeX: `tables/{table.name}.tex`", ""]
-    if written_figures:
+        md += [f"## {title}", "", table.title, ""] + ([sentence, ""] if sentence else [])
+        md += [table.markdown(), "", f"LaTeX: `tables/{table.name}.tex`", ""]
+    figs = [s for s in written_figures if s != "claims"]
+    if figs:
         md += ["## Figures", ""]
-        for stem in written_figures:
+        for stem in figs:
             md += [f"![{stem}](figures/{stem}.png)", "",
                    f"*{stem}*: {FIGURE_CAPTIONS[stem]} (`figures/{stem}.pdf`)", ""]
     if notes:
@@ -520,21 +1194,31 @@ def _remove_stale(folder: Path, names: Sequence[str]) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+def _matched_c_star(main: pd.DataFrame, models: Sequence[str]) -> float | None:
+    curves = [c for c in (_curves(main, m, AFFNIST_STYLE.name)[0] for m in models) if c]
+    return _c_star(curves)
+
+
 def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.DataFrame | None,
-             examples: dict | None, notes: list[str], n_boot: int) -> list[str]:
+             examples: dict | None, notes: list[str],
+             not_converged: set[tuple[str, str, int, int]], board: pd.DataFrame,
+             models: Sequence[str]) -> list[str]:
     """Draw every figure whose input is present; return the stems written."""
     out.mkdir(parents=True, exist_ok=True)
-    done: list[str] = []
+    hollow = {(m, n, s) for setup, m, n, s in not_converged if setup == MAIN_SETUP}
+    figures.claims(board, out / "claims")
+    done: list[str] = ["claims"]
     acc = main[main["metric"] == "accuracy"]
     if not acc.empty and acc["factor_value"].isna().any():
-        figures.data_efficiency(main, out / "data_efficiency", n_boot=n_boot)
+        figures.data_efficiency(main, out / "data_efficiency", not_converged=hollow)
         done.append("data_efficiency")
     sets = set(acc["test_set"])
     if {CLEAN.name, AFFNIST_STYLE.name} <= sets:
-        figures.affnist_vs_clean(main, out / "affnist_vs_clean")
+        figures.affnist_vs_clean(main, out / "affnist_vs_clean", not_converged=hollow,
+                                 c_star=_matched_c_star(main, models))
         done.append("affnist_vs_clean")
     if sets_where(sets, lambda k: k.family == "sweep"):
-        figures.sweeps(main, out / "sweeps", n_boot=n_boot)
+        figures.sweeps(main, out / "sweeps")
         done.append("sweeps")
     if conf is not None:
         c = conf[conf["setup"] == MAIN_SETUP]

@@ -1,4 +1,10 @@
-"""The report built from a synthetic run folder: sections, numbers, booktabs, figures, bytes."""
+"""The report built from synthetic run folders: sections, numbers, intervals, booktabs, figures,
+bytes.
+
+Oracles are computed here from ``metrics.csv`` and ``cells.csv`` with scipy and NumPy directly
+(never with :mod:`bench.stats` or :mod:`bench.metrics`). Nothing here assumes a seed count or a
+profile size: the fixtures' constants are read, not repeated.
+"""
 
 from __future__ import annotations
 
@@ -16,118 +22,377 @@ from bench import figures
 from bench.cli import main as cli_main
 from bench.config import PAPER_MNIST_ERRORS
 from bench.errors import BenchError
-from bench.metrics import seed_matrix, size_to_target
 from bench.report import _tex, build_report
-from tests.fixtures_results import FILES, SIZES, TARGETS, write_run
+from tests.fixtures_results import FILES, NOT_CONVERGED, SEEDS, SIZES, TARGETS, write_run
 
-N_BOOT = 100  # fewer bootstrap resamples than a real report (1000): same code path, faster
-STEMS = ("data_efficiency", "affnist_vs_clean", "sweeps", "confidence_scrambled", "throughput",
-         "examples", "reconstructions")
-TABLES = ("headline", "scrambled", "probe", "data_efficiency", "mnist", "throughput", "generation")
+STEMS = ("claims", "data_efficiency", "affnist_vs_clean", "sweeps", "confidence_scrambled",
+         "throughput", "examples", "reconstructions")
+TABLES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled", "probe",
+          "data_efficiency", "recon", "mnist", "throughput", "generation")
+N_MAX = max(SIZES)
+# "estimate [low, high]" with an optional unit and clipping mark, as the report prints them.
+IV = re.compile(r"^([+-]?[\d,]*\.?\d+) \[([-\d,.]+), ([-\d,.]+)\](?: pp|×)?(†)?")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     run = write_run(tmp_path_factory.mktemp("full"))
-    build_report(run, n_boot=N_BOOT)
+    build_report(run)
     return run
 
 
-def _row(md: str, section: str, first_cell: str) -> list[str]:
-    """Cells of the Markdown table row starting with ``first_cell`` inside ``## section``."""
-    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    for line in body.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in section {section!r}")
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory) -> Path:
+    run = write_run(tmp_path_factory.mktemp("two"), seeds=SEEDS[:2])
+    build_report(run, with_figures=False)
+    return run
 
 
-def _student_t(values: np.ndarray) -> tuple[float, float]:
-    """Reference mean and half-width, from scipy directly (not bench.metrics)."""
-    lo, hi = stats.t.interval(0.95, df=values.size - 1, loc=values.mean(), scale=stats.sem(values))
-    return values.mean(), (hi - lo) / 2
+@pytest.fixture(scope="module")
+def convnet_wins(tmp_path_factory) -> Path:
+    run = write_run(tmp_path_factory.mktemp("convnet"), scenario="convnet-wins")
+    build_report(run, with_figures=False)
+    return run
 
 
-def test_report_has_every_section(run):
+# --------------------------------------------------------------------------------------------
+# Reading the report back, and independent oracles
+
+
+def _section(md: str, heading: str) -> str:
+    """The body of the ``## heading...`` section (the heading may continue, e.g. "(n = ...)")."""
+    parts = md.split(f"\n## {heading}", 1)
+    assert len(parts) == 2, f"no section {heading!r}"
+    return parts[1].split("\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, rows) of every Markdown table of ``md``."""
+    out, block = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            out.append((block[0], block[2:]))
+            block = []
+    return out
+
+
+def _row(md: str, heading: str, *first: str) -> list[str]:
+    """Cells of the row whose leading cells are ``first`` in the section ``heading``."""
+    for _, rows in _tables(_section(md, heading)):
+        for cells in rows:
+            if tuple(cells[:len(first)]) == first:
+                return cells
+    raise AssertionError(f"no row {first!r} in section {heading!r}")
+
+
+def _col(md: str, heading: str, row: list[str], name: str) -> str:
+    header = _tables(_section(md, heading))[0][0]
+    return row[header.index(name)]
+
+
+def _parse(cell: str) -> tuple[float, float, float, bool]:
+    m = IV.match(cell)
+    assert m, f"not an interval: {cell!r}"
+    est, lo, hi = (float(g.replace(",", "")) for g in m.groups()[:3])
+    return est, lo, hi, m.group(4) is not None
+
+
+def _t(values, bounds=(0.0, 1.0)) -> tuple[float, float, float, bool]:
+    """Mean and 95% Student-t interval from scipy, clipped to ``bounds`` by hand."""
+    v = np.asarray(values, dtype=float)
+    lo, hi = stats.t.interval(0.95, df=v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    clipped = lo < bounds[0] or hi > bounds[1]
+    return v.mean(), max(lo, bounds[0]), min(hi, bounds[1]), clipped
+
+
+def _fmt(est_lo_hi, scale=100.0, digits=2, sign=False) -> str:
+    est, lo, hi = (scale * x for x in est_lo_hi[:3])
+    head = f"{est:+.{digits}f}" if sign else f"{est:.{digits}f}"
+    return f"{head} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _values(df: pd.DataFrame, model: str, test_set: str, metric: str = "accuracy",
+            n: int = N_MAX, setup: str = "affnist") -> pd.Series:
+    sel = df[(df.setup == setup) & (df.model == model) & (df.test_set == test_set)
+             & (df.metric == metric) & (df.n == n) & df.factor_value.isna()]
+    return sel.set_index("seed")["value"].sort_index()
+
+
+def _n_to_reach(sizes, acc, target):
+    """Hand oracle: the first size reaching ``target``, linear in log n from the size before."""
+    for i, a in enumerate(acc):
+        if a >= target:
+            if i == 0:
+                return float(sizes[0])
+            a0, n0, n1 = acc[i - 1], math.log(sizes[i - 1]), math.log(sizes[i])
+            return math.exp(n0 + (target - a0) / (a - a0) * (n1 - n0))
+    return None
+
+
+def _needed(df: pd.DataFrame, model: str, target: float) -> dict[int, float | None]:
+    d = df[(df.setup == "affnist") & (df.model == model) & (df.test_set == "clean")
+           & (df.metric == "accuracy")]
+    out = {}
+    for seed, g in d.groupby("seed"):
+        g = g.sort_values("n")
+        out[int(seed)] = _n_to_reach(g["n"].to_list(), g["value"].to_list(), target)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Structure
+
+
+def test_scoreboard_first_then_every_section(run):
     md = (run / "report.md").read_text()
-    for section in ("Run", "How to read this report", "Accuracy and calibration",
-                    "Scrambled and displaced parts", "Equivariance probe", "Data efficiency",
+    assert md.startswith("# capsbench report\n\n## Claims scoreboard\n")
+    for section in ("Run", "How to read this report", "Cells that did not converge",
+                    f"Accuracy and calibration at the largest n (n = {N_MAX:,})",
+                    f"Difference to capsnet at the largest n (n = {N_MAX:,})",
+                    "Accuracy at matched clean accuracy", "Scrambled and displaced parts",
+                    "Equivariance probe", "Data efficiency", "Reconstructions",
                     "The paper's MNIST table", "Throughput", "Test-set generation", "Figures"):
         assert f"\n## {section}\n" in md, section
     assert "## Skipped" not in md  # every input file is present
     assert f"- git commit: `{'0' * 40}`" in md  # the manifest's git_commit (bench.runner)
     assert "79%" in md and "66%" in md and "Gu, Tresp & Hu" in md
+    assert "bootstrap" not in md  # the bands are the tables' intervals now
+    board = _section(md, "Claims scoreboard")
+    assert "![claims](figures/claims.png)" in board
+    assert "feature-density score is planned" in board  # C3's caveat
+    assert "ranks each model's own confidences" in board
 
 
-def test_headline_number_equals_the_fixture_mean(run):
-    df = pd.read_csv(run / "metrics.csv")
-    sel = df[(df.setup == "affnist") & (df.model == "capsnet") & (df.n == max(SIZES))
-             & (df.test_set == "affnist") & (df.metric == "accuracy")]
-    mean, half = _student_t(sel["value"].to_numpy())
-    cells = _row((run / "report.md").read_text(), "Accuracy and calibration", "capsnet")
-    assert cells[1] == f"{max(SIZES):,}" and cells[2] == "3"
-    assert cells[4] == f"{100 * mean:.2f} ± {100 * half:.2f}"
-
-
-def test_scrambled_rows_have_recon_auroc_for_capsnet_only(run):
+def test_headline_intervals_are_scipy_t_clipped(run):
     md = (run / "report.md").read_text()
     df = pd.read_csv(run / "metrics.csv")
-    caps = _row(md, "Scrambled and displaced parts", "capsnet")
-    sel = df[(df.model == "capsnet") & (df.n == max(SIZES)) & (df.test_set == caps[1])
-             & (df.metric == "auroc_recon")]
-    mean, half = _student_t(sel["value"].to_numpy())
-    assert caps[-1] == f"{mean:.3f} ± {half:.3f}"
-    assert _row(md, "Scrambled and displaced parts", "baseline-cnn")[-1] == "—"
+    for model in ("capsnet", "baseline-cnn", "convnet-maxpool", "convnet-k9"):
+        row = _row(md, "Accuracy and calibration", model)
+        assert row[1] == f"{N_MAX:,}" and row[2] == str(len(SEEDS))
+        for test_set in ("clean", "affnist"):
+            cell = _col(md, "Accuracy and calibration", row, f"{test_set} acc. (%)")
+            want = _t(_values(df, model, test_set))
+            assert cell == _fmt(want) + ("†" if want[3] else ""), (model, test_set)
 
 
-def test_data_efficiency_and_mnist_tables(run):
+def test_headline_difference_is_the_paired_t_interval(run):
+    md = (run / "report.md").read_text()
+    df = pd.read_csv(run / "metrics.csv")
+    for model in ("baseline-cnn", "convnet-maxpool", "convnet-k9"):
+        row = _row(md, "Difference to capsnet", model)
+        for test_set in ("clean", "affnist"):
+            a, b = _values(df, model, test_set), _values(df, "capsnet", test_set)
+            ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+            cell = _col(md, "Difference to capsnet", row, f"{test_set} acc. − capsnet (pp)")
+            assert cell == _fmt(((a - b).mean(), ci.low, ci.high), sign=True), (model, test_set)
+
+
+@pytest.mark.parametrize("name", ["run", "two_seeds", "convnet_wins"])
+def test_no_printed_interval_leaves_its_range(name, request):
+    """Every accuracy interval in [0, 100] %, every difference in [-100, 100] pp, low <= high."""
+    md = (request.getfixturevalue(name) / "report.md").read_text()
+    checked = 0
+    for header, rows in _tables(md):
+        for j, title in enumerate(header):
+            for row in rows:
+                if not IV.match(row[j]):
+                    continue
+                est, lo, hi, _ = _parse(row[j])
+                assert lo <= est + 1e-9 and est <= hi + 1e-9, (title, row[j])
+                if "(%)" in title:
+                    assert 0 <= lo <= hi <= 100, (title, row[j])
+                    checked += 1
+                if "(pp)" in title:
+                    assert -100 <= lo <= hi <= 100, (title, row[j])
+    assert checked > 0
+
+
+def test_two_seed_intervals_are_clipped_and_marked(two_seeds):
+    md = (two_seeds / "report.md").read_text()
+    df = pd.read_csv(two_seeds / "metrics.csv")
+    clipped = []
+    for _, rows in _tables(_section(md, "Accuracy and calibration")):
+        clipped += [c for row in rows for c in row if c.endswith("†")]
+    assert clipped  # with two seeds t(0.975, 1) = 12.7: some interval hits 0 or 100
+    for c in clipped:
+        _, lo, hi, mark = _parse(c)
+        assert mark and (lo == 0 or hi == 100)
+    row = _row(md, "Accuracy and calibration", "capsnet")
+    assert row[2] == "2"
+    ece = _values(df, "capsnet", "clean", "ece")
+    want = _t(ece)
+    assert _col(md, "Accuracy and calibration", row, "clean ECE (%)") == (
+        _fmt(want) + ("†" if want[3] else ""))
+
+
+def test_matched_table_states_c_star(run):
     md = (run / "report.md").read_text()
     df = pd.read_csv(run / "metrics.csv")
     clean = df[(df.setup == "affnist") & (df.test_set == "clean") & (df.metric == "accuracy")]
-    caps = _row(md, "Data efficiency", "capsnet")
-    base = _row(md, "Data efficiency", "baseline-cnn")
-    n_caps = size_to_target(*seed_matrix(clean[clean.model == "capsnet"]), TARGETS[1])
-    n_base = size_to_target(*seed_matrix(clean[clean.model == "baseline-cnn"]), TARGETS[1])
-    assert caps[2] == f"{n_caps:,.0f}"
-    assert base[2] == f"{n_base:,.0f}"
-    assert base[2 + len(TARGETS)] == f"{n_base / n_caps:.2f}×"
-    assert caps[1 + len(TARGETS)] == "1.00×"
-    # the fixture's 90% target is out of reach for the ConvNets at n = 3000
-    assert base[3] == f"> {max(SIZES):,}"
-    mnist = _row(md, "The paper's MNIST table", "capsnet")
-    assert mnist[4] == f"{PAPER_MNIST_ERRORS['capsnet']:.2f}"
-    err = df[(df.setup == "mnist28") & (df.model == "capsnet") & (df.metric == "error")]["value"]
-    assert mnist[3].startswith(f"{100 * err.mean():.2f} ± ")
+    c_star = clean.groupby(["model", "seed"])["value"].max().min()  # highest all reach
+    for model in ("capsnet", "convnet-maxpool"):
+        row = _row(md, "Accuracy at matched clean accuracy", model, "affnist")
+        assert row[2] == f"{100 * c_star:.2f}" and row[3] == str(len(SEEDS))
+    assert "c* =" in _section(md, "Claims scoreboard")
+
+
+def test_data_efficiency_is_geometric_per_seed(run):
+    md = (run / "report.md").read_text()
+    df = pd.read_csv(run / "metrics.csv")
+    checked = 0
+    for model in ("capsnet", "baseline-cnn", "convnet-maxpool", "convnet-k9"):
+        row = _row(md, "Data efficiency", model)
+        for j, target in enumerate(TARGETS):
+            need = _needed(df, model, target)
+            cell = row[1 + j]
+            missing = sum(v is None for v in need.values())
+            if missing:
+                assert cell == f"not reached ({missing} of {len(need)} seeds)"
+                continue
+            logs = np.log(list(need.values()))
+            lo, hi = stats.t.interval(0.95, df=logs.size - 1, loc=logs.mean(),
+                                      scale=stats.sem(logs))
+            if np.ptp(logs) == 0:  # every seed reached it at the smallest size
+                assert cell == f"≤ {math.exp(logs[0]):,.0f}"
+                continue
+            want = f"{math.exp(logs.mean()):,.0f} [{math.exp(lo):,.0f}, {math.exp(hi):,.0f}]"
+            assert cell.rstrip("‡") == want, (model, target)
+            checked += 1
+    assert checked > 0
+    # the ratio to the CapsNet: paired t on the per-seed log ratios
+    for model in ("baseline-cnn", "convnet-k9"):
+        a, b = _needed(df, model, TARGETS[0]), _needed(df, "capsnet", TARGETS[0])
+        r = np.log([a[s] / b[s] for s in sorted(a)])
+        lo, hi = stats.t.interval(0.95, df=r.size - 1, loc=r.mean(), scale=stats.sem(r))
+        cell = _row(md, "Data efficiency", model)[1 + len(TARGETS)]
+        assert cell.rstrip("‡") == (f"{math.exp(r.mean()):.2f} [{math.exp(lo):.2f}, "
+                                    f"{math.exp(hi):.2f}]×")
+    assert _row(md, "Data efficiency", "capsnet")[1 + len(TARGETS)] == "reference"
+
+
+def test_figure_band_equals_the_table_interval(run, tmp_path):
+    md = (run / "report.md").read_text()
+    df = pd.read_csv(run / "metrics.csv")
+    main = df[df.setup == "affnist"]
+    hollow = {(m, n, s) for m, n, s in NOT_CONVERGED}
+    bands = figures.data_efficiency(main, tmp_path / "de", not_converged=hollow)
+    assert (tmp_path / "de.png").is_file() and (tmp_path / "de.pdf").is_file()
+    # the band at the largest n is the interval printed in the headline table
+    for model in ("capsnet", "convnet-maxpool"):
+        b = bands[(bands.model == model) & (bands.test_set == "clean") & (bands.n == N_MAX)]
+        row = _row(md, "Accuracy and calibration", model)
+        printed = _parse(_col(md, "Accuracy and calibration", row, "clean acc. (%)"))
+        got = (100 * b["estimate"].item(), 100 * b["low"].item(), 100 * b["high"].item())
+        assert [round(x, 2) for x in got] == list(printed[:3])
+    # and every band is scipy's t interval of the per-seed values, clipped to [0, 1]
+    for r in bands.itertuples():
+        want = _t(_values(df, r.model, r.test_set, n=r.n))
+        assert np.allclose([r.estimate, r.low, r.high], want[:3]) and r.clipped == want[3]
+    # the non-converged cells are the points drawn hollow, on every panel
+    assert {(m, n, s) for m, _, n, s in bands.attrs["hollow"]} == hollow
+    assert {t for _, t, _, _ in bands.attrs["hollow"]} == set(bands["test_set"])
+
+
+def test_convergence_is_counted_and_listed(run):
+    md = (run / "report.md").read_text()
+    cells = pd.read_csv(run / "cells.csv")
+    ok = int(cells["converged"].astype(bool).sum())
+    assert f"- convergence: {ok} of {len(cells)} cells converged" in _section(md, "Run")
+    for model, n, seed in NOT_CONVERGED:
+        row = _row(md, "Cells that did not converge", "affnist", model, f"{n:,}", str(seed))
+        gain = cells[(cells.model == model) & (cells.n == n) & (cells.seed == seed)
+                     & (cells.setup == "affnist")]["val_improvement"].item()
+        assert row[-1] == f"{100 * gain:.2f}"
+    # the claims that use that cell say so
+    board = _row(md, "Claims scoreboard", "C1 viewpoint")
+    assert "cells not converged" in board[4]
+
+
+def test_recon_is_set_beside_the_class_mean(run, convnet_wins):
+    for folder, reading in ((run, "below the class-mean baseline"), (convnet_wins, None)):
+        md = (folder / "report.md").read_text()
+        df = pd.read_csv(folder / "metrics.csv")
+        own = _values(df, "capsnet", "clean", "recon_mse")
+        base = _values(df, "capsnet", "clean", "recon_mse_class_mean")
+        ci = stats.ttest_rel(own, base).confidence_interval(0.95)
+        row = _row(md, "Reconstructions", "capsnet")
+        assert row[3] == _fmt(_t(own), scale=1, digits=4)
+        assert row[5] == _fmt(((own - base).mean(), ci.low, ci.high), scale=1, digits=4,
+                              sign=True)
+        if ci.high < 0:
+            want = "below the class-mean baseline"
+        elif ci.low > 0:
+            want = "above the class-mean baseline"
+        else:
+            want = "not distinguishable from the class-mean baseline"
+        assert row[6].startswith(want) and (reading is None or want == reading)
+        assert want in _section(md, "Reconstructions").split("\n|", 1)[0]  # the sentence
+
+
+def _verdicts(md: str) -> dict[str, tuple[str, str]]:
+    rows = _tables(_section(md, "Claims scoreboard"))[0][1]
+    return {r[0].split()[0]: (r[2], r[5]) for r in rows}
+
+
+@pytest.mark.parametrize("name", ["run", "two_seeds", "convnet_wins"])
+def test_no_verdict_beyond_its_interval(name, request):
+    """A claim is called supported or contradicted only when its interval excludes the null."""
+    md = (request.getfixturevalue(name) / "report.md").read_text()
+    for key, (estimate, verdict) in _verdicts(md).items():
+        null = 1.0 if key == "C2" else 0.0
+        if not IV.match(estimate):
+            assert verdict in ("inconclusive", "not measured"), key
+            continue
+        _, lo, hi, _ = _parse(estimate)
+        want = "supported" if lo > null else "contradicted" if hi < null else "inconclusive"
+        assert verdict == want, (key, estimate, verdict)
+    for word in ("significant", "outperform", "proves"):
+        assert word not in md.lower()
+
+
+def test_a_run_where_the_convnet_wins(convnet_wins):
+    md = (convnet_wins / "report.md").read_text()
+    verdicts = _verdicts(md)
+    assert verdicts["C1"][1] == "contradicted"  # the max-pooling ConvNet keeps more
+    assert verdicts["C2"][1] == "contradicted"  # ... and needs fewer images
+    assert verdicts["C4"][1] == "supported"  # the counter-claim holds
+    assert _parse(verdicts["C1"][0])[0] < 0
+    row = _row(md, "Accuracy at matched clean accuracy", "convnet-maxpool", "affnist")
+    assert _parse(row[5])[0] > 0  # convnet-maxpool minus capsnet, at c*
 
 
 def test_tex_tables_are_booktabs(run):
     for name in TABLES:
         tex = (run / "tables" / f"{name}.tex").read_text()
         assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
-        spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)
+        spec = re.findall(r"[lrc]|p\{[^}]*\}",
+                          re.search(r"\\begin\{tabular\}\{(.+)\}$", tex, re.M).group(1))
         body = tex.split(r"\toprule", 1)[1].split(r"\bottomrule", 1)[0]
         rows = [r for r in body.splitlines() if r.endswith(r"\\")]
         assert len(rows) >= 2
         for r in rows:  # every row has as many cells as the column spec
             assert len(re.split(r"(?<!\\)&", r)) == len(spec), (name, r)
-        assert "±" not in tex and "—" not in tex and "≤" not in tex  # all escaped for LaTeX
+        assert all(ord(ch) < 128 for ch in tex), name  # ±, —, ≤, †, −, × all escaped
         text = [line for line in tex.splitlines()[1:] if not line.startswith(r"\label")]
         assert not re.search(r"(?<!\\)[_%#]", "\n".join(text))  # line 1 is a comment
 
 
 def test_tex_escaping():
     assert _tex("a_b 5% & x ± y ≤ 2 > 1") == r"a\_b 5\% \& x $\pm$ y $\le$ 2 $>$ 1"
+    assert _tex("1.0 [0.5, 1.0]† a − b c*") == r"1.0 [0.5, 1.0]$^\dagger$ a $-$ b c$^*$"
 
 
 def test_every_figure_written_with_truetype_fonts(run):
+    md = (run / "report.md").read_text()
     for stem in STEMS:
         pdf = (run / "figures" / f"{stem}.pdf").read_bytes()
         png = (run / "figures" / f"{stem}.png").read_bytes()
         assert pdf.startswith(b"%PDF") and png.startswith(b"\x89PNG")
         assert b"/Type3" not in pdf and b"/CIDFontType2" in pdf  # fonttype 42
         assert b"CreationDate" not in pdf
-        assert f"figures/{stem}.png" in (run / "report.md").read_text()
+        assert f"figures/{stem}.png" in md
 
 
 def test_rebuild_is_byte_identical(run, tmp_path):
@@ -135,7 +400,7 @@ def test_rebuild_is_byte_identical(run, tmp_path):
     copy.mkdir()
     for name in FILES:
         shutil.copy(run / name, copy / name)
-    build_report(copy, n_boot=N_BOOT)
+    build_report(copy)
     outputs = sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file()
                      and p.name not in FILES)
     assert len(outputs) == 1 + len(TABLES) + 2 * len(STEMS)
@@ -146,28 +411,31 @@ def test_rebuild_is_byte_identical(run, tmp_path):
 def test_missing_optional_files_are_skipped_and_said(tmp_path):
     optional = [f for f in FILES if f != "metrics.csv"]
     run = write_run(tmp_path, omit=optional)
-    build_report(run, n_boot=N_BOOT)
+    build_report(run)
     md = (run / "report.md").read_text()
     skipped = md.split("## Skipped\n", 1)[1]
     for name in optional:
         assert f"`{name}` absent" in skipped
     assert "default targets" in skipped
-    assert "## Throughput" not in md
+    assert "## Throughput" not in md and "## Cells that did not converge" not in md
+    assert "- convergence not recorded (no `cells.csv`)" in md
+    assert "convergence not recorded" in _row(md, "Claims scoreboard", "C1 viewpoint")[4]
     written = sorted(p.stem for p in (run / "figures").glob("*.png"))
-    assert written == ["affnist_vs_clean", "data_efficiency", "sweeps"]
+    assert written == ["affnist_vs_clean", "claims", "data_efficiency", "sweeps"]
 
 
 def test_rebuild_removes_outputs_whose_input_is_gone(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    for name in ("throughput.csv", "examples.pt", "confidences.parquet"):
+    for name in ("throughput.csv", "examples.pt", "confidences.parquet", "cells.csv"):
         (copy / name).unlink()
     (copy / "figures" / "unrelated.png").write_bytes(b"user file")
     build_report(copy, with_figures=False)  # tables only: figures untouched
     assert not (copy / "tables" / "throughput.tex").exists()
+    assert not (copy / "tables" / "convergence.tex").exists()
     assert (copy / "tables" / "headline.tex").is_file()
     assert (copy / "figures" / "throughput.png").is_file()
-    build_report(copy, n_boot=N_BOOT)
+    build_report(copy)
     assert not (copy / "figures" / "throughput.png").exists()
     assert not (copy / "figures" / "examples.pdf").exists()
     assert (copy / "figures" / "data_efficiency.png").is_file()
@@ -177,13 +445,21 @@ def test_rebuild_removes_outputs_whose_input_is_gone(run, tmp_path):
 def test_run_without_capsnet_and_unknown_model(tmp_path):
     run = write_run(tmp_path, models=("baseline-cnn", "my-net"),
                     omit=["confidences.parquet", "throughput.csv"])
-    build_report(run, n_boot=N_BOOT)
+    build_report(run)
     md = (run / "report.md").read_text()
     assert "ratio to capsnet" not in md  # no reference model for the ratios
+    assert "## Difference to capsnet" not in md
     assert "no `recon/*`" in md
+    verdicts = _verdicts(md)
+    for key in ("C1", "C2", "C3"):
+        assert verdicts[key] == ("not measured (models capsnet and convnet-maxpool not in "
+                                 "this profile)", "not measured")
+    assert verdicts["C4"][0] == ("not measured (models capsnet and convnet-k9 not in this "
+                                 "profile)")
     assert (run / "figures" / "data_efficiency.png").is_file()
+    assert (run / "figures" / "claims.png").is_file()
     assert not (run / "figures" / "reconstructions.png").exists()
-    assert _row(md, "Accuracy and calibration", "my-net")[1] == f"{max(SIZES):,}"
+    assert _row(md, "Accuracy and calibration", "my-net")[1] == f"{N_MAX:,}"
 
 
 def test_model_colours_are_fixed_with_a_stable_fallback():
@@ -211,14 +487,38 @@ def test_metrics_without_schema_columns_is_an_error(tmp_path):
         build_report(run)
 
 
+def test_mnist_table_beside_the_paper(run):
+    md = (run / "report.md").read_text()
+    df = pd.read_csv(run / "metrics.csv")
+    row = _row(md, "The paper's MNIST table", "capsnet")
+    assert row[4] == f"{PAPER_MNIST_ERRORS['capsnet']:.2f}"
+    err = _values(df, "capsnet", "clean", "error", n=60_000, setup="mnist28")
+    assert row[3] == _fmt(_t(err))
+
+
 def test_single_seed_has_no_interval(tmp_path):
     run = write_run(tmp_path)
     df = pd.read_csv(run / "metrics.csv")
-    df[df.seed == 0].to_csv(run / "metrics.csv", index=False)
+    df[df.seed == SEEDS[0]].to_csv(run / "metrics.csv", index=False)
     build_report(run, with_figures=False)
     assert not (run / "figures").exists() and (run / "tables" / "headline.tex").is_file()
-    cells = _row((run / "report.md").read_text(), "Accuracy and calibration", "capsnet")
-    assert cells[2] == "1" and "±" not in cells[3]
-    value = df[(df.seed == 0) & (df.model == "capsnet") & (df.n == max(SIZES))
-               & (df.test_set == "clean") & (df.metric == "accuracy") & (df.setup == "affnist")]
-    assert math.isclose(float(cells[3]), round(100 * value["value"].item(), 2))
+    md = (run / "report.md").read_text()
+    cells = _row(md, "Accuracy and calibration", "capsnet")
+    assert cells[2] == "1" and "[" not in cells[3]
+    value = _values(df[df.seed == SEEDS[0]], "capsnet", "clean")
+    assert math.isclose(float(cells[3]), round(100 * value.item(), 2))
+    assert {v for _, v in _verdicts(md).values()} <= {"inconclusive", "not measured"}
+
+
+def test_convergence_partly_recorded(tmp_path):
+    run = write_run(tmp_path, omit=["confidences.parquet", "throughput.csv", "examples.pt"])
+    cells = pd.read_csv(run / "cells.csv")
+    cells["converged"] = cells["converged"].astype(object)
+    cells.loc[0, "converged"] = None  # an older cell without the record
+    cells.to_csv(run / "cells.csv", index=False)
+    build_report(run, with_figures=False)
+    md = (run / "report.md").read_text()
+    known = cells["converged"].dropna()
+    assert (f"- convergence: {int(known.astype(bool).sum())} of {len(cells)} cells converged"
+            in md)
+    assert "; 1 not recorded" in _section(md, "Run")

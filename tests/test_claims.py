@@ -1,0 +1,221 @@
+"""The claims scoreboard on a run constructed by hand, where every number is known in advance.
+
+Three models, two training-set sizes, five seeds; per-seed offsets ``DELTA`` (sum 0, sum of
+squares 0.001) and ``EPS`` make the paired differences exact:
+
+- clean accuracy: capsnet 0.80 -> ``C_S[s]`` (0.905 ... 0.925), convnet-maxpool 0.70 -> 0.96,
+  convnet-k9 0.75 -> 0.95. So the highest clean accuracy that every model (and every pair with
+  the CapsNet) reaches on every seed is c* = 0.905 (the CapsNet's seed 0);
+- affNIST-style accuracy is linear in clean accuracy along each curve: capsnet clean - 0.10 +
+  DELTA[s], convnet-maxpool clean - 0.20, convnet-k9 clean - 0.10 + EPS[s]. Read at c*: 0.805 +
+  DELTA[s], 0.705 and 0.805 + EPS[s];
+- C1 = capsnet - maxpool = 0.10 + DELTA[s]: mean 0.10, sd sqrt(0.001 / 4), 95% half-width
+  t(0.975, 4) * sd / sqrt(5) = 2.7764 * 0.0070711 = 0.019632: [8.04, 11.96] pp, supported;
+- C4 = k9 - capsnet = EPS[s] - DELTA[s] = (0.03, 0, 0.01, -0.02, -0.02): mean 0, inconclusive;
+- C2 at 90% (the CapsNet never reaches 95%): log10 n = 2 + (0.9 - a0) / (a1 - a0), so the
+  ratio maxpool / capsnet is 10 ** (0.2 / 0.26 - 0.1 / (C_S[s] - 0.8)), below 1 on every seed:
+  the ConvNet needs fewer images, contradicted;
+- C3 on scramble-g2 at n = 1000: capsnet 0.70 + DELTA[s], maxpool 0.80: -0.100 [-0.120, -0.080],
+  contradicted (scramble-g3 and n = 100 hold values that would say otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import figures
+from bench.report import build_report, claims, claims_frame, read_cells, read_metrics
+
+SIZES = (100, 1000)
+SEEDS = (0, 1, 2, 3, 4)
+DELTA = (-0.02, -0.01, 0.0, 0.01, 0.02)
+EPS = (0.01, -0.01, 0.01, -0.01, 0.0)
+C_S = (0.905, 0.91, 0.915, 0.92, 0.925)
+TARGETS = (0.8, 0.9, 0.95)
+T_975_4 = 2.7764451051977987  # Student t, 97.5% quantile, 4 degrees of freedom (tables)
+HALF = T_975_4 * math.sqrt(0.001 / 4) / math.sqrt(5)  # of a mean difference with offsets DELTA
+CLEAN = {  # model -> seed -> (clean at 100, clean at 1000)
+    "capsnet": {s: (0.80, C_S[s]) for s in SEEDS},
+    "convnet-maxpool": {s: (0.70, 0.96) for s in SEEDS},
+    "convnet-k9": {s: (0.75, 0.95) for s in SEEDS},
+}
+OFFSET = {"capsnet": lambda s: -0.10 + DELTA[s], "convnet-maxpool": lambda s: -0.20,
+          "convnet-k9": lambda s: -0.10 + EPS[s]}
+
+
+def constructed_run(root: Path, models=tuple(CLEAN), profile_models=None) -> Path:
+    run = Path(root) / "run"
+    run.mkdir(parents=True)
+    rows, cells = [], []
+
+    def add(model, n, seed, test_set, metric, value):
+        rows.append(dict(setup="affnist", model=model, n=n, seed=seed, test_set=test_set,
+                         factor_value=math.nan, metric=metric, value=value))
+
+    for model in models:
+        for seed in SEEDS:
+            for n, clean in zip(SIZES, CLEAN[model][seed], strict=True):
+                add(model, n, seed, "clean", "accuracy", clean)
+                add(model, n, seed, "affnist", "accuracy", clean + OFFSET[model](seed))
+                large = n == SIZES[-1]
+                g2 = {"capsnet": 0.70 + DELTA[seed] if large else 0.99,
+                      "convnet-maxpool": 0.80, "convnet-k9": 0.75}[model]
+                add(model, n, seed, "scramble-g2", "auroc_confidence", g2)
+                add(model, n, seed, "scramble-g3", "auroc_confidence",
+                    0.95 if model == "capsnet" else 0.60)
+                cells.append(dict(setup="affnist", model=model, n=n, seed=seed, steps=500,
+                                  converged=True, val_improvement=0.001,
+                                  labelled_images=n + 500, train_seconds=1.0, eval_seconds=1.0))
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    pd.DataFrame(cells).to_csv(run / "cells.csv", index=False)
+    config = {"models": list(profile_models or models), "sizes": list(SIZES),
+              "seeds": list(SEEDS), "targets": list(TARGETS), "model": {"width": 0.125},
+              "train": {"steps": 500, "batch_size": 32}}
+    (run / "manifest.json").write_text(json.dumps(
+        {"profile": {"name": "hand", "targets": list(TARGETS), "config": config}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory) -> Path:
+    run = constructed_run(tmp_path_factory.mktemp("hand"))
+    build_report(run)
+    return run
+
+
+def _board(run: Path) -> dict:
+    main = read_metrics(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    return {c.key: c for c in claims(main, TARGETS, manifest=manifest,
+                                     cells=read_cells(run / "cells.csv"))}
+
+
+def _scoreboard_rows(run: Path) -> dict[str, list[str]]:
+    md = (run / "report.md").read_text()
+    body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in body.splitlines() if line.startswith("| C")]
+    return {r[0].split()[0]: r for r in rows}
+
+
+def test_c1_matched_difference_by_hand(hand):
+    c1 = _board(hand)["C1"]
+    iv = c1.interval
+    assert iv.n == len(SEEDS)
+    assert iv.estimate == pytest.approx(0.10, abs=1e-12)
+    assert (iv.low, iv.high) == pytest.approx((0.10 - HALF, 0.10 + HALF), abs=1e-12)
+    assert c1.verdict == "supported"
+    row = _scoreboard_rows(hand)["C1"]
+    assert "c* = 90.50%" in row[1] and "capsnet − convnet-maxpool" in row[1]
+    assert row[2] == "+10.00 [8.04, 11.96] pp" and row[3] == "0 pp" and row[5] == "supported"
+    assert row[4] == "along the n-curve; n = 100–1,000; width 1/8; 500 steps; 5 paired seeds"
+
+
+def test_c2_ratio_by_hand(hand):
+    c2 = _board(hand)["C2"]
+    log_r = np.array([0.2 / 0.26 - 0.1 / (c - 0.8) for c in C_S]) * math.log(10)
+    assert (log_r < 0).all()  # the ConvNet needs fewer images on every seed
+    half = T_975_4 * log_r.std(ddof=1) / math.sqrt(len(SEEDS))
+    iv = c2.interval
+    assert iv.estimate == pytest.approx(math.exp(log_r.mean()), rel=1e-9)
+    assert (iv.low, iv.high) == pytest.approx(
+        (math.exp(log_r.mean() - half), math.exp(log_r.mean() + half)), rel=1e-9)
+    assert c2.verdict == "contradicted"
+    row = _scoreboard_rows(hand)["C2"]
+    assert "reach 90% clean accuracy" in row[1] and "convnet-maxpool ÷ capsnet" in row[1]
+    want = (f"{math.exp(log_r.mean()):.2f} [{math.exp(log_r.mean() - half):.2f}, "
+            f"{math.exp(log_r.mean() + half):.2f}]×")
+    assert row[2] == want and row[3] == "1×" and row[5] == "contradicted"
+
+
+def test_c3_smallest_grid_at_the_largest_n(hand):
+    c3 = _board(hand)["C3"]
+    assert "scramble-g2" in c3.effect
+    assert c3.interval.estimate == pytest.approx(-0.10, abs=1e-12)
+    assert (c3.interval.low, c3.interval.high) == pytest.approx((-0.10 - HALF, -0.10 + HALF))
+    row = _scoreboard_rows(hand)["C3"]
+    assert row[2] == "-0.100 [-0.120, -0.080]" and row[5] == "contradicted"
+    assert row[4] == ("at the largest n; n = 1,000; width 1/8; 500 steps; 1,500 labelled "
+                      "images; 5 paired seeds")
+
+
+def test_c4_interval_containing_zero_is_inconclusive(hand):
+    c4 = _board(hand)["C4"]
+    d = np.array(EPS) - np.array(DELTA)
+    half = T_975_4 * d.std(ddof=1) / math.sqrt(len(SEEDS))
+    assert c4.interval.estimate == pytest.approx(0.0, abs=1e-12)
+    assert (c4.interval.low, c4.interval.high) == pytest.approx((-half, half), abs=1e-12)
+    assert c4.interval.contains(0.0) and c4.verdict == "inconclusive"
+    row = _scoreboard_rows(hand)["C4"]
+    assert row[2] == f"0.00 [{-100 * half:.2f}, {100 * half:.2f}] pp"
+    assert "convnet-k9 − capsnet" in row[1] and row[5] == "inconclusive"
+
+
+def test_matched_table_by_hand(hand):
+    md = (hand / "report.md").read_text()
+    body = md.split("## Accuracy at matched clean accuracy\n", 1)[1].split("\n## ", 1)[0]
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip().strip("|").split("|")]
+                              for line in body.splitlines() if line.startswith("| ")) }
+    assert [rows[m][2] for m in CLEAN] == ["90.50"] * 3  # c*
+    assert rows["capsnet"][4] == f"80.50 [{80.5 - 100 * HALF:.2f}, {80.5 + 100 * HALF:.2f}]"
+    assert rows["convnet-maxpool"][4] == "70.50 [70.50, 70.50]"  # no spread: zero width
+    assert rows["convnet-maxpool"][5] == f"-10.00 [{-10 - 100 * HALF:.2f}, {-10 + 100 * HALF:.2f}]"
+    assert rows["capsnet"][5] == "—"
+
+
+def test_data_efficiency_upper_bound_at_the_smallest_n(hand):
+    md = (hand / "report.md").read_text()
+    body = md.split("## Data efficiency\n", 1)[1].split("\n## ", 1)[0]
+    caps = next(line for line in body.splitlines() if line.startswith("| capsnet |"))
+    cells = [c.strip() for c in caps.strip().strip("|").split("|")]
+    assert cells[1] == "≤ 100"  # 80% reached at n = 100 on every seed: an upper bound
+    assert cells[3] == f"not reached ({len(SEEDS)} of {len(SEEDS)} seeds)"  # 95%
+
+
+def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
+    board = list(_board(hand).values())
+    drawn = figures.claims(claims_frame(board), tmp_path / "claims")
+    assert (tmp_path / "claims.png").is_file() and (tmp_path / "claims.pdf").is_file()
+    for c, row in zip(board, drawn.itertuples(), strict=True):
+        scale = 100 if c.unit == "pp" else 1
+        assert (row.estimate, row.low, row.high) == pytest.approx(
+            (scale * c.interval.estimate, scale * c.interval.low, scale * c.interval.high))
+        assert row.xmin < min(row.low, row.null) and row.xmax > max(row.high, row.null)
+        assert row.verdict == c.verdict
+    assert (hand / "figures" / "claims.png").is_file()
+    tex = (hand / "tables" / "claims.tex").read_text()
+    assert "Verdicts: A claim is supported" in tex and all(ord(ch) < 128 for ch in tex)
+
+
+def test_absent_models_are_not_measured(tmp_path):
+    run = constructed_run(tmp_path / "a", models=("capsnet", "convnet-maxpool"))
+    build_report(run)
+    rows = _scoreboard_rows(run)
+    assert rows["C4"][2] == "not measured (model convnet-k9 not in this profile)"
+    assert rows["C4"][5] == "not measured"
+    assert rows["C1"][5] == "supported"  # the rest is still measured
+    run = constructed_run(tmp_path / "b", models=("capsnet", "convnet-maxpool"),
+                          profile_models=tuple(CLEAN))
+    build_report(run, with_figures=False)
+    assert _scoreboard_rows(run)["C4"][2] == ("not measured (model convnet-k9 has no results "
+                                              "in this run)")
+
+
+def test_clean_ranges_that_do_not_overlap_are_not_matched(tmp_path):
+    saved = dict(CLEAN["convnet-maxpool"])
+    CLEAN["convnet-maxpool"].update({s: (0.95, 0.99) for s in SEEDS})  # above the CapsNet's
+    try:
+        run = constructed_run(tmp_path)
+    finally:
+        CLEAN["convnet-maxpool"].update(saved)
+    build_report(run, with_figures=False)
+    row = _scoreboard_rows(run)["C1"]
+    assert row[2] == ("not measured (the clean accuracies of capsnet and convnet-maxpool do "
+                      "not overlap on every seed)")
+    assert row[5] == "not measured"
