@@ -450,7 +450,8 @@ class GpuCheck:
         s, name = self.settings, spec.model
         t = spec.train
         train = dataclasses.replace(
-            t, min_steps=s.learn_steps, max_steps=s.learn_steps, eval_every=max(1, s.learn_steps // 2),
+            t, steps=s.learn_steps, min_steps=s.learn_steps, max_steps=s.learn_steps,
+            eval_every=max(1, s.learn_steps // 2),
             batch_size=s.learn_batch or t.batch_size,
             val_size=t.val_size if s.learn_val is None else s.learn_val)
         spec = dataclasses.replace(spec, width=s.width, train=train)

@@ -94,21 +94,39 @@ def learning_rate(step: int, cfg: TrainConfig, total: int | None = None) -> floa
     return max(cfg.lr * cfg.lr_decay ** (step / cfg.decay_steps), MIN_LR)
 
 
-def convergence(history: list[list[float]], total: int, gain: float) -> tuple[bool | None, float | None]:
-    """Whether training converged: the validation accuracy at the end of the budget is less than
-    ``gain`` above the accuracy at the last validation at or before 3/4 of the budget.
+CONVERGENCE_RULE = (
+    "converged: the validation accuracy gained over the last quarter of the budget (from the last "
+    "validation at or before 3/4 of it to the end) is below {gain:g}, or below two standard errors "
+    "of that gain (paired over the same validation images: sqrt(b + c) / N, b and c the images "
+    "that turned right and that turned wrong), i.e. there is no evidence of further improvement"
+)
 
-    ``history`` rows are ``[step, loss, val_accuracy]`` (nan when not validated). Returns
-    ``(converged, improvement)``; ``(None, None)`` without two such validations.
+
+def convergence(history: list[list[float]], total: int, gain: float,
+                before: torch.Tensor | None = None, after: torch.Tensor | None = None,
+                ) -> tuple[bool | None, float | None, float | None]:
+    """Whether training converged, by :data:`CONVERGENCE_RULE`.
+
+    ``history`` rows are ``[step, loss, val_accuracy]`` (nan when not validated). ``before`` and
+    ``after`` are the per-image correctness (bool) on the validation set at the last validation at
+    or before 3/4 of the budget and at the end; without them the standard error is not known and
+    only the ``gain`` threshold applies. Returns ``(converged, improvement, standard_error)``;
+    ``(None, None, None)`` without those two validations.
     """
     points = [(int(s), a) for s, _, a in history if not math.isnan(a)]
     if not points or points[-1][0] != total:
-        return None, None
+        return None, None, None
     earlier = [a for s, a in points if s <= 0.75 * total]
     if not earlier:
-        return None, None
+        return None, None, None
     improvement = points[-1][1] - earlier[-1]
-    return improvement < gain, improvement
+    se = None
+    if before is not None and after is not None:
+        turned_right = int((~before & after).sum())
+        turned_wrong = int((before & ~after).sum())
+        se = math.sqrt(turned_right + turned_wrong) / before.numel()
+    converged = improvement < gain or (se is not None and improvement < 2 * se)
+    return converged, improvement, se
 
 
 def training_subset(
@@ -190,17 +208,18 @@ def optimizer_step(model: nn.Module, forward: Callable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp) -> float:
-    """Accuracy on uint8 canvases ``(N, C, C)``; one host sync at the end."""
+def _correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp) -> torch.Tensor:
+    """Per-image correctness ``(N,)`` bool on the CPU for uint8 canvases ``(N, C, C)``; one host
+    transfer at the end."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    parts = []
     for i in range(0, labels.shape[0], EVAL_BATCH):
         with amp():
             out = model(to_float(images[i : i + EVAL_BATCH]))
-        correct += (out.logits.argmax(dim=1) == labels[i : i + EVAL_BATCH]).sum()
+        parts.append(out.logits.argmax(dim=1) == labels[i : i + EVAL_BATCH])
     model.train(was_training)
-    return correct.item() / max(1, labels.shape[0])
+    return torch.cat(parts).cpu()
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -257,6 +276,8 @@ class _Progress:
     best_step: int = 0
     seconds: float = 0.0
     history: list[list[float]] = field(default_factory=list)
+    # validation correctness at the last validation at or before 3/4 of the budget (convergence)
+    reference: torch.Tensor | None = None
 
 
 def _resume(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, gen, device
@@ -272,7 +293,8 @@ def _resume(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, gen,
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"], gen, device)
     return _Progress(state["step"], state["best_val_accuracy"], state["best_step"],
-                     state["train_seconds"], [list(h) for h in state["history"]])
+                     state["train_seconds"], [list(h) for h in state["history"]],
+                     state.get("reference_correct"))
 
 
 def _save_state(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, gen, device,
@@ -281,7 +303,7 @@ def _save_state(files: CellFiles, spec: TrainSpec, model: nn.Module, optimizer, 
         "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "step": p.step,
         "rng": _rng_state(gen, device), "best_val_accuracy": p.best_acc,
         "best_step": p.best_step, "train_seconds": p.seconds, "history": p.history,
-        "spec": spec.to_dict(),
+        "reference_correct": p.reference, "spec": spec.to_dict(),
     })
 
 
@@ -326,6 +348,7 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
     window, last_loss, start_step = 0, float("nan"), p.step
     bar = _progress_bar(spec, total, p.step, progress)
     run_seconds, tick = 0.0, time.perf_counter()
+    last_correct: torch.Tensor | None = None
     # Where this session's time went (seconds); a resumed cell counts only the resumed part.
     timing = {"setup_s": tick - t_setup, "steps_s": 0.0, "validation_s": 0.0, "checkpoint_s": 0.0}
     postfix: dict[str, str] = {}
@@ -359,7 +382,11 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
             p.seconds += now - tick
             acc, timing_val = None, 0.0
             if cfg.val_size > 0:
-                acc = _accuracy(model, x_val, y_val, amp)
+                correct = _correct(model, x_val, y_val, amp)
+                acc = correct.sum().item() / max(1, correct.numel())
+                if p.step <= 0.75 * total:
+                    p.reference = correct
+                last_correct = correct
                 timing_val = time.perf_counter() - now
                 timing["validation_s"] += timing_val
                 if acc > p.best_acc:
@@ -382,7 +409,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
         save_checkpoint(final)
     ckpt = load_torch(files.checkpoint)
     done_steps = p.step - start_step
-    converged, improvement = convergence(p.history, total, cfg.converged_gain)
+    converged, improvement, noise = convergence(p.history, total, cfg.converged_gain,
+                                                p.reference, last_correct)
     return {
         "spec": spec.to_dict(),
         "steps": p.step,
@@ -393,8 +421,8 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
         "final_val_accuracy": p.history[-1][2] if p.history and cfg.val_size > 0 else None,
         "converged": converged,
         "val_improvement": improvement,
-        "converged_rule": (f"validation accuracy gained < {cfg.converged_gain:g} over the last "
-                           "quarter of the budget"),
+        "val_improvement_se": noise,
+        "converged_rule": CONVERGENCE_RULE.format(gain=cfg.converged_gain),
         # Images whose labels decided the kept weights: the training set, plus the validation
         # set when it selected the checkpoint.
         "labelled_images": int(train_idx.numel()) + (int(val_idx.numel())

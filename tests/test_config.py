@@ -17,9 +17,17 @@ def test_profile_names_lists_packaged():
     assert {"smoke", "quick", "paper"} <= set(profile_names())
 
 
-def test_quick_has_required_shape():
-    p = load_profile("quick")
-    assert len(p.seeds) >= 2 and {100, 300, 1000, 3000} <= set(p.sizes)
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_every_profile_trains_every_n_equally_long(name):
+    """Training length must not be confounded with training-set size: one budget per setup."""
+    from bench.cells import cells, spec_for
+    from bench.train import step_budget
+
+    p = load_profile(name)
+    budgets: dict[str, set[int]] = {}
+    for c in cells(p):
+        budgets.setdefault(c.setup, set()).add(step_budget(spec_for(p, c).train, c.n))
+    assert all(len(b) == 1 for b in budgets.values()), budgets
 
 
 def test_paper_reproduces_mnist_table():

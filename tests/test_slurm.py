@@ -170,8 +170,8 @@ def test_refused_submission_is_a_one_line_error(slurm_cluster, tmp_path):
 
 
 # The smoke profile cut down to two models and one training size, so the test costs ~2 min of CPU.
-SMOKE_OVERRIDES = ["models=['capsnet','convnet-maxpool']", "sizes=[100]", "train.min_steps=20",
-                   "train.max_steps=30", "train.eval_every=10"]
+SMOKE_OVERRIDES = ["models=['capsnet','convnet-maxpool']", "sizes=[100]", "train.steps=20",
+                   "train.eval_every=10"]
 
 
 def _drop_timing(obj: Any) -> Any:

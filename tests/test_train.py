@@ -192,7 +192,7 @@ def test_cli_train(tmp_path, capsys):
     rc = main([
         "train", "--profile", "smoke", "--model", "convnet-k9", "--n", "20", "--seed", "1",
         "--device", "cpu", "--out", str(tmp_path),
-        "--set", "model.width=0.0625", "--set", "train.min_steps=3", "--set", "train.max_steps=3",
+        "--set", "model.width=0.0625", "--set", "train.steps=3",
         "--set", "train.eval_every=3", "--set", "train.val_size=30",
     ])
     assert rc == 0
@@ -228,10 +228,29 @@ def test_a_fixed_budget_is_the_same_for_every_n():
     ([[8, 1.0, 0.95]], (None, None)),  # nothing before the last quarter
     ([[4, 1.0, float("nan")], [8, 1.0, float("nan")]], (None, None)),  # no validation
 ])
-def test_convergence_rule(history, expected):
-    converged, gain = convergence(history, total=8, gain=0.002)
-    assert converged == expected[0]
+def test_convergence_threshold(history, expected):
+    converged, gain, se = convergence(history, total=8, gain=0.002)
+    assert converged == expected[0] and se is None
     assert (gain is None) if expected[1] is None else gain == pytest.approx(expected[1])
+
+
+def test_convergence_within_noise_of_the_validation_set():
+    """A gain of 5 images out of 1,000 (+0.5 point): 15 turned right and 10 turned wrong, so the
+    paired standard error is sqrt(25) / 1000 = 0.005 and 2 SE = 0.01 > 0.005: no evidence of
+    further improvement. With 5 turned right and none wrong the SE
+    is sqrt(5) / 1000 = 0.00224 and 0.005 > 2 SE: still improving."""
+    history = [[6, 1.0, 0.900], [8, 1.0, 0.905]]
+    before = torch.zeros(1000, dtype=torch.bool)
+    before[:900] = True
+    after = before.clone()
+    after[900:915] = True  # 15 turned right
+    after[:10] = False  # 10 turned wrong
+    converged, gain, se = convergence(history, 8, 0.002, before, after)
+    assert gain == pytest.approx(0.005) and se == pytest.approx(0.005) and converged
+    after = before.clone()
+    after[900:905] = True  # 5 turned right, none wrong
+    converged, gain, se = convergence(history, 8, 0.002, before, after)
+    assert se == pytest.approx(math.sqrt(5) / 1000) and not converged
 
 
 def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
@@ -241,4 +260,4 @@ def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
     assert final["step"] == summary["steps"] == summary["checkpoint_step"] == 12
     assert summary["labelled_images"] == SPEC.n  # validation only monitored
     assert summary["final_val_accuracy"] == summary["history"][-1]["val_accuracy"]
-    assert summary["converged"] in (True, False)
+    assert summary["converged"] in (True, False) and summary["val_improvement_se"] is not None
