@@ -129,3 +129,25 @@ def test_a_baseline_folder_picks_the_run_s_processor(tmp_path, images, capsys):
     assert cli_check(args(run_a, folder)) == 0
     assert cli_check(args(run_b, folder)) == 0
     assert "0 not" in capsys.readouterr().out
+
+
+def test_an_unrecorded_processor_checks_the_data_only(tmp_path, images, capsys):
+    """Generated data do not depend on the processor: compared exactly; metrics are not."""
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    assert cli_check(args(make_run(tmp_path / "a", images, acc=0.8), folder, update=True)) == 0
+    run = make_run(tmp_path / "b", images, acc=0.3)  # other weights on another processor
+    manifest = read_json(run / "manifest.json")
+    manifest["environment"] = {**ENV, "cpu": "Other CPU, AVX2"}
+    write_json(run / "manifest.json", manifest)
+    assert cli_check(args(run, folder)) == 0
+    out = capsys.readouterr().out
+    assert "no baseline of this processor (Other CPU, AVX2)" in out and "metrics not compared" in out
+    changed = images.clone()
+    changed[0, 0, 0] ^= 1
+    run = make_run(tmp_path / "c", changed, acc=0.3)
+    manifest = read_json(run / "manifest.json")
+    manifest["environment"] = {**ENV, "cpu": "Other CPU, AVX2"}
+    write_json(run / "manifest.json", manifest)
+    with pytest.raises(BenchError, match="regression check failed"):
+        cli_check(args(run, folder))
