@@ -11,25 +11,40 @@ collection, a clock change) does not move. Inputs are random images of the model
 training iteration is the full step the trainer runs (:func:`bench.train.optimizer_step`:
 forward, the model's loss, backward, Adam). FLOPs come from :mod:`bench.flops`.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU (Linux) it is the rise of
-the process's peak resident set size during the measurement (the peak is reset first through
-``/proc/self/clear_refs``), elsewhere the process's lifetime peak (an upper bound). It is taken
-over the training measurement, or over inference when training is not measured.
+Peak memory (MB = 2**20 bytes) is the most tensor memory held at once, in one training step
+(``peak_mem_mb``) and in one inference batch (``peak_infer_mem_mb``): what the model, its inputs
+and, in training, its gradients and Adam state hold, plus the activations and temporaries of the
+step at its worst moment. On CUDA it is ``torch.cuda.max_memory_allocated`` over the timed calls
+(reset before them; gradients and Adam state are freed before inference). On the CPU it is counted
+at torch's CPU allocator (:func:`allocator_peak_mb`: ``torch.autograd.profiler`` with
+``profile_memory=True`` records every allocation and free): the storages held before the step
+(parameters, buffers, inputs, Adam state) plus the highest rise of the allocated bytes over two
+steps that start without gradients (the second holds the first's gradients, as every step of a
+run does). Not included, on either device: memory that libraries allocate on their own (oneDNN
+scratchpads, BLAS buffers, CUDA workspaces), the allocator's caching or fragmentation, Python.
+It is not the process's resident set: a peak-RSS rise reads 0 whenever the allocator reuses memory
+the process already took, so it says nothing about the model. Without Kineto (no memory events)
+the CPU falls back to the process's lifetime peak RSS (``process_peak_rss``, an upper bound).
+``peak_mem_mb`` is the training peak, or the inference peak when training is not measured.
 ``bf16`` autocasts on any device (on the CPU it shows what bfloat16 kernels would give; the
 trainer autocasts on CUDA only).
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import MEMORY_EVENT_NAME
 
 from bench.cells import TrainSpec
 from bench.flops import flops_per_image
@@ -37,7 +52,7 @@ from bench.models.registry import count_parameters
 from bench.runtime import device_name
 from bench.train import autocast, build_model, optimizer_step
 
-__all__ = ["matmul_rate", "measure", "timed"]
+__all__ = ["allocator_peak_mb", "matmul_rate", "measure", "timed"]
 
 
 def timed(fn: Callable[[], Any], device: torch.device | str, warmup: int, repeats: int) -> float:
@@ -76,40 +91,61 @@ def _peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
 
 
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
+_CPU_MEMORY = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)  # as torch's own profiler sums
 
 
-def _reset_peak(device: torch.device) -> float | None:
-    """Reset the peak-memory counter. On the CPU (Linux: ``clear_refs`` 5 resets the peak RSS)
-    return the current RSS in MB, so that the peak read afterwards is the measurement's own, not
-    the process's lifetime peak (which an earlier, larger model would set for every later one)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def allocator_peak_mb(fn: Callable[[], Any], calls: int = 1) -> float | None:
+    """Highest rise, in MB, of the bytes allocated through torch's CPU allocator (oneDNN's
+    tensors included) above what it held when ``calls`` calls of ``fn`` began; None without
+    Kineto. Allocations and frees come from ``torch.autograd.profiler`` with
+    ``profile_memory=True``, summed in time order. A free of a block allocated before the window
+    is not reported, so ``fn`` must not free what existed before (set gradients to None first).
+    None too when another profiler is running (only one can)."""
+    if not torch.autograd.kineto_available() or torch.autograd._profiler_enabled():
         return None
+    gc.collect()  # garbage freed inside the window would be such an unreported free
+    # Kineto reads its log level once, when a process first profiles; unless the user chose one,
+    # silence its start/stop lines (and, on a CUDA build without a GPU, a device-count error) for
+    # good in this process, without leaving the setting to child processes.
+    quiet = "KINETO_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["KINETO_LOG_LEVEL"] = "6"
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    return _proc_status_mb("VmRSS")
+        with torch.autograd.profiler.profile(profile_memory=True) as prof:
+            for _ in range(calls):
+                fn()
+    finally:
+        if quiet:
+            del os.environ["KINETO_LOG_LEVEL"]
+    events = sorted(((e.start_ns(), e.nbytes()) for e in prof.kineto_results.events()
+                     if e.name() == MEMORY_EVENT_NAME and e.device_type() in _CPU_MEMORY),
+                    key=lambda event: event[0])  # stable: same-time events keep their order
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak / 2**20
 
 
-def _read_peak(device: torch.device, rss_before: float | None) -> tuple[float, str]:
-    """Peak memory in MB since :func:`_reset_peak`, and what kind of peak it is."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    peak = _proc_status_mb("VmHWM") if rss_before is not None else None
-    if peak is None:
+def _held_mb(tensors: Iterable[Any]) -> float:
+    """MB of the distinct CPU storages of ``tensors`` (non-tensors are skipped)."""
+    storages = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()) / 2**20
+
+
+def _cpu_peak_mb(fn: Callable[[], Any], held: Iterable[Any], calls: int) -> tuple[float, str]:
+    rise = allocator_peak_mb(fn, calls)
+    if rise is None:
         return _peak_rss_mb(), "process_peak_rss"
-    return peak - rss_before, "peak_rss_increase"
+    return _held_mb(held) + rise, "cpu_max_allocated"
+
+
+def _cuda_peak_mb(device: torch.device) -> tuple[float, str]:
+    return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
 
 
 def measure(
@@ -169,17 +205,35 @@ def measure(
         with autocast(device, bf16):
             step_model(inp)
 
-    t_train = t_infer = t_b1 = None
-    rss_before = _reset_peak(device)
+    cuda = device.type == "cuda"
+    t_train = t_infer = t_b1 = peak = peak_infer = None
+    peak_kind = None
     if train:
         model.train()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         t_train = timed(train_step, device, warmup, repeats)
-        peak, peak_kind = _read_peak(device, rss_before)
+        if cuda:
+            peak, peak_kind = _cuda_peak_mb(device)
+        else:
+            model.zero_grad(set_to_none=True)  # the window below then sees every free it makes
+            state = [v for st in optimizer.state.values() for v in st.values()]
+            peak, peak_kind = _cpu_peak_mb(
+                train_step, [*model.parameters(), *model.buffers(), *state, x, y], calls=2)
+        model.zero_grad(set_to_none=True)  # inference holds neither gradients nor Adam state
+        optimizer.state.clear()
     model.eval()
     if infer:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         t_infer = timed(lambda: forward(x), device, warmup, repeats)
-    if not train:
-        peak, peak_kind = _read_peak(device, rss_before)
+        if cuda:
+            peak_infer, infer_kind = _cuda_peak_mb(device)
+        else:
+            peak_infer, infer_kind = _cpu_peak_mb(
+                lambda: forward(x), [*model.parameters(), *model.buffers(), x], calls=1)
+        if not train:
+            peak, peak_kind = peak_infer, infer_kind
     if latency:
         t_b1 = timed(lambda: forward(x1), device, warmup, repeats)
     flops = flops_per_image(model_name, input_size, width)
@@ -201,6 +255,7 @@ def measure(
         "latency_b1_ms": None if t_b1 is None else t_b1 * 1e3,
         "peak_mem_mb": peak,
         "peak_mem_kind": peak_kind,
+        "peak_infer_mem_mb": peak_infer,
         "tflops_train": None if train_ips is None else flops_train * train_ips / 1e12,
         "bf16": bf16,
         "compile": compile,
