@@ -620,7 +620,8 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "ratio"), MAXPOOL, REFERENCE, targets),
         _part_claim(ctx, Claim(
             "C3", "part arrangement",
-            f"AUROC intact vs scrambled (confidence), {REFERENCE} {MINUS} {MAXPOOL}",
+            f"AUROC intact vs scrambled (confidence, a provisional ranking score), "
+            f"{REFERENCE} {MINUS} {MAXPOOL}",
             "the CapsNet's confidence separates intact from scrambled digits better", 0.0,
             "AUROC"), REFERENCE, MAXPOOL),
         _matched_claim(ctx, Claim(
@@ -955,7 +956,8 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
     if not known:
         return ["- convergence not recorded (`cells.csv` has no `converged` values)"], None, set()
     line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: "
-            "validation accuracy no longer rising over the last quarter of training)")
+            "validation accuracy gained over the last quarter of the budget below 0.2 points or "
+            "below two paired standard errors: no evidence of further improvement)")
     if len(known) < len(flags):
         line += f"; {len(flags) - len(known)} not recorded"
     bad = cells[[f is False for f in flags]].sort_values(["setup", "model", "n", "seed"])
@@ -966,9 +968,9 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
     bad = bad.assign(_o=bad["model"].map(order)).sort_values(["setup", "_o", "n", "seed"])
     rows = [[str(r.setup), str(r.model), _int(r.n), str(int(r.seed)), _int(r.steps),
              _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
-    table = Table("convergence", "Cells that did not converge: their validation accuracy was "
-                  "still rising over the last quarter of training (hollow markers in the "
-                  "figures).", ["Setup", "Model", "n", "Seed", "Steps",
+    table = Table("convergence", "Cells that did not converge: their validation accuracy gained at "
+                  "least 0.2 points and more than two paired standard errors over the last "
+                  "quarter of the budget (hollow markers in the data-efficiency figures).", ["Setup", "Model", "n", "Seed", "Steps",
                                 "Validation gain, last quarter (pp)"], rows, "llrrrr")
     return [line], table, keys
 
