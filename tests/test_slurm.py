@@ -175,10 +175,11 @@ SMOKE_OVERRIDES = ["models=['capsnet','convnet-maxpool']", "sizes=[100]", "train
 
 
 def _drop_timing(obj: Any) -> Any:
-    """A record without its wall-clock fields (``*seconds*``, ``*per_s``): they differ by nature."""
+    """A record without its wall-clock fields (``*seconds*``, ``*per_s``, the ``timing``
+    breakdown of train.json and eval.json): they differ by nature."""
     if isinstance(obj, dict):
         return {k: _drop_timing(v) for k, v in obj.items()
-                if not ("seconds" in str(k) or str(k).endswith("per_s"))}
+                if not ("seconds" in str(k) or str(k).endswith("per_s") or k == "timing")}
     if isinstance(obj, list | tuple):
         return [_drop_timing(v) for v in obj]
     return obj
