@@ -149,9 +149,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "eval" and not any(Path(run_dir, "cells").glob("*/*/*/train.json")):
         raise BenchError(f"no trained cells under {run_dir}: run the train stage first")
     t0 = time.perf_counter()
-    print(f"run {profile.name} on {device} -> {run_dir}")
+    print(f"run {profile.name} on {device} -> {run_dir}" + (" (dry run)" if args.dry_run else ""))
     outcomes = run(profile, stages, run_dir, device, config, args.data_dir, args.download,
-                   force_throughput=args.stage == "throughput")
+                   force_throughput=args.stage == "throughput", dry_run=args.dry_run,
+                   max_hours=args.max_hours)
+    if args.dry_run:
+        print("dry run: nothing was run or written")
+        return 0
     failed = [k for k, o in outcomes.items() if not o["ok"]]
     print(f"done in {time.perf_counter() - t0:.0f} s: {run_dir}")
     if (run_dir / "report.md").is_file() and "report" in stages:
@@ -260,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=None,
                    help="resubmissions of a failed job (default 2)")
     p.add_argument("--executor-config", default=None, help="TOML with executor settings")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells to train and reused, test sets to build or load) "
+                        "and its estimated wall time on this device, then stop")
+    p.add_argument("--max-hours", type=float, default=None, metavar="H",
+                   help="stop before running anything when the estimated time of the work left "
+                        "exceeds H hours (default: no limit)")
 
     p = _command(sub, "data", _data, "build and cache every test set of a profile, with contact sheets")
     _common(p)

@@ -1,36 +1,48 @@
-"""Wall time of running a whole profile on one device, from measured rates.
+"""Wall time of running a profile, or what is left of a run, on one device, from measured rates.
 
 Pure: no timing and no torch here. The inputs are a :class:`~bench.config.Profile` and rates
 measured elsewhere (``gpu-check`` measures them with :func:`bench.throughput.measure` and the
-trainer); the output is seconds per part and in total. :data:`ESTIMATE_METHOD` states the formula,
-:func:`estimate_profile` computes it, and :func:`estimate_from_measurements` first picks, from
-measured rows, the rate of each (setup, model).
+trainer; ``run --dry-run`` and the first lines of every run with :func:`bench.runner.measure_rates`);
+the output is seconds per part and in total. :data:`ESTIMATE_METHOD` states the formula,
+:func:`estimate_profile` computes it (for every cell, or for the cells and test sets a run has
+left: :func:`bench.runner.plan_run`), :func:`throughput_stage_s` the throughput stage, and
+:func:`estimate_from_measurements` first picks, from measured rows, the rate of each
+(setup, model).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cells import cells, data_config, setups, spec_for
+from bench.cells import Cell, cells, data_config, setup_by_name, setups, spec_for
 from bench.config import Profile
 from bench.data.testsets import default_set_names, set_size
 from bench.errors import BenchError
 from bench.train import step_budget
 
-__all__ = ["ESTIMATE_METHOD", "Rates", "estimate_from_measurements", "estimate_profile",
-           "pick_rates", "test_images"]
+__all__ = ["CELL_OVERHEAD_S", "ESTIMATE_METHOD", "REPORT_S", "Rates", "estimate_from_measurements",
+           "estimate_profile", "format_duration", "pick_rates", "test_images", "throughput_stage_s"]
 
 ESTIMATE_METHOD = (
-    "per cell (setup, model, n, seed) of the profile: train = steps_for(n) x batch / train rate; "
-    "validation = ceil(steps / eval_every) x val_size / inference rate; evaluation = images of "
-    "the setup's test sets / inference rate; plus a fixed per-cell overhead (model build, data "
-    "loading, checkpoints). Data = every test-set image / generation rate. Extra = the throughput "
-    "stage. Cells run one after another on one GPU; the report stage is not counted."
+    "per cell (setup, model, n, seed) to train: train = steps_for(n) x batch / train rate, "
+    "validation = ceil(steps / eval_every) x val_size / inference rate; per cell to evaluate: "
+    "evaluation = images of the setup's test sets / inference rate; plus a fixed overhead per "
+    "cell with work (model build, data loading, checkpoints, metrics). Cells already finished "
+    "cost 0. Data = images of the test sets to generate / generation rate. Extra = the throughput "
+    "stage and the report. Cells run one after another, or `parallel` at once (cell time / "
+    "parallel)."
 )
+
+# Our choices for the parts no rate measures, from the quick profile run on this project's
+# 2-core CPU (45 cells): the per-cell time outside the timed steps, validation and predictions
+# (train.json setup_s + checkpoint_s, eval.json sets_s + metrics_s) summed to 18.3 s, 0.41 s a
+# cell; the report stage took 6.5 s (7.2 s for smoke), to which starting the process adds a few.
+CELL_OVERHEAD_S = 0.5
+REPORT_S = 10.0
 
 Key = tuple[str, str]  # (setup, model)
 
@@ -55,44 +67,101 @@ def estimate_profile(
     gen_rate: float,
     cell_overhead_s: float = 0.0,
     extra_s: float = 0.0,
+    *,
+    train_cells: Collection[Cell] | None = None,
+    eval_cells: Collection[Cell] | None = None,
+    build_sets: Mapping[str, Sequence[str]] | None = None,
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    """Wall time of running every cell of ``profile`` on one device from measured rates.
+    """Wall time of running the cells of ``profile`` on one device from measured rates.
 
     ``train_rate`` and ``infer_rate`` map ``(setup, model)`` to images/s (a training step's rate
     at the profile's batch, and inference at the evaluation batch); ``gen_rate`` is test-set
-    generation images/s. See :data:`ESTIMATE_METHOD` for the formula. Returns seconds per part
-    and per (setup, model), and the total.
+    generation images/s. ``train_cells`` are the cells to train (validation included) and
+    ``eval_cells`` those to evaluate, each None for every cell of the profile; a cell in neither
+    costs nothing (finished before). ``build_sets`` maps a setup to the test sets to generate
+    (None: every set of every setup). ``parallel`` cells run at once (the cells' time divided).
+    See :data:`ESTIMATE_METHOD` for the formula. Returns seconds per part and per
+    (setup, model), and the total.
     """
+    if parallel < 1:
+        raise BenchError(f"estimate: parallel must be >= 1, got {parallel}")
     images = test_images(profile)
+    train_set = None if train_cells is None else set(train_cells)
+    eval_set = None if eval_cells is None else set(eval_cells)
     groups: dict[Key, dict[str, Any]] = {}
     for cell in cells(profile):
+        trains = train_set is None or cell in train_set
+        evals = eval_set is None or cell in eval_set
+        if not (trains or evals):
+            continue
         key = (cell.setup, cell.model)
-        if key not in train_rate or key not in infer_rate:
+        if (trains and key not in train_rate) or key not in infer_rate:
             raise BenchError(f"estimate: no measured rate for {cell.setup}/{cell.model}")
         t = spec_for(profile, cell).train
-        steps = step_budget(t, cell.n)
-        n_val = math.ceil(steps / t.eval_every) if t.val_size > 0 else 0
         g = groups.setdefault(key, {"setup": cell.setup, "model": cell.model, "cells": 0,
                                     "steps": 0, "train_s": 0.0, "val_s": 0.0, "eval_s": 0.0})
         g["cells"] += 1
-        g["steps"] += steps
-        g["train_s"] += steps * t.batch_size / train_rate[key]
-        g["val_s"] += n_val * t.val_size / infer_rate[key]
-        g["eval_s"] += images[cell.setup] / infer_rate[key]
+        if trains:
+            steps = step_budget(t, cell.n)
+            n_val = math.ceil(steps / t.eval_every) if t.val_size > 0 else 0
+            g["steps"] += steps
+            g["train_s"] += steps * t.batch_size / train_rate[key]
+            g["val_s"] += n_val * t.val_size / infer_rate[key]
+        if evals:
+            g["eval_s"] += images[cell.setup] / infer_rate[key]
     rows = list(groups.values())
     n_cells = sum(g["cells"] for g in rows)
+    if build_sets is None:
+        build_images = sum(images.values())
+    else:
+        build_images = 0
+        for setup, names in build_sets.items():
+            cfg = data_config(profile, setup_by_name(profile, setup))
+            build_images += sum(set_size(cfg, name) for name in names)
+    if build_images and not gen_rate > 0:
+        raise BenchError(f"estimate: {build_images} test images to generate need a generation "
+                         f"rate > 0, got {gen_rate}")
     parts = {
-        "data_s": sum(images.values()) / gen_rate,
-        "train_s": sum(g["train_s"] for g in rows),
-        "val_s": sum(g["val_s"] for g in rows),
-        "eval_s": sum(g["eval_s"] for g in rows),
-        "overhead_s": n_cells * cell_overhead_s,
+        "data_s": build_images / gen_rate if build_images else 0.0,
+        "train_s": sum(g["train_s"] for g in rows) / parallel,
+        "val_s": sum(g["val_s"] for g in rows) / parallel,
+        "eval_s": sum(g["eval_s"] for g in rows) / parallel,
+        "overhead_s": n_cells * cell_overhead_s / parallel,
         "extra_s": extra_s,
     }
     total = sum(parts.values())
     return {"profile": profile.name, "cells": n_cells, **parts, "total_s": total,
-            "total_h": total / 3600, "test_images": images, "by_model": rows,
-            "method": ESTIMATE_METHOD}
+            "total_h": total / 3600, "test_images": images, "build_images": build_images,
+            "parallel": parallel, "by_model": rows, "method": ESTIMATE_METHOD}
+
+
+def throughput_stage_s(profile: Profile, train_rate: Mapping[Key, float],
+                       infer_rate: Mapping[Key, float], gen_rate: float) -> float:
+    """Seconds of the runner's throughput stage: for every model of the first setup and batch
+    of ``[throughput]``, ``warmup + repeats`` training steps, inference calls and batch-1 calls
+    at the measured rates (images/s taken as independent of the batch), then the generation of
+    ``min(n_test, 2000) x 4`` affNIST-style images (the stage's own sizes)."""
+    main = setups(profile)[0]
+    calls = profile.throughput.warmup + max(1, profile.throughput.repeats)
+    seconds = 0.0
+    for m in main.models:
+        key = (main.name, m)
+        if key not in train_rate or key not in infer_rate:
+            raise BenchError(f"estimate: no measured rate for {main.name}/{m}")
+        for batch in profile.throughput.batch_sizes:
+            seconds += calls * (batch / train_rate[key] + batch / infer_rate[key]
+                                + 1 / infer_rate[key])
+    return seconds + min(profile.data.n_test, 2000) * 4 / gen_rate
+
+
+def format_duration(seconds: float) -> str:
+    """``about 40 s``, ``about 19 min`` or ``about 3.2 h``."""
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 @dataclass

@@ -71,7 +71,8 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
             r = out.reconstruction.float()
             errs.append((r - x.flatten(1)).pow(2).sum(1).cpu())
             if recon is None:
-                recon = r[:N_EXAMPLES].reshape(-1, *x.shape[-2:]).cpu()
+                # clone: a slice would save the whole batch's storage with it
+                recon = r[:N_EXAMPLES].reshape(-1, *x.shape[-2:]).cpu().clone()
     return Predictions(
         torch.cat(scores), torch.cat(feats), torch.cat(errs) if errs else None, recon
     )

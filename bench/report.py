@@ -970,8 +970,9 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
              _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
     table = Table("convergence", "Cells that did not converge: their validation accuracy gained at "
                   "least 0.2 points and more than two paired standard errors over the last "
-                  "quarter of the budget (hollow markers in the data-efficiency figures).", ["Setup", "Model", "n", "Seed", "Steps",
-                                "Validation gain, last quarter (pp)"], rows, "llrrrr")
+                  "quarter of the budget (hollow markers in the data-efficiency figures).",
+                  ["Setup", "Model", "n", "Seed", "Steps", "Validation gain, last quarter (pp)"],
+                  rows, "llrrrr")
     return [line], table, keys
 
 

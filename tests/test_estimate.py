@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from bench.cells import Cell
 from bench.config import DataConfig, MnistTableConfig, Profile, ThroughputConfig, TrainConfig
 from bench.errors import BenchError
-from bench.estimate import estimate_from_measurements, estimate_profile, pick_rates, test_images
+from bench.estimate import (
+    estimate_from_measurements,
+    estimate_profile,
+    format_duration,
+    pick_rates,
+    test_images,
+    throughput_stage_s,
+)
 
 DATA = DataConfig(n_test=10, affnist_k=2, sweep_n=5, rotation_grid=(0, 10), scale_grid=(1.0,),
                   shear_grid=(0.0,), translate_grid=(0, 2), scramble_grids=(2,))
@@ -100,3 +108,46 @@ def test_estimate_from_measurements_matches_a_hand_computation():
     assert est["test_images"] == {"affnist": 80, "mnist28": 10}
     assert est["total_s"] == pytest.approx(35.975)
     assert est["train_rates"]["mnist28/capsnet"] == pytest.approx(40.0)
+
+
+def test_only_the_work_left_is_counted():
+    """Cells to train, cells to evaluate, sets to build and cells at once, worked by hand."""
+    p = _tiny_profile()
+    train = {("affnist", "capsnet"): 100.0}  # convnet-k9 trains nothing: no rate needed
+    infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
+    est = estimate_profile(p, train, infer, gen_rate=40.0, cell_overhead_s=1.5, extra_s=0.5,
+                           train_cells=[Cell("affnist", "capsnet", 1000, 0)],
+                           eval_cells=[Cell("affnist", "capsnet", 1000, 0),
+                                       Cell("affnist", "convnet-k9", 100, 0)],
+                           build_sets={"affnist": ["clean", "affnist"]}, parallel=2)
+    # capsnet n=1000: train 50 x 10 / 100 = 5, validation 3 x 100 / 200 = 1.5, eval 80 / 200 = 0.4
+    # convnet-k9 n=100: evaluation only, 80 / 100 = 0.8; the other two cells: nothing.
+    # Two cells at once halve the cells' parts; data: (10 + 10 x 2) / 40 = 0.75.
+    assert est["cells"] == 2
+    assert est["train_s"] == pytest.approx(5 / 2)
+    assert est["val_s"] == pytest.approx(1.5 / 2)
+    assert est["eval_s"] == pytest.approx((0.4 + 0.8) / 2)
+    assert est["overhead_s"] == pytest.approx(2 * 1.5 / 2)
+    assert est["data_s"] == pytest.approx(0.75) and est["build_images"] == 30
+    assert est["total_s"] == pytest.approx(2.5 + 0.75 + 0.6 + 1.5 + 0.75 + 0.5)
+
+
+def test_nothing_left_costs_nothing():
+    est = estimate_profile(_tiny_profile(), {}, {}, gen_rate=0.0, train_cells=[], eval_cells=[],
+                           build_sets={})
+    assert est["cells"] == 0 and est["total_s"] == 0.0
+
+
+def test_throughput_stage_by_hand():
+    # Default [throughput]: batch 128, 3 warm-up + 10 timed calls of each kind per model.
+    # capsnet: 13 x (128 / 100 + 128 / 200 + 1 / 200) = 25.025
+    # convnet-k9: 13 x (128 / 50 + 128 / 100 + 1 / 100) = 50.05; generation 10 x 4 / 40 = 1
+    train = {("affnist", "capsnet"): 100.0, ("affnist", "convnet-k9"): 50.0}
+    infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
+    assert throughput_stage_s(_tiny_profile(), train, infer, 40.0) == pytest.approx(76.075)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(45, "about 45 s"), (1140, "about 19 min"),
+                                               (3 * 3600, "about 3.0 h")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text

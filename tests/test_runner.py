@@ -129,7 +129,11 @@ def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
         seen.append((split, dataset, data_dir, download))
         raise BenchError("stop here: the flag was seen")
 
+    def no_timing(profile, device, keys, generation):  # the estimate printed first: not tested here
+        return runner.MeasuredRates({k: 1.0 for k in keys}, {k: 1.0 for k in keys}, 1.0)
+
     monkeypatch.setattr(train, "load_split", fake_load_split)
+    monkeypatch.setattr(runner, "measure_rates", no_timing)
     rc = main([*argv, "--device", "cpu", "--out", str(tmp_path), "--download",
                "--data-dir", str(tmp_path / "data")])
     assert rc == 2  # the stub stopped the cell

@@ -30,11 +30,14 @@ so a scrambled digit pairs with its intact version in ``clean``. Every random dr
 CPU generator seeded by ``derive_seed(set_name, seed)``: adding a set never changes another.
 
 Cache: ``datasets/cache/<name>-<spec hash>.pt`` and a JSON manifest beside it (spec, seed,
-count, sha256 of the tensors, versions, device). The spec covers everything that changes the
-pixels: the source digits' checksum, sizes, ranges, grids, seed, the generator's version and,
-for warped sets, the device type and torch/kornia versions (CPU and CUDA bilinear warps may
-round differently). A cached set is used only when every checksum matches; otherwise it is
-rebuilt with a warning, never used.
+count, sha256 of the tensors, versions, device). A set missing from the cache is built under a
+lock file ``<name>-<spec hash>.lock`` (:class:`bench.io.FileLock`): a process that finds another
+one building it waits, then loads the other's result, so no set is built twice at once and none
+is read half-written (files are moved into place whole, the manifest last). The spec covers
+everything that changes the pixels: the source digits' checksum, sizes, ranges, grids, seed, the
+generator's version and, for warped sets, the device type and torch/kornia versions (CPU and
+CUDA bilinear warps may round differently). A cached set is used only when every checksum
+matches; otherwise it is rebuilt with a warning, never used.
 """
 
 from __future__ import annotations
@@ -56,7 +59,17 @@ from bench.data import affine, scramble
 from bench.data.canvas import place
 from bench.data.mnist import MNIST_COUNTS
 from bench.errors import BenchError
-from bench.io import derive_seed, load_torch, read_json, save_torch, sha256_tensor, stable_hash, write_json
+from bench.io import (
+    FileLock,
+    derive_seed,
+    describe_holder,
+    load_torch,
+    read_json,
+    save_torch,
+    sha256_tensor,
+    stable_hash,
+    write_json,
+)
 
 __all__ = [
     "AFFNIST_REAL",
@@ -68,6 +81,7 @@ __all__ = [
     "SetKind",
     "TestSet",
     "build_test_sets",
+    "cached_set_names",
     "default_set_names",
     "find_set_kind",
     "generate",
@@ -429,8 +443,9 @@ def _checksums(ts: TestSet) -> dict[str, Any]:
     }
 
 
-def _load_cached(pt: Path, js: Path, spec: dict[str, Any]) -> TestSet | None:
-    """The cached set if its files exist and every checksum matches, else None (with a warning)."""
+def _load_cached(pt: Path, js: Path, spec: dict[str, Any], warn: bool = True) -> TestSet | None:
+    """The cached set if its files exist and every checksum matches, else None (with a warning
+    when ``warn``)."""
     if not (pt.is_file() and js.is_file()):
         return None
     try:
@@ -438,14 +453,16 @@ def _load_cached(pt: Path, js: Path, spec: dict[str, Any]) -> TestSet | None:
         blob = load_torch(pt)
         ts = TestSet(spec["set"], blob["images"], blob["labels"], dict(blob["params"]), spec=spec)
     except Exception as e:  # unreadable or truncated: rebuild
-        warnings.warn(f"test-set cache {pt} is unreadable ({type(e).__name__}: {e}); rebuilding",
-                      stacklevel=3)
+        if warn:
+            warnings.warn(f"test-set cache {pt} is unreadable ({type(e).__name__}: {e}); "
+                          "rebuilding", stacklevel=3)
         return None
     sums = _checksums(ts)
     expected = {k: manifest.get(k) for k in sums}
     if manifest.get("spec") != spec or sums != expected:
-        warnings.warn(f"test-set cache {pt} does not match its manifest {js.name} "
-                      "(checksum or spec); rebuilding", stacklevel=3)
+        if warn:
+            warnings.warn(f"test-set cache {pt} does not match its manifest {js.name} "
+                          "(checksum or spec); rebuilding", stacklevel=3)
         return None
     ts.sha256 = sums["sha256"]
     return ts
@@ -474,6 +491,46 @@ def _save_cached(pt: Path, js: Path, ts: TestSet, cfg: DataConfig, device: torch
     return sums["sha256"]
 
 
+def _cache_dir(cache_dir: str | Path | None) -> Path:
+    """``cache_dir``, else ``$BENCH_CACHE_DIR``, else ``datasets/cache`` of the checkout."""
+    from bench.runtime import DATASETS_DIR
+
+    if cache_dir is None:
+        cache_dir = os.environ.get("BENCH_CACHE_DIR") or DATASETS_DIR / "cache"
+    return Path(cache_dir)
+
+
+def _cache_paths(cache: Path, name: str, spec: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """The tensors, the manifest and the build lock of set ``name`` with ``spec``."""
+    key = f"{name}-{stable_hash(spec)}"
+    return cache / f"{key}.pt", cache / f"{key}.json", cache / f"{key}.lock"
+
+
+def cached_set_names(
+    cfg: DataConfig,
+    device: torch.device | str = "cpu",
+    names: tuple[str, ...] | list[str] | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict[str, bool]:
+    """Whether each set of ``names`` (default: :func:`default_set_names`) has both cache files,
+    without loading them (their checksums are verified when :func:`build_test_sets` loads them).
+    ``affnist-real`` is read from its own files, never cached: False."""
+    device = torch.device(device)
+    names = tuple(names) if names is not None else default_set_names(cfg)
+    kinds = {name: _check_name(name, cfg) for name in names}
+    cache = _cache_dir(cache_dir)
+    out = {name: False for name in names}
+    if any(k.family != "real" for k in kinds.values()):
+        source_sha = sha256_tensor(_mnist_test(cfg, data_dir, download)[0])
+        for name, kind in kinds.items():
+            if kind.family != "real":
+                pt, js, _ = _cache_paths(cache, name, _spec(name, cfg, source_sha, device))
+                out[name] = pt.is_file() and js.is_file()
+    return out
+
+
 def build_test_sets(
     cfg: DataConfig,
     device: torch.device | str = "cpu",
@@ -489,14 +546,10 @@ def build_test_sets(
     hold their tensors on the CPU. ``names`` defaults to :func:`default_set_names`.
     ``cache_dir`` defaults to ``$BENCH_CACHE_DIR`` or ``datasets/cache``.
     """
-    from bench.runtime import DATASETS_DIR
-
     device = torch.device(device)
     names = tuple(names) if names is not None else default_set_names(cfg)
     kinds = {name: _check_name(name, cfg) for name in names}
-    if cache_dir is None:
-        cache_dir = os.environ.get("BENCH_CACHE_DIR") or DATASETS_DIR / "cache"
-    cache = Path(cache_dir)
+    cache = _cache_dir(cache_dir)
     out: dict[str, TestSet] = {}
     state: dict[str, Any] = {}
 
@@ -519,16 +572,30 @@ def build_test_sets(
             out[name] = ts
             continue
         spec = _spec(name, cfg, source_sha, device)
-        key = f"{name}-{stable_hash(spec)}"
-        pt, js = cache / f"{key}.pt", cache / f"{key}.json"
+        pt, js, lock_path = _cache_paths(cache, name, spec)
         ts = _load_cached(pt, js, spec)
-        if ts is not None:
-            ts.cached = True
+        if ts is None:  # build it, unless another process is building it: then wait and load
+            lock = FileLock(lock_path, label=f"test set {name}")
+
+            def waiting(holder: dict[str, Any], name: str = name) -> None:
+                if progress:
+                    print(f"  test set {name}: being built by {describe_holder(holder)}; waiting")
+
+            lock.acquire(poll_s=0.5, on_wait=waiting)
+            try:
+                ts = _load_cached(pt, js, spec, warn=False)  # built while this one waited
+                if ts is None:
+                    s = sources()
+                    ts = _generate(name, cfg, device, s["labels"], s["clean"], s["bboxes"],
+                                   progress)
+                    ts.spec = spec
+                    ts.sha256 = _save_cached(pt, js, ts, cfg, device)
+                else:
+                    ts.cached = True
+            finally:
+                lock.release()
         else:
-            s = sources()
-            ts = _generate(name, cfg, device, s["labels"], s["clean"], s["bboxes"], progress)
-            ts.spec = spec
-            ts.sha256 = _save_cached(pt, js, ts, cfg, device)
+            ts.cached = True
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         ts.seconds = time.perf_counter() - start
