@@ -533,8 +533,10 @@ class CellFiles:
     def save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_torch(self.checkpoint, checkpoint)
 
-    def _put(self, path: Path, data: bytes) -> dict[str, Any]:
-        return {"sha256": write_bytes(path, data), "bytes": len(data)}
+    @staticmethod
+    def _entry(path: Path, sha256: str) -> dict[str, Any]:
+        """The checksum record of a file just written (``sha256`` as its writer returned it)."""
+        return {"sha256": sha256, "bytes": path.stat().st_size}
 
     def _record(self, entries: dict[str, dict[str, Any] | None]) -> None:
         """Merge ``entries`` into ``files.json`` (None removes a name)."""
@@ -554,7 +556,8 @@ class CellFiles:
         """Write ``train.json`` (the cell is finished) with the checkpoint's checksum, record
         both in ``files.json``, and drop the resume state."""
         files = {self.checkpoint.name: file_record(self.checkpoint)}
-        entry = self._put(self.train_summary, json_bytes({**summary, "files": files}))
+        entry = self._entry(self.train_summary,
+                            write_json(self.train_summary, {**summary, "files": files}))
         self._record({**files, self.train_summary.name: entry})
         self.state.unlink(missing_ok=True)
 
@@ -564,20 +567,19 @@ class CellFiles:
         their checksums, then ``files.json``. An older ``eval.json`` goes first: interrupted
         here, the cell reads as not evaluated rather than as damaged."""
         self.eval_summary.unlink(missing_ok=True)
-        files: dict[str, Any] = {self.metrics.name: self._put(
-            self.metrics, metrics.to_csv(index=False).encode())}
+        files = {self.metrics.name: self._entry(self.metrics, write_csv(self.metrics, metrics))}
         if confidences is not None:
-            files[self.confidences.name] = {"sha256": write_parquet(self.confidences, confidences),
-                                            "bytes": self.confidences.stat().st_size}
+            files[self.confidences.name] = self._entry(
+                self.confidences, write_parquet(self.confidences, confidences))
         else:  # not this evaluation's: an older evaluation's file must not be collected
             self.confidences.unlink(missing_ok=True)
         if examples:
-            buf = io.BytesIO()
-            torch.save(examples, buf)
-            files[self.examples.name] = self._put(self.examples, buf.getvalue())
+            files[self.examples.name] = self._entry(self.examples,
+                                                    save_torch(self.examples, examples))
         else:
             self.examples.unlink(missing_ok=True)
-        entry = self._put(self.eval_summary, json_bytes({**summary, "files": files}))
+        entry = self._entry(self.eval_summary,
+                            write_json(self.eval_summary, {**summary, "files": files}))
         gone = {p.name: None for p in self.outputs("eval") if p.name not in files}
         self._record({**gone, **files, self.eval_summary.name: entry})
 

@@ -526,7 +526,7 @@ def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[s
     for setup_name, model in sorted(set(keys)):
         canvas = setup_by_name(profile, setup_name).canvas
         common = {"warmup": RATE_WARMUP, "repeats": RATE_REPEATS, "latency": False,
-                  "channels_last": t.channels_last}
+                  "memory": False, "channels_last": t.channels_last}
         r = measure(model, canvas, t.batch_size, profile.model.width, device,
                     bf16=uses_bf16(t, device), fused=t.fused_optimizer, infer=False, **common)
         i = measure(model, canvas, EVAL_BATCH, profile.model.width, device, train=False, **common)

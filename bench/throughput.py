@@ -165,12 +165,14 @@ def measure(
     train: bool = True,
     infer: bool = True,
     latency: bool = True,
+    memory: bool = True,
     model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Speed of one model; keys match the ``kind == "model"`` rows of ``throughput.csv``.
 
     ``train``, ``infer`` and ``latency`` (batch 1 inference) select what is timed; a rate not
-    timed is None. ``compile`` runs the model through ``torch.compile(backend=backend,
+    timed is None. ``memory`` measures the peaks (extra profiled calls on the CPU); without it
+    they are None. ``compile`` runs the model through ``torch.compile(backend=backend,
     dynamic=False)`` after ``torch.compiler.reset()`` and adds ``graph_breaks``.
     ``channels_last`` puts the model and the inputs in that memory format and ``fused`` uses
     torch's fused Adam, as the trainer does when its config asks (``TrainConfig``).
@@ -213,9 +215,9 @@ def measure(
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         t_train = timed(train_step, device, warmup, repeats)
-        if cuda:
+        if memory and cuda:
             peak, peak_kind = _cuda_peak_mb(device)
-        else:
+        elif memory:
             model.zero_grad(set_to_none=True)  # the window below then sees every free it makes
             state = [v for st in optimizer.state.values() for v in st.values()]
             peak, peak_kind = _cpu_peak_mb(
@@ -227,9 +229,10 @@ def measure(
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         t_infer = timed(lambda: forward(x), device, warmup, repeats)
-        if cuda:
+        infer_kind = None
+        if memory and cuda:
             peak_infer, infer_kind = _cuda_peak_mb(device)
-        else:
+        elif memory:
             peak_infer, infer_kind = _cpu_peak_mb(
                 lambda: forward(x), [*model.parameters(), *model.buffers(), x], calls=1)
         if not train:

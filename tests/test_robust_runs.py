@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cells as sweep
+from bench import cells as the_plan
 from bench import io as bio
 from bench import runner
 from bench.cli import main
@@ -32,40 +32,14 @@ from bench.config import load_profile
 from bench.errors import BenchError
 from bench.estimate import CELL_OVERHEAD_S, REPORT_S
 from bench.io import CellFiles, FileLock, StaleLockWarning
+from tests.tiny_profile import TINY as TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 
 # 2 models x 2 sizes x 1 seed = 4 cells; 4 steps of batch 8, 2 validations of 16 images each.
 # Test sets (scramble_grids [2]): clean 24, affnist 24 x 1, sweeps 8 x (3 + 2 + 2 + 2) = 72,
 # scramble-g2 24, displaced 24: 8 sets, 168 images.
-TINY = """
-models = ["capsnet", "convnet-maxpool"]
-sizes = [20, 40]
-seeds = [0]
-targets = [0.2]
-[data]
-n_test = 24
-affnist_k = 1
-sweep_n = 8
-rotation_grid = [-30, 0, 30]
-scale_grid = [0.8, 1.0]
-shear_grid = [0.0, 0.3]
-translate_grid = [0, 6]
-scramble_grids = [2]
-[model]
-width = 0.0625
-[train]
-batch_size = 8
-epochs = 1
-min_steps = 4
-max_steps = 4
-val_size = 16
-eval_every = 2
-[throughput]
-batch_sizes = [4]
-warmup = 1
-repeats = 1
-"""
+TINY = TINY_RUN.replace("translate_grid = [0, 6]\n", "translate_grid = [0, 6]\nscramble_grids = [2]\n")
 SET_NAMES = ["clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear",
              "sweep-translate", "scramble-g2", "displaced"]
 CPU = torch.device("cpu")
@@ -105,7 +79,7 @@ def _one_thread():
 
 
 def _files(profile, run_dir, cell) -> CellFiles:
-    return CellFiles(sweep.cell_dir(run_dir, profile, cell, "cpu"))
+    return CellFiles(the_plan.cell_dir(run_dir, profile, cell, "cpu"))
 
 
 def _run_cells(profile, run_dir):
@@ -142,13 +116,13 @@ def test_the_plan_counts_cells_to_train_evaluate_and_reuse(tiny, tmp_path):
     assert plan.throughput and plan.report
     assert not run_dir.exists()  # planning writes nothing
 
-    first, second, *_ = sweep.cells(tiny)
+    first, second, *_ = the_plan.cells(tiny)
     for cell, stages in ((first, CELL_STAGES), (second, ("train",))):
         runner.run_cell(runner.CellTask(tiny, cell, str(_files(tiny, run_dir, cell).folder), "cpu",
                                         stages, progress=False))
     plan = runner.plan_run(tiny, runner.STAGE_ORDER, run_dir, CPU)
     assert plan.reuse == [first] and plan.evaluate == [second]
-    assert plan.train == sweep.cells(tiny)[2:]
+    assert plan.train == the_plan.cells(tiny)[2:]
     assert plan.sets_build == {"affnist": []} and plan.sets_cached == {"affnist": SET_NAMES}
     # Training alone: both trained cells are finished for it.
     plan = runner.plan_run(tiny, ("train",), run_dir, CPU)
@@ -273,7 +247,7 @@ def test_a_run_skips_a_cell_held_elsewhere_then_waits_for_it(tiny, tmp_path, mon
     """A live holder's cell is skipped in the sweep; once released it is run by this run."""
     monkeypatch.setattr(runner, "CELL_WAIT_POLL_S", 0.1)
     run_dir = tmp_path / "run"
-    held = sweep.cells(tiny)[0]
+    held = the_plan.cells(tiny)[0]
     other = FileLock(_files(tiny, run_dir, held).lock, label="another run")
     assert other.try_acquire() is None
     seen = []
@@ -282,7 +256,7 @@ def test_a_run_skips_a_cell_held_elsewhere_then_waits_for_it(tiny, tmp_path, mon
     def spy(task):
         result = real(task)
         seen.append((task.cell, runner.RUNNING_ELSEWHERE in result))
-        if len(seen) == len(sweep.cells(tiny)):  # the sweep is through: the other run finishes
+        if len(seen) == len(the_plan.cells(tiny)):  # the sweep is through: the other run finishes
             threading.Timer(0.3, other.release).start()
         return result
 
@@ -339,7 +313,7 @@ def test_two_runs_at_once_on_one_folder_share_the_work_and_agree(tiny, tiny_path
     assert [p.returncode for p in procs] == [0, 0], outs
     assert not any("taking over" in o for o in outs)  # both were alive: no lock was stale
     assert not _leftovers(shared) and not _leftovers(tmp_path / "cache")
-    for cell in sweep.cells(tiny):
+    for cell in the_plan.cells(tiny):
         files = _files(tiny, shared, cell)
         assert files.damaged("train") is None and files.damaged("eval") is None
     # A rerun finds every cell finished; its tables equal those of one undisturbed run.
@@ -360,7 +334,7 @@ def test_a_garbled_metrics_csv_and_a_truncated_checkpoint_are_rebuilt(tiny, tmp_
     run_dir = tmp_path / "run"
     _run_cells(tiny, run_dir)
     reference = pd.read_csv(run_dir / "metrics.csv")
-    a, b, *_ = sweep.cells(tiny)
+    a, b, *_ = the_plan.cells(tiny)
     fa, fb = _files(tiny, run_dir, a), _files(tiny, run_dir, b)
     fa.metrics.write_text("setup,model,n\ncapsnet,garbled,\n")  # read_csv -> IntCastingNaNError before
     size = fb.checkpoint.stat().st_size
@@ -382,7 +356,7 @@ def test_a_garbled_metrics_csv_and_a_truncated_checkpoint_are_rebuilt(tiny, tmp_
 def test_collect_leaves_a_damaged_cell_out_with_a_warning(tiny, tmp_path):
     run_dir = tmp_path / "run"
     _run_cells(tiny, run_dir)
-    cell = sweep.cells(tiny)[0]
+    cell = the_plan.cells(tiny)[0]
     files = _files(tiny, run_dir, cell)
     files.eval_summary.write_text("{not json")
     with pytest.warns(UserWarning, match=f"{cell.label} left out.*{files.eval_summary.name}"):
@@ -394,7 +368,7 @@ def test_collect_leaves_a_damaged_cell_out_with_a_warning(tiny, tmp_path):
 def test_checksums_are_recorded_for_every_file_of_a_finished_cell(tiny, tmp_path):
     run_dir = tmp_path / "run"
     _run_cells(tiny, run_dir)
-    files = _files(tiny, run_dir, sweep.cells(tiny)[0])  # the CapsNet: it has examples
+    files = _files(tiny, run_dir, the_plan.cells(tiny)[0])  # the CapsNet: it has examples
     recorded = json.loads(files.checksums.read_text())["files"]
     names = {"checkpoint.pt", "train.json", "metrics.csv", "confidences.parquet", "examples.pt",
              "eval.json"}
@@ -426,7 +400,7 @@ def _enospc_after(monkeypatch, allowed_dirs: set[Path]):
 def test_a_full_disk_ends_the_run_in_one_line_and_finished_cells_are_reused(
         tiny_path, tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    first = _files(tiny, out, sweep.cells(tiny)[0])
+    first = _files(tiny, out, the_plan.cells(tiny)[0])
     monkeypatch.setattr(runner, "measure_rates", _stub_rates([]))
     _enospc_after(monkeypatch, {first.folder})
     argv = ["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out)]
@@ -443,7 +417,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_finished_cells_are_reused(
     monkeypatch.setattr(bio, "_write_file", _REAL_WRITE)  # space freed
     assert main(argv) == 0
     assert first.train_summary.stat().st_mtime_ns == stamp  # reused, not retrained
-    assert all(_files(tiny, out, c).train_summary.is_file() for c in sweep.cells(tiny))
+    assert all(_files(tiny, out, c).train_summary.is_file() for c in the_plan.cells(tiny))
 
 
 def _disk_full_cell(task: str) -> dict:

@@ -6,37 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cells as sweep
+from bench import cells as the_plan
 from bench import runner
 from bench.config import load_profile
-
-TINY = """
-models = ["capsnet", "convnet-maxpool"]
-sizes = [20, 40]
-seeds = [0]
-targets = [0.2]
-[data]
-n_test = 24
-affnist_k = 1
-sweep_n = 8
-rotation_grid = [-30, 0, 30]
-scale_grid = [0.8, 1.0]
-shear_grid = [0.0, 0.3]
-translate_grid = [0, 6]
-[model]
-width = 0.0625
-[train]
-batch_size = 8
-epochs = 1
-min_steps = 4
-max_steps = 4
-val_size = 16
-eval_every = 2
-[throughput]
-batch_sizes = [4]
-warmup = 1
-repeats = 1
-"""
+from tests.tiny_profile import TINY
 
 
 @pytest.fixture
@@ -69,7 +42,7 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
                                     "metric", "value"}
     # Resume: nothing is retrained, results are identical.
     markers = sorted(run_dir.glob("cells/*/*/*/train.json"))
-    assert len(markers) == len(sweep.cells(tiny))
+    assert len(markers) == len(the_plan.cells(tiny))
     stamps = [m.stat().st_mtime_ns for m in markers]
     _run(tiny, run_dir, stages=("train", "eval"))
     assert [m.stat().st_mtime_ns for m in markers] == stamps
@@ -95,13 +68,13 @@ def test_interrupted_run_keeps_finished_cells_and_resumes(tiny, tmp_path, monkey
     monkeypatch.setattr(runner, "run_cell", real)
     outcomes = _run(tiny, run_dir, stages=("train", "eval"))
     assert all(o["ok"] for o in outcomes.values())
-    assert len(sorted(run_dir.glob("cells/*/*/*/eval.json"))) == len(sweep.cells(tiny))
+    assert len(sorted(run_dir.glob("cells/*/*/*/eval.json"))) == len(the_plan.cells(tiny))
 
 
 def test_changed_profile_does_not_reuse_cells(tiny, tmp_path):
-    a = sweep.cell_dir(tmp_path, tiny, sweep.cells(tiny)[0], "cpu")
+    a = the_plan.cell_dir(tmp_path, tiny, the_plan.cells(tiny)[0], "cpu")
     other = load_profile("smoke")
-    b = sweep.cell_dir(tmp_path, other, sweep.cells(tiny)[0], "cpu")
+    b = the_plan.cell_dir(tmp_path, other, the_plan.cells(tiny)[0], "cpu")
     assert a != b
 
 
