@@ -98,6 +98,7 @@ class TrainSpec:
     width: float = 1.0
     dataset: str = "mnist"
     train: TrainConfig = field(default_factory=TrainConfig)
+    recon_weight: float | None = None  # ModelConfig.recon_weight; None: the model's own
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,7 +152,7 @@ def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
     if train.val_size == 0 and train.select != "last":  # nothing to select with: keep the last
         train = dataclasses.replace(train, select="last")
     return TrainSpec(cell.model, cell.n, cell.seed, setup.name, setup.canvas, setup.train_shift,
-                     profile.model.width, profile.data.dataset, train)
+                     profile.model.width, profile.data.dataset, train, profile.model.recon_weight)
 
 
 def source_hash(root: Path, parts: tuple[str, ...]) -> str:

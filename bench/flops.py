@@ -49,16 +49,21 @@ def flops_per_image(
 
 
 def model_table(input_size: int, width: float) -> list[dict]:
-    """One row per registered model: parameters, FLOPs/image (forward) and the paper's count."""
+    """One row per registered model: parameters, those without a reconstruction decoder (what
+    classifies), FLOPs/image (forward) and the paper's count."""
     rows = []
     for name in model_names():
         with torch.device("meta"):
-            params = count_parameters(create_model(name, input_size=input_size, width=width))
+            model = create_model(name, input_size=input_size, width=width)
+        params = count_parameters(model)
+        decoder = getattr(model, "decoder", None)
+        classifier = params - (count_parameters(decoder) if decoder is not None else 0)
         paper = PAPER_PARAMS.get(name, "") if (input_size, width) == (28, 1.0) else ""
         rows.append(
             {
                 "model": name,
                 "params": params,
+                "classifier_params": classifier,
                 "flops_per_image": flops_per_image(name, input_size, width),
                 "paper_params": paper,
             }

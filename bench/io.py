@@ -161,9 +161,12 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def sha256_tensor(t: torch.Tensor) -> str:
     """sha256 of a tensor's raw bytes (C-contiguous, on the CPU), with its dtype and shape."""
-    t = t.detach().to("cpu").contiguous()
+    t = t.detach().to("cpu")
     h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    # reshape(-1) of a C-contiguous copy: the same bytes for any layout, and defined for 0-d
+    # tensors and for channels-last tensors with size-1 dimensions (which .view(uint8) refuses).
+    flat = t.contiguous().reshape(-1).clone() if t.numel() else t.reshape(-1)
+    h.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -179,7 +179,10 @@ def build_model(spec: TrainSpec) -> nn.Module:
     """The model with its seeded initialisation, built on the CPU (same weights on any device)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed("init", spec))
-        return create_model(spec.model, input_size=spec.canvas, width=spec.width)
+        model = create_model(spec.model, input_size=spec.canvas, width=spec.width)
+    if spec.recon_weight is not None and getattr(model, "decoder", None) is not None:
+        model.recon_weight = spec.recon_weight
+    return model
 
 
 def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:

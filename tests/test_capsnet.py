@@ -3,10 +3,18 @@ decoder masking, and the paper's parameter counts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from bench.models.capsnet import CapsNet, dynamic_routing, margin_loss, squash
+from bench.models.capsnet import (
+    RECON_WEIGHT,
+    RELEASED_RECON_WEIGHT,
+    CapsNet,
+    dynamic_routing,
+    margin_loss,
+    squash,
+)
 from bench.models.registry import Output, count_parameters, create_model
 
 
@@ -172,6 +180,25 @@ def test_total_loss_is_margin_plus_scaled_sum_of_squared_errors():
     assert model.loss(out, x, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-6)
     no_recon = Output(lengths, lengths, torch.zeros(1, 16), None)
     assert model.loss(no_recon, x, torch.tensor([0])).item() == pytest.approx(0.03, rel=1e-6)
+    # The released code's balance: reconstruction weighted 0.0005 x 20 against Eq. 4.
+    released = create_model("capsnet-released-loss", input_size=20, width=0.01)
+    assert released.loss(out, x, torch.tensor([0])).item() == pytest.approx(0.03 + 0.01 * 100.0,
+                                                                          rel=1e-6)
+
+
+def test_released_margin_loss_is_eq4_over_20():
+    """The released loss, written out in numpy: per class 0.5 * (cost with logits - 0.5 and
+    margin 0.4), down-weight 0.5 on absent classes, then a mean over batch AND classes."""
+    lengths = np.array([[0.8, 0.3, 0.05], [0.95, 0.2, 0.6]])
+    labels = np.eye(3)[[0, 2]]
+    logits = lengths - 0.5
+    pos = labels * (logits < 0.4) * (logits - 0.4) ** 2
+    neg = (1 - labels) * (logits > -0.4) * (logits + 0.4) ** 2
+    released = (0.5 * pos + 0.5 * 0.5 * neg).mean()
+    eq4 = margin_loss(torch.tensor(lengths), torch.tensor([0, 2])).item()
+    # mean over 3 classes here (10 in the model): Eq. 4 / (2 * classes)
+    assert released == pytest.approx(eq4 / (2 * 3), rel=1e-9)
+    assert pytest.approx(RECON_WEIGHT * 2 * 10) == RELEASED_RECON_WEIGHT
 
 
 # ----------------------------------------------------------------------------- forward contract

@@ -26,3 +26,15 @@ def test_derived_seeds_are_stable_and_independent():
     assert derive_seed("capsnet", 100, 0) == derive_seed("capsnet", 100, 0)
     assert derive_seed("capsnet", 100, 0) != derive_seed("capsnet", 100, 1)
     assert 0 <= derive_seed("x") < 2**63
+
+
+def test_sha256_tensor_of_scalars_and_channels_last_equals_hashlib_of_the_c_order_bytes():
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    for t in (torch.tensor(7), torch.randn(4, 3, 1, 1).to(memory_format=torch.channels_last)):
+        arr = np.ascontiguousarray(t.numpy())
+        expected = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode() + arr.tobytes())
+        assert sha256_tensor(t) == expected.hexdigest()

@@ -46,14 +46,22 @@ def test_convnet_k9_mirrors_the_capsnet_without_its_capsule_layer():
 
 
 @pytest.mark.parametrize("input_size,width", [(28, 1.0), (40, 1.0), (40, 0.25), (40, 0.125)])
-def test_maxpool_convnet_is_within_5_percent_of_the_capsnet(input_size, width):
-    caps = _meta_params("capsnet", input_size, width)
+def test_maxpool_convnet_is_within_5_percent_of_the_capsnet_classifier(input_size, width):
+    """Matched to the CapsNet without its decoder: the registered no-decoder variant's count."""
+    caps = _meta_params("capsnet-r3-norecon", input_size, width)
     conv = _meta_params("convnet-maxpool", input_size, width)
     assert abs(conv - caps) <= TOLERANCE * caps
     with torch.device("meta"):
         m = create_model("convnet-maxpool", input_size=input_size, width=width)
     assert sum(isinstance(l, torch.nn.MaxPool2d) for l in m.modules()) == 2
     assert sum(isinstance(l, torch.nn.Dropout) for l in m.modules()) == 1
+
+
+def test_models_table_counts_the_capsnet_classifier_without_its_decoder(capsys):
+    """Paper, Section 5: 8.2M parameters, 6.8M without the reconstruction subnetwork."""
+    assert main(["models", "--input-size", "28", "--width", "1"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.split()[:1] == ["capsnet"])
+    assert "8,215,568" in line and "6,804,224" in line
 
 
 @pytest.mark.parametrize("name", MAIN + CAPSNETS[1:])

@@ -261,3 +261,19 @@ def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
     assert summary["labelled_images"] == SPEC.n  # validation only monitored
     assert summary["final_val_accuracy"] == summary["history"][-1]["val_accuracy"]
     assert summary["converged"] in (True, False) and summary["val_improvement_se"] is not None
+
+
+def test_profile_reconstruction_weight_reaches_every_capsnet_with_a_decoder():
+    from bench.cells import Cell, spec_for
+    from bench.config import load_profile
+    from bench.train import build_model
+
+    profile = load_profile("smoke", ["model.recon_weight=0.01", "model.width=0.0625"])
+    for name, expected in [("capsnet", 0.01), ("capsnet-r1-norecon", None), ("convnet-k9", None)]:
+        spec = spec_for(profile, Cell("affnist", name, 100, 0))
+        assert spec.recon_weight == 0.01
+        assert getattr(build_model(spec), "recon_weight", None) in (expected, 0.0005)
+        if expected is not None:
+            assert build_model(spec).recon_weight == expected
+    default = spec_for(load_profile("smoke", []), Cell("affnist", "capsnet", 100, 0))
+    assert default.recon_weight is None and build_model(default).recon_weight == 0.0005
