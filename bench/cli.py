@@ -33,6 +33,19 @@ def _data(args: argparse.Namespace) -> int:
     from bench.runtime import device_name, resolve_device
 
     profile = load_profile(args.profile, args.overrides)
+    if args.describe_affnist:
+        from bench.data.affine import describe_affnist
+
+        print(f"profile {profile.name}: affNIST-style ranges (test set 'affnist')")
+        for line in describe_affnist(profile.data.affine, profile.data.canvas):
+            print(f"- {line}")
+        if profile.data.real_affnist:
+            from bench.data.affnist_mat import transform_ranges
+
+            print(f"official affNIST files {profile.data.real_affnist}:")
+            for line in transform_ranges(profile.data.real_affnist):
+                print(f"- {line}")
+        return 0
     device = resolve_device(args.device)
     print(f"profile {profile.name}: building test sets on {device} ({device_name(device)})")
     sets = build_test_sets(profile.data, device, data_dir=args.data_dir, download=args.download,
@@ -61,6 +74,7 @@ def _models(args: argparse.Namespace) -> int:
     rows = model_table(args.input_size, args.width)
     print(f"models at {args.input_size}x{args.input_size}, width {args.width:g}")
     table = pd.DataFrame([{"model": r["model"], "parameters": f"{r['params']:,}",
+                           "without decoder": f"{r['classifier_params']:,}",
                            "FLOPs/image": format_si(r["flops_per_image"]),
                            "paper": r["paper_params"]} for r in rows])
     print(table.to_string(index=False))
@@ -274,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "data", _data, "build and cache every test set of a profile, with contact sheets")
     _common(p)
     p.add_argument("--no-sheets", action="store_true", help="skip the contact-sheet PNGs")
+    p.add_argument("--describe-affnist", action="store_true",
+                   help="print the affNIST-style ranges, their sources and our choices (and the "
+                        "per-column ranges of data.real_affnist's files, when set), then stop")
 
     p = _command(sub, "train", _train, "train one cell (model, training-set size, seed) of a profile")
     _common(p)

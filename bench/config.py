@@ -25,10 +25,24 @@ PROFILES_DIR = Path(__file__).parent / "profiles"
 class AffineConfig:
     """Ranges of the random affine transforms of the affNIST-style set.
 
-    Defaults are those published for affNIST (Tieleman, 2013,
-    https://www.cs.toronto.edu/~tijmen/affNIST/): rotation uniform in +-20 degrees, shear
-    uniform in +-0.2, horizontal and vertical scale independently uniform in [0.8, 1.2], then a
-    translation such that the transformed digit's bounding box lies inside the 40x40 canvas.
+    Defaults: rotation uniform in +-20 degrees, shear factor uniform in +-0.2, horizontal and
+    vertical scale independently uniform in [0.8, 1.2]. affNIST itself is Tieleman (2013),
+    https://www.cs.toronto.edu/~tijmen/affNIST/; its page's list of ranges could not be read,
+    so the defaults follow two secondary sources that agree on rotation +-20 degrees and shear
+    +-0.2:
+
+    - TensorFlow Federated, ``tff.simulation.datasets.emnist.get_infinite`` (docs: transforms
+      "approximately equivalent" to affNIST): rotation -20..20 degrees, shear -0.2..0.2 of x
+      to y, scale 0.8..1.25 log-uniform per axis, in the order rotation, shear, scale,
+      translation;
+    - ``renata-turkes/turkevs2022on`` (GitHub): rotation +-20 degrees, stretch 0.8-1.2, shear
+      +-0.2 "as in affNIST".
+
+    Our choices, not taken from either source: the translation (uniform over the positions
+    that keep the transformed digit's ink bounding box on the canvas), the shear axis
+    (horizontal, x' = x - s (y - cy)) and the composition order (shear, scale, rotation about
+    the digit's centre, then translation); see :mod:`bench.data.affine` and
+    ``python -m bench data --describe-affnist``.
     """
 
     rotation_deg: float = 20.0
@@ -63,6 +77,10 @@ class ModelConfig:
     """Knobs shared by every model; each model's own architecture lives in its factory."""
 
     width: float = 1.0  # channel multiplier: 1.0 is the paper's size, <1 the small CPU variants
+    # Weight of the CapsNet's reconstruction loss against Eq. 4 as printed, for every model with a
+    # decoder. Unset: each model's own (the paper's 0.0005, Section 4.1); 0.01 is the balance of
+    # the released code (bench.models.capsnet.RELEASED_RECON_WEIGHT).
+    recon_weight: float | None = None
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,16 @@ def test_build_test_sets_includes_affnist_real(tmp_path, digits):
     sets = build_test_sets(cfg, names=("affnist-real",), progress=False, cache_dir=tmp_path / "c")
     assert torch.equal(sets["affnist-real"].images, images)
     assert sets["affnist-real"].sha256
+
+
+def test_describe_affnist_prints_the_files_transform_ranges(tmp_path, digits, capsys):
+    from bench.cli import main
+
+    write_affnist(tmp_path / "test.mat", *digits)
+    assert main(["data", "--profile", "smoke", "--describe-affnist",
+                 "--set", f"data.real_affnist={tmp_path / 'test.mat'}"]) == 0
+    out = capsys.readouterr().out
+    # The file's human_readable_transform row r holds r*N .. r*N + N - 1 (np.arange above).
+    for r in range(7):
+        assert (f"- human_readable_transform column {r}: min {r * N}, max {r * N + N - 1}"
+                in out), r

@@ -23,3 +23,24 @@ def test_run_help_lists_the_stages(capsys):
     out = capsys.readouterr().out
     for stage in ("data", "train", "eval", "throughput", "report", "all"):
         assert f"\n  {stage} " in out
+
+
+def test_data_describe_affnist_prints_ranges_sources_and_our_choices(capsys):
+    # The ranges come from the profile (here overridden), the sources and choices are fixed text.
+    assert main(["data", "--profile", "smoke", "--describe-affnist",
+                 "--set", "data.affine.rotation_deg=15", "--set", "data.affine.scale_max=1.25"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("- ")]
+    by_item = {ln[2:].split(":", 1)[0]: ln for ln in lines}
+    assert "ours uniform in +-15 degrees" in by_item["rotation"]
+    assert "TFF: -20..20 degrees" in by_item["rotation"]
+    assert "ours a factor uniform in +-0.2" in by_item["shear"]
+    assert "[0.8, 1.25]" in by_item["scale"] and "log-uniform" in by_item["scale"]
+    for item in ("translation (our choice)", "shear axis (our choice)",
+                 "composition order (our choice)"):
+        assert item in by_item, item
+    assert "bounding box" in by_item["translation (our choice)"]
+    sources = by_item["sources"]
+    assert "tff.simulation.datasets.emnist.get_infinite" in sources
+    assert "renata-turkes/turkevs2022on" in sources
+    assert "https://www.cs.toronto.edu/~tijmen/affNIST/" in sources
+    assert len(lines) == 7  # one line per item, nothing built

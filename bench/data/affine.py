@@ -44,6 +44,7 @@ from bench.config import AffineConfig
 __all__ = [
     "PARAM_KEYS",
     "affine_matrices",
+    "describe_affnist",
     "digit_bboxes",
     "fit_translation_bounds",
     "sample_affine_params",
@@ -63,6 +64,34 @@ CUDA_CHUNK = 65_536
 # A transformed bounding box must lie this far inside the limits, so that float rounding in the
 # warp cannot put a sliver of ink on the pixel just outside the canvas.
 _FIT_EPS = 1e-3
+
+
+# The affNIST page (Tieleman 2013) and two secondary sources of its ranges; the page's own list of
+# ranges was not readable in the copy available to us.
+AFFNIST_PAGE = "affNIST page (Tieleman 2013, https://www.cs.toronto.edu/~tijmen/affNIST/)"
+TFF_EMNIST = ("TensorFlow Federated, tff.simulation.datasets.emnist.get_infinite docs "
+              "(\"approximately equivalent\" to affNIST)")
+TURKES = "renata-turkes/turkevs2022on (GitHub; \"as in affNIST\")"
+
+
+def describe_affnist(cfg: AffineConfig, canvas: int = 40) -> list[str]:
+    """The affNIST-style ranges of ``cfg``, what the two secondary sources say, and the
+    choices that are ours: one line per item, for ``bench data --describe-affnist``."""
+    return [
+        f"sources: {AFFNIST_PAGE}, its list of ranges not read here; secondary: "
+        f"[TFF] {TFF_EMNIST}; [turkevs] {TURKES}",
+        f"rotation: ours uniform in +-{cfg.rotation_deg:g} degrees | TFF: -20..20 degrees | "
+        "turkevs: +-20 degrees",
+        f"shear: ours a factor uniform in +-{cfg.shear:g} | TFF: -0.2..0.2 | turkevs: +-0.2",
+        f"scale: ours uniform in [{cfg.scale_min:g}, {cfg.scale_max:g}], x and y independent "
+        "| TFF: 0.8..1.25 log-uniform per axis | turkevs: stretch 0.8..1.2",
+        f"translation (our choice): uniform over the positions that keep the transformed "
+        f"digit's ink bounding box on the {canvas}x{canvas} canvas",
+        "shear axis (our choice): horizontal, x' = x - s * (y - cy), a positive s leans the "
+        "digit right | TFF: shear of x to y",
+        "composition order (our choice): shear, then scale, then rotation (about the digit's "
+        "centre), then translation | TFF: rotation, shear, scale, translation",
+    ]
 
 
 def digit_bboxes(images: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from bench.data.affine import digit_bboxes
 from bench.errors import BenchError
 from bench.io import sha256_file
 
-__all__ = ["find_mat_files", "load_affnist_mat", "read_mat_file"]
+__all__ = ["find_mat_files", "load_affnist_mat", "read_mat_file", "transform_ranges"]
 
 SIDE = 40
 ORIENTATIONS = ("auto", "row-major", "column-major")
@@ -142,3 +142,15 @@ def load_affnist_mat(path: str | os.PathLike, orientation: str = "auto") -> Affn
         "orientation": orientation,
     }
     return AffnistMat(images.contiguous(), labels, params, spec)
+
+
+def transform_ranges(path: str | os.PathLike) -> list[str]:
+    """Per-column min and max of the files' ``human_readable_transform``, one line per column
+    (the columns' meaning is not assumed), or one line saying the files lack it."""
+    params = load_affnist_mat(path).params
+    table = params.get("human_readable_transform")
+    if table is None:
+        return [f"{path}: no human_readable_transform in the files"]
+    lo, hi = table.min(dim=0).values, table.max(dim=0).values
+    return [f"human_readable_transform column {i}: min {float(a):.4g}, max {float(b):.4g}"
+            for i, (a, b) in enumerate(zip(lo, hi, strict=True))]

@@ -83,6 +83,7 @@ __all__ = [
     "build_test_sets",
     "cached_set_names",
     "default_set_names",
+    "display_name",
     "find_set_kind",
     "generate",
     "order_set_names",
@@ -122,6 +123,8 @@ class SetKind:
             grid is ``DataConfig.<factor>_grid`` and ``params["value"]`` its magnitude.
         grid: ``scramble-g<k>`` only: k, the digit's box cut into k x k cells.
         order: the family's place in tables and figures (scrambles then by ``grid``).
+        label: the name shown to readers in report tables and figure titles (:attr:`display`);
+            None shows ``name``. Only the label changes: ``name`` still seeds the generator.
 
     Derived from the family: :attr:`warped`, :attr:`scrambled`, :attr:`calibrated`.
 
@@ -137,6 +140,7 @@ class SetKind:
     factor: str | None = None
     grid: int | None = None
     order: int = 0
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -159,13 +163,18 @@ class SetKind:
         return self.family in ("clean", "affine", "real")
 
     @property
+    def display(self) -> str:
+        """What readers see: :attr:`label`, else the set's name."""
+        return self.label or self.name
+
+    @property
     def sort_key(self) -> tuple[int, int]:
         """Where the set goes in tables and figures: by ``order``, scrambles then by grid."""
         return (self.order, self.grid or 0)
 
 
 CLEAN = SetKind("clean", "clean", order=0)
-AFFNIST_STYLE = SetKind("affnist", "affine", order=1)
+AFFNIST_STYLE = SetKind("affnist", "affine", order=1, label="affNIST-style")
 AFFNIST_REAL = SetKind("affnist-real", "real", order=2)
 SWEEPS = tuple(SetKind(f"sweep-{f}", "sweep", factor=f, order=3 + i)
                for i, f in enumerate(("rotation", "scale", "shear", "translate")))
@@ -192,6 +201,12 @@ def find_set_kind(name: str) -> SetKind | None:
         if m and int(m.group(1)) >= 2:
             kind = SetKind(name, "scramble", grid=int(m.group(1)), order=_SCRAMBLE_ORDER)
     return kind
+
+
+def display_name(name: str) -> str:
+    """The name readers see for set ``name`` (:attr:`SetKind.display`); unknown names unchanged."""
+    kind = find_set_kind(name)
+    return kind.display if kind is not None else name
 
 
 def set_kind(name: str) -> SetKind:
