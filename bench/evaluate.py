@@ -8,6 +8,7 @@ which writes them atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -30,6 +31,10 @@ from bench.models.registry import create_model
 from bench.train import EVAL_BATCH
 
 N_EXAMPLES = 8
+RELIABILITY_BINS = 15  # the bins of metrics.ece
+# Our choice: at most this many held-out images fit the temperature and the density score (one
+# extra forward pass per cell; the smoke and quick profiles hold out 300 and 1,500).
+HELDOUT_MAX = 2000
 
 
 def is_scrambled(name: str) -> bool:
@@ -43,6 +48,11 @@ class Predictions:
     features: torch.Tensor  # (N, F)
     recon_error: torch.Tensor | None  # (N,) sum of squared errors of the reconstruction
     recon: torch.Tensor | None  # (k, H, W) the first reconstructions, for figures
+    logits: torch.Tensor | None = None  # (N, 10) what the loss sees (CapsNet: the lengths)
+    # (N, D) the representation the probe and the density score read: the CapsNet's whole
+    # DigitCaps output (10 x 16 = 160-D, every class capsule's pose), the ConvNets' features
+    rep: torch.Tensor | None = None
+    density: torch.Tensor | None = None  # (N,) Mahalanobis distance, once fitted
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -52,29 +62,59 @@ class Predictions:
     def pred(self) -> torch.Tensor:
         return self.scores.argmax(1)
 
+    @property
+    def representation(self) -> torch.Tensor:
+        return self.features if self.rep is None else self.rep
+
+    @property
+    def softmax_scores(self) -> bool:
+        """Whether the scores are the softmax of the logits (the ConvNets), not lengths."""
+        return self.logits is not None and bool(torch.allclose(
+            self.scores, torch.softmax(self.logits.double(), 1).float(), atol=1e-4))
+
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
             batch_size: int = EVAL_BATCH) -> Predictions:
-    """Run ``model`` over uint8 images ``(N, C, C)`` in batches; results on the CPU."""
+    """Run ``model`` over uint8 images ``(N, C, C)`` in batches; results on the CPU.
+
+    A model with a ``digit_capsules`` method (the CapsNet) has its DigitCaps output
+    ``(B, 10, 16)`` (the first element when it returns a tuple) recorded while it runs, as
+    ``Predictions.rep`` ``(N, 160)``: one forward pass, the model's code unchanged.
+    """
     from bench.data.canvas import to_float
 
     model.eval()
     images = images.to(device)  # one transfer: the set stays on the device while it is scored
-    scores, feats, errs, recon = [], [], [], None
-    for start in range(0, images.shape[0], batch_size):
-        x = to_float(images[start : start + batch_size])
-        out = model(x)
-        scores.append(out.scores.float().cpu())
-        feats.append(out.features.float().cpu())
-        if out.reconstruction is not None:
-            r = out.reconstruction.float()
-            errs.append((r - x.flatten(1)).pow(2).sum(1).cpu())
-            if recon is None:
-                # clone: a slice would save the whole batch's storage with it
-                recon = r[:N_EXAMPLES].reshape(-1, *x.shape[-2:]).cpu().clone()
+    scores, logits, feats, errs, caps, recon = [], [], [], [], [], None
+    inner = getattr(model, "digit_capsules", None)
+    if callable(inner):
+        def capture(*args, **kwargs):
+            result = inner(*args, **kwargs)
+            v = result[0] if isinstance(result, tuple) else result  # (B, 10, D) poses
+            caps.append(v.flatten(1).float().cpu())
+            return result
+
+        model.digit_capsules = capture  # an instance attribute shadows the method
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = to_float(images[start : start + batch_size])
+            out = model(x)
+            scores.append(out.scores.float().cpu())
+            logits.append(out.logits.float().cpu())
+            feats.append(out.features.float().cpu())
+            if out.reconstruction is not None:
+                r = out.reconstruction.float()
+                errs.append((r - x.flatten(1)).pow(2).sum(1).cpu())
+                if recon is None:
+                    # clone: a slice would save the whole batch's storage with it
+                    recon = r[:N_EXAMPLES].reshape(-1, *x.shape[-2:]).cpu().clone()
+    finally:
+        if callable(inner):
+            del model.digit_capsules
     return Predictions(
-        torch.cat(scores), torch.cat(feats), torch.cat(errs) if errs else None, recon
+        torch.cat(scores), torch.cat(feats), torch.cat(errs) if errs else None, recon,
+        torch.cat(logits), torch.cat(caps) if len(caps) == len(scores) and caps else None,
     )
 
 
@@ -122,9 +162,88 @@ def reconstruction_rows(preds: Predictions, images: torch.Tensor, means: torch.T
     ]
 
 
+def calibration_rows(name: str, preds: Predictions, correct: np.ndarray,
+                     temperature: float | None, bins: bool) -> list[dict[str, Any]]:
+    """ECE after temperature scaling (``ece_calibrated``) and, with ``bins``, the reliability
+    diagram's bins before (``reliability_raw_*``) and after (``reliability_cal_*``) it:
+    ``count``, ``accuracy``, ``confidence`` per bin, ``factor_value`` = the bin's upper edge.
+
+    The raw confidence is the max score (capsule length or softmax maximum); the calibrated one
+    is the max of ``softmax(logits / T)`` (CapsNet: the lengths through a softmax), with T
+    fitted on held-out images of the training split (:func:`heldout_split`).
+    """
+    if temperature is None or preds.logits is None or not math.isfinite(temperature):
+        return []
+    cal = metrics.softmax_confidence(preds.logits.double().numpy(), temperature)
+    rows = [{"test_set": name, "factor_value": math.nan, "metric": "ece_calibrated",
+             "value": metrics.ece(cal, correct)}]
+    if bins:
+        for tag, conf in (("raw", preds.confidence.double().numpy()), ("cal", cal)):
+            count, acc, mean_conf = metrics.reliability(conf, correct, RELIABILITY_BINS)
+            for i in range(RELIABILITY_BINS):
+                edge = (i + 1) / RELIABILITY_BINS
+                for what, v in (("count", count[i]), ("accuracy", acc[i]),
+                                ("confidence", mean_conf[i])):
+                    rows.append({"test_set": name, "factor_value": edge,
+                                 "metric": f"reliability_{tag}_{what}", "value": float(v)})
+    return rows
+
+
+def part_rows(name: str, preds: Predictions, labels: torch.Tensor, intact: Predictions,
+              intact_labels: torch.Tensor) -> list[dict[str, Any]]:
+    """Rows of a scrambled set against the same digits intact (row i of both is one digit).
+
+    - ``intact_correct``: fraction of the intact digits classified correctly;
+    - ``kept_given_intact_correct``: of those, the fraction still given their class scrambled;
+    - ``flip_rate``: fraction of all digits whose predicted class changes when scrambled;
+    - AUROCs, intact = positive, higher score = "intact": ``auroc_confidence`` (max score:
+      capsule length or softmax maximum), ``auroc_mahalanobis`` (minus the Mahalanobis distance
+      of the representation, :func:`bench.metrics.mahalanobis_score`, every model),
+      ``auroc_max_logit`` and ``auroc_energy`` (logsumexp of the logits; models whose scores
+      are a softmax of logits only), ``auroc_recon`` (minus reconstruction error; CapsNets
+      with a decoder).
+    """
+    nan = math.nan
+    ok = (intact.pred == intact_labels).numpy()
+    kept = (preds.pred == labels).numpy()
+    rows = [
+        {"test_set": name, "factor_value": nan, "metric": "mean_confidence_intact",
+         "value": float(intact.confidence.double().mean())},
+        {"test_set": name, "factor_value": nan, "metric": "auroc_confidence",
+         "value": metrics.auroc(intact.confidence.numpy(), preds.confidence.numpy())},
+        {"test_set": name, "factor_value": nan, "metric": "intact_correct",
+         "value": float(ok.mean()) if ok.size else nan},
+        {"test_set": name, "factor_value": nan, "metric": "kept_given_intact_correct",
+         "value": float(kept[ok].mean()) if ok.any() else nan},
+        {"test_set": name, "factor_value": nan, "metric": "flip_rate",
+         "value": float((preds.pred != intact.pred).double().mean()) if ok.size else nan},
+    ]
+    if preds.density is not None and intact.density is not None:
+        rows.append({"test_set": name, "factor_value": nan, "metric": "auroc_mahalanobis",
+                     "value": metrics.auroc(-intact.density.numpy(), -preds.density.numpy())})
+    if preds.softmax_scores and intact.logits is not None:
+        for metric, f in (("auroc_max_logit", lambda z: z.max(1).values),
+                          ("auroc_energy", lambda z: torch.logsumexp(z, 1))):
+            rows.append({"test_set": name, "factor_value": nan, "metric": metric,
+                         "value": metrics.auroc(f(intact.logits.double()).numpy(),
+                                                f(preds.logits.double()).numpy())})
+    if preds.recon_error is not None and intact.recon_error is not None:
+        # A worse reconstruction says "scrambled": intact digits are the positives.
+        rows.append({"test_set": name, "factor_value": nan, "metric": "auroc_recon",
+                     "value": metrics.auroc(-intact.recon_error.numpy(),
+                                            -preds.recon_error.numpy())})
+    return rows
+
+
 def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dict,
-                intact: Predictions | None) -> list[dict[str, Any]]:
-    """Metric rows ``{test_set, factor_value, metric, value}`` of one test set."""
+                intact: Predictions | None, temperature: float | None = None,
+                intact_labels: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Metric rows ``{test_set, factor_value, metric, value}`` of one test set.
+
+    ``intact``: the same digits intact, row for row (scrambled sets); ``intact_labels`` their
+    classes (default ``labels``: a scrambled digit keeps its intact digit's label).
+    ``temperature``: fitted on held-out images, for the calibrated ECE.
+    """
     kind = set_kind(name)
     correct = (preds.pred == labels).numpy()
     conf = preds.confidence.numpy()
@@ -137,44 +256,47 @@ def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dic
     if kind.calibrated:
         rows.append({"test_set": name, "factor_value": nan, "metric": "ece",
                      "value": metrics.ece(conf, correct)})
+        rows += calibration_rows(name, preds, correct, temperature, bins=name == CLEAN.name)
     if kind.family == "sweep":
         values = params["value"].double().numpy()
+        # fits: all ink of the transformed digit on the canvas (bench.data.affine.sweep_params).
+        fits = (params["fits"].numpy().astype(bool) if "fits" in params
+                else np.ones(len(values), dtype=bool))
         for v in np.unique(values):
             mask = values == v
-            rows.append({"test_set": name, "factor_value": float(v), "metric": "accuracy",
-                         "value": correct[mask].mean()})
+            kept = mask & fits
+            rows += [
+                {"test_set": name, "factor_value": float(v), "metric": "accuracy",
+                 "value": correct[mask].mean()},
+                {"test_set": name, "factor_value": float(v), "metric": "cropped_fraction",
+                 "value": 1.0 - fits[mask].mean()},
+                {"test_set": name, "factor_value": float(v), "metric": "accuracy_fits",
+                 "value": correct[kept].mean() if kept.any() else nan},
+            ]
+        groups = params.get("source")
+        groups = (np.arange(len(values)) if groups is None else groups.long().numpy())
         rows.append({"test_set": name, "factor_value": nan, "metric": "probe_r2",
-                     "value": metrics.ridge_r2(preds.features.double().numpy(), values)})
+                     "value": metrics.decodability_r2(preds.representation.double().numpy(),
+                                                      values, groups)})
     if intact is not None:
-        iconf = intact.confidence.numpy()
-        rows += [
-            {"test_set": name, "factor_value": nan, "metric": "mean_confidence_intact",
-             "value": iconf.mean()},
-            {"test_set": name, "factor_value": nan, "metric": "auroc_confidence",
-             "value": metrics.auroc(iconf, conf)},
-        ]
-        if preds.recon_error is not None and intact.recon_error is not None:
-            # A worse reconstruction says "scrambled": intact digits are the positives.
-            rows.append({"test_set": name, "factor_value": nan, "metric": "auroc_recon",
-                         "value": metrics.auroc(-intact.recon_error.numpy(),
-                                                -preds.recon_error.numpy())})
+        rows += part_rows(name, preds, labels, intact,
+                          labels if intact_labels is None else intact_labels)
     return rows
 
 
 def _subset(preds: Predictions, idx: torch.Tensor) -> Predictions:
-    return Predictions(
-        preds.scores[idx], preds.features[idx],
-        None if preds.recon_error is None else preds.recon_error[idx], None,
-    )
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[idx]
+
+    return Predictions(preds.scores[idx], preds.features[idx], take(preds.recon_error), None,
+                       take(preds.logits), take(preds.rep), take(preds.density))
 
 
 def eval_key(checksums: dict[str, str]) -> str:
     return stable_hash(code_hash(), code_hash(("evaluate.py", "metrics.py")), checksums)
 
 
-def load_model(cell: CellFiles | str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The selected model of a trained cell (``checkpoint.pt``), in eval mode on ``device``."""
-    files = cell if isinstance(cell, CellFiles) else CellFiles(cell)
+def _load(files: CellFiles, device: torch.device | str) -> tuple[torch.nn.Module, dict]:
     if not files.checkpoint.exists():
         raise BenchError(f"{files.checkpoint}: missing (train the cell first: python -m bench train ...)")
     ckpt = load_torch(files.checkpoint)
@@ -183,7 +305,57 @@ def load_model(cell: CellFiles | str | Path, device: torch.device | str = "cpu")
     model.load_state_dict(ckpt["model"])
     if spec.get("train", {}).get("channels_last", False):  # as it trained (TrainConfig)
         model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval()
+    return model.to(device).eval(), spec
+
+
+def load_model(cell: CellFiles | str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The selected model of a trained cell (``checkpoint.pt``), in eval mode on ``device``."""
+    return _load(cell if isinstance(cell, CellFiles) else CellFiles(cell), device)[0]
+
+
+def heldout_split(spec: dict, data_dir: str | None = None, download: bool = False,
+                  limit: int = HELDOUT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled images of the MNIST training split that the cell never trained on.
+
+    The cell's validation images (:func:`bench.train.training_subset` with the cell's ``n``,
+    ``seed`` and ``train.val_size``; never the test set), their first ``limit``. Without a
+    validation set (``val_size = 0``): ``limit`` images drawn, seeded by the cell's seed, from
+    the training split outside the cell's training subset.
+
+    Returns:
+        ``(images uint8 (M, canvas, canvas) centred like the clean test set, labels (M,))``.
+    """
+    from bench.data.canvas import place
+    from bench.data.mnist import load_split
+    from bench.train import training_subset
+
+    images, labels = load_split("train", spec.get("dataset", "mnist"), data_dir, download)
+    val_size = int(spec.get("train", {}).get("val_size", 0))
+    train_idx, val_idx = training_subset(labels, int(spec["n"]), int(spec["seed"]), val_size)
+    if val_idx.numel() == 0:
+        unused = torch.ones(labels.numel(), dtype=torch.bool)
+        unused[train_idx] = False
+        pool = unused.nonzero().flatten()
+        gen = torch.Generator().manual_seed(int(spec["seed"]))
+        val_idx = pool[torch.randperm(pool.numel(), generator=gen)]
+    idx = val_idx[:limit]
+    return place(images[idx], int(spec["canvas"])), labels[idx]
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one CPU thread inside the block, restored after.
+
+    Our choice for the metrics, whose matrices are small (at most a few thousand rows and
+    ~500 columns): measured on a loaded 2-core machine, the probe of one 500 x 160 sweep took
+    0.13 s on one thread and 8.6 s on two (threads waiting on each other).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, names: Sequence[str] | None,
@@ -202,42 +374,57 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     if files.eval_summary.is_file() and read_json(files.eval_summary).get("key") == key:
         return read_json(files.eval_summary)
 
-    model = load_model(files, device)
+    model, spec = _load(files, device)
     t_sets = time.perf_counter()
     preds, predict_s = {}, {}
     for name, ts in sets.items():
         t = time.perf_counter()
         preds[name] = predict(model, ts.images, device)
         predict_s[name] = time.perf_counter() - t
+    t = time.perf_counter()
+    held_images, held_labels = heldout_split(spec, data_dir, download)
+    held = predict(model, held_images, device)
+    predict_s["heldout"] = time.perf_counter() - t
     t_metrics = time.perf_counter()
-    clean = sets.get(CLEAN.name)
-    if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
-        sources = clean.params["source"].long()
-        row_of_source = torch.full((int(sources.max()) + 1,), -1, dtype=torch.long)
-        row_of_source[sources] = torch.arange(len(sources))
-    rows: list[dict[str, Any]] = []
-    conf_frames = []
-    for name, ts in sets.items():
-        intact = None
-        if is_scrambled(name) and clean is not None:
-            idx = row_of_source[ts.params["source"].long()]
-            if bool((idx < 0).any()):
-                raise BenchError(f"{name}: some digits have no intact twin in the clean set")
-            intact = _subset(preds[CLEAN.name], idx)
-            for flag, p, labels in ((False, preds[name], ts.labels),
-                                    (True, intact, clean.labels[idx])):
-                conf_frames.append(pd.DataFrame({
-                    "test_set": name,
-                    "confidence": p.confidence.numpy(),
-                    "correct": (p.pred == labels).numpy(),
-                    "recon_error": (p.recon_error.numpy() if p.recon_error is not None
-                                    else np.full(len(labels), np.nan)),
-                    "intact": flag,
-                }))
-        rows += set_metrics(name, preds[name], ts.labels, ts.params, intact)
-        if name == CLEAN.name:
-            means = class_mean_images(cfg.dataset, cfg.canvas, data_dir, download)
-            rows += reconstruction_rows(preds[name], ts.images.cpu(), means)
+    with _one_thread():  # see _one_thread: small matrices
+        temperature = metrics.fit_temperature(held.logits.double().numpy(), held_labels.numpy())
+        means, precision = metrics.mahalanobis_fit(held.representation.double().numpy(),
+                                                   held_labels.numpy())
+        for name, p in preds.items():
+            if name == CLEAN.name or is_scrambled(name):
+                p.density = torch.from_numpy(metrics.mahalanobis_score(
+                    p.representation.double().numpy(), means, precision))
+        clean = sets.get(CLEAN.name)
+        if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
+            sources = clean.params["source"].long()
+            row_of_source = torch.full((int(sources.max()) + 1,), -1, dtype=torch.long)
+            row_of_source[sources] = torch.arange(len(sources))
+        rows: list[dict[str, Any]] = []
+        conf_frames = []
+        for name, ts in sets.items():
+            intact = None
+            if is_scrambled(name) and clean is not None:
+                idx = row_of_source[ts.params["source"].long()]
+                if bool((idx < 0).any()):
+                    raise BenchError(f"{name}: some digits have no intact twin in the clean set")
+                intact = _subset(preds[CLEAN.name], idx)
+                for flag, p, labels in ((False, preds[name], ts.labels),
+                                        (True, intact, clean.labels[idx])):
+                    conf_frames.append(pd.DataFrame({
+                        "test_set": name,
+                        "confidence": p.confidence.numpy(),
+                        "correct": (p.pred == labels).numpy(),
+                        "recon_error": (p.recon_error.numpy() if p.recon_error is not None
+                                        else np.full(len(labels), np.nan)),
+                        "intact": flag,
+                    }))
+            rows += set_metrics(name, preds[name], ts.labels, ts.params, intact, temperature,
+                                None if intact is None else clean.labels[idx])
+            if name == CLEAN.name:
+                rows.append({"test_set": name, "factor_value": math.nan, "metric": "temperature",
+                             "value": temperature})
+                class_means = class_mean_images(cfg.dataset, cfg.canvas, data_dir, download)
+                rows += reconstruction_rows(preds[name], ts.images.cpu(), class_means)
 
     ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
     table = pd.DataFrame([{**ident, **r} for r in rows])
@@ -250,8 +437,10 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
                **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
                   for k, p in preds.items()},
+               "heldout_images": int(held_labels.numel()),
                # Where the evaluation's time went (seconds): test sets and model loading, the
-               # forward passes per set, and the metrics (the probe's ridge fits included).
+               # forward passes per set (and on the held-out images), and the metrics (the
+               # probe's ridge fits, the temperature and the density fit included).
                "timing": {"sets_s": t_sets - t0, "predict_s": sum(predict_s.values()),
                           "metrics_s": time.perf_counter() - t_metrics,
                           "predict_s_per_set": predict_s}}

@@ -46,6 +46,7 @@ from bench import stats
 from bench.data.testsets import (
     AFFNIST_STYLE,
     CLEAN,
+    display_name,
     find_set_kind,
     order_set_names,
     set_kind,
@@ -217,7 +218,7 @@ def _panel_title(test_set: str) -> str:
     kind = find_set_kind(test_set)
     if kind is not None and kind.scrambled:
         return f"{test_set} (original class kept)"
-    return test_set
+    return display_name(test_set)
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,48 +373,83 @@ def affnist_vs_clean(metrics: pd.DataFrame, stem: str | os.PathLike,
         ax.set_xlim(lim)
         ax.set_ylim(lim)
         ax.set_xlabel("clean accuracy (%)")
-        ax.set_ylabel(f"{other} accuracy (%)")
+        ax.set_ylabel(f"{display_name(other)} accuracy (%)")
         _hollow_legend(fig, models, bool(hollow.any()), ncol=3)
         return save(fig, stem)
 
 
-def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
+def sweeps(metrics: pd.DataFrame, stem: str | os.PathLike, *,
+           not_converged: Collection[tuple[str, int, int]] = ()) -> pd.DataFrame:
     """Accuracy against the magnitude of one transformation, one panel per factor.
 
-    Rows of the sweep sets (``sweep-<factor>``), metric ``accuracy``, each model at its largest
-    n: mean over seeds with its 95% interval (:func:`interval_bands`) and one point per seed.
+    Rows of the sweep sets (``sweep-<factor>``), each model at its largest n: mean over seeds
+    with its 95% interval (:func:`interval_bands`) and one point per seed, hollow for the cells
+    (model, n, seed) in ``not_converged``. Drawn: metric ``accuracy_fits`` (only the digits
+    whose ink stays on the canvas) when the rows have it, else ``accuracy`` (every digit);
+    ``attrs["metric"]`` says which. Where some digits are cropped (metric
+    ``cropped_fraction``), a grey dashed line on the right axis gives the percentage cropped.
 
     Returns:
-        the bands drawn (by model, test_set, factor_value; fractions).
+        the bands drawn (by model, test_set, factor_value; fractions), with ``attrs["metric"]``
+        and ``attrs["hollow"]``: the (model, test_set, factor_value, seed) drawn hollow.
     """
     sweep_sets = sets_where(metrics["test_set"].unique(), lambda k: k.family == "sweep")
-    d = metrics[(metrics["metric"] == "accuracy") & metrics["test_set"].isin(sweep_sets)]
-    d = largest_n(d)
+    rows = metrics[metrics["test_set"].isin(sweep_sets) & metrics["factor_value"].notna()]
+    metric = "accuracy_fits" if (rows["metric"] == "accuracy_fits").any() else "accuracy"
+    d = largest_n(rows[rows["metric"] == metric].dropna(subset=["value"]))
+    cropped = rows[rows["metric"] == "cropped_fraction"]
     bands = interval_bands(d, ("model", "test_set", "factor_value"))
     sets = order_set_names(d["test_set"])
     models = model_order(d["model"])
+    bad = {(m, int(n), int(s)) for m, n, s in not_converged}
+    hollow = {(m, float(v), int(s)) for m, n, v, s in
+              zip(d["model"], d["n"], d["factor_value"], d["seed"], strict=True)
+              if (m, int(n), int(s)) in bad}
+    drawn: list[tuple[str, str, float, int]] = []
     with _style():
         fig, axes = _grid(len(sets), PAGE_IN, 1.8, 4)
         for ax, ts in zip(axes, sets, strict=False):
-            _draw_bands(ax, bands[bands["test_set"] == ts], d[d["test_set"] == ts],
-                        "factor_value", models)
+            drawn += [(m, ts, v, sd) for m, v, sd in _draw_bands(
+                ax, bands[bands["test_set"] == ts], d[d["test_set"] == ts], "factor_value",
+                models, hollow)]
             factor = set_kind(ts).factor
             ax.set_xlabel(FACTOR_LABELS.get(factor, factor))
-            ax.set_ylabel("accuracy (%)")
-            ax.set_title(ts)
-        _model_legend(fig, models)
+            ax.set_ylabel("accuracy, digits that fit (%)" if metric == "accuracy_fits"
+                          else "accuracy (%)")
+            ax.set_title(display_name(ts))
+            # The same digits and transforms for every cell: any cell's rows give the fraction.
+            c = cropped[cropped["test_set"] == ts].groupby("factor_value")["value"].mean()
+            if (c > 0).any():
+                twin = ax.twinx()
+                twin.plot(c.index.to_numpy(dtype=float), 100 * c.to_numpy(dtype=float),
+                          ls="--", lw=0.8, color="0.45", marker="x", markersize=2.5)
+                twin.set_ylim(0, 100)
+                twin.set_ylabel("cropped (%)", color="0.45")
+                twin.tick_params(axis="y", colors="0.45")
+                twin.grid(False)
+        _hollow_legend(fig, models, bool(drawn))
         save(fig, stem)
+    bands.attrs["metric"] = metric
+    bands.attrs["hollow"] = sorted(drawn)
     return bands
 
 
 def _ratio_ticks(lo: float, hi: float) -> list[float]:
-    """Round ticks (1, 1.5, 2, 3, 5, 7 times a power of ten) inside [lo, hi], at most about 8."""
+    """Round ticks inside [lo, hi] for a log ratio axis: the finest of the mantissa sets
+    (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 4, 5, 6, 7, 8, 9), (1, 1.5, 2, 3, 5, 7), (1, 2, 5), (1,)
+    that gives at most 8 ticks; when that gives fewer than 3, evenly spaced round ticks
+    (:class:`matplotlib.ticker.MaxNLocator`), so that a narrow range still gets labels."""
+    candidates = ((1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 4, 5, 6, 7, 8, 9), (1, 1.5, 2, 3, 5, 7),
+                  (1, 2, 5), (1,))
     ticks: list[float] = []
-    for subs in ((1, 1.5, 2, 3, 5, 7), (1, 2, 5), (1,)):
+    for subs in candidates:
         ticks = [float(f"{m * 10.0 ** k:.6g}") for k in range(-4, 5) for m in subs]
         ticks = [t for t in ticks if lo <= t <= hi]
         if len(ticks) <= 8:
             break
+    if len(ticks) < 3 and hi > lo:
+        ticks = [float(f"{t:.6g}") for t in MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+                 .tick_values(lo, hi) if lo <= t <= hi]
     return ticks
 
 
@@ -481,6 +517,53 @@ def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
+def reliability_bins(metrics: pd.DataFrame, tag: str) -> pd.DataFrame:
+    """Per (model, bin) of the clean set at each model's largest n, seeds pooled: the total
+    ``count`` and the count-weighted ``accuracy`` and ``confidence`` of the
+    ``reliability_{tag}_*`` rows (``tag`` "raw" or "cal"); ``factor_value`` is the bin's upper
+    edge. Empty bins are dropped."""
+    names = {f"reliability_{tag}_{k}": k for k in ("count", "accuracy", "confidence")}
+    d = metrics[metrics["metric"].isin(list(names)) & (metrics["test_set"] == CLEAN.name)]
+    d = largest_n(d)
+    wide = d.pivot_table(index=["model", "seed", "factor_value"], columns="metric",
+                         values="value", aggfunc="first").rename(columns=names).reset_index()
+    wide = wide[wide["count"] > 0]
+    wide["hits"] = wide["accuracy"] * wide["count"]
+    wide["conf_sum"] = wide["confidence"] * wide["count"]
+    g = wide.groupby(["model", "factor_value"], as_index=False)[["count", "hits", "conf_sum"]].sum()
+    g["accuracy"] = g["hits"] / g["count"]
+    g["confidence"] = g["conf_sum"] / g["count"]
+    return g[["model", "factor_value", "count", "accuracy", "confidence"]]
+
+
+def reliability(metrics: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Reliability diagram of the clean set: accuracy against mean confidence per bin (15
+    equal-width bins), before (raw max score) and after temperature scaling, one line per model
+    at its largest n, seeds pooled; marker area grows with the bin's count; dashed: y = x."""
+    with _style():
+        fig, axes = plt.subplots(1, 2, figsize=(PAGE_IN, 0.5 * PAGE_IN), layout="constrained",
+                                 sharey=True)
+        models: list[str] = []
+        for ax, tag, title in zip(axes, ("raw", "cal"), ("raw max score",
+                                                          "after temperature scaling"),
+                                  strict=True):
+            b = reliability_bins(metrics, tag)
+            models = model_order(set(models) | set(b["model"]))
+            ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
+            for m in model_order(b["model"]):
+                r = b[b["model"] == m].sort_values("factor_value")
+                ax.plot(r["confidence"], r["accuracy"], color=model_color(m), lw=1.0)
+                ax.scatter(r["confidence"], r["accuracy"], color=model_color(m),
+                           s=8 + 40 * r["count"] / max(float(b["count"].max()), 1.0), zorder=3)
+            ax.set_xlim(0, 1.02)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("mean confidence in bin")
+            ax.set_title(title)
+        axes[0].set_ylabel("accuracy in bin")
+        _model_legend(fig, models)
+        return save(fig, stem)
+
+
 # Figures from confidences.parquet and throughput.csv
 
 
@@ -625,7 +708,7 @@ def example_grid(examples: Mapping[str, Any], stem: str | os.PathLike, k: int = 
     rows = []
     for ts in sets:
         labels = examples.get(f"labels/{ts}")
-        rows.append((ts, _as_images(examples[f"images/{ts}"], k, 255.0),
+        rows.append((display_name(ts), _as_images(examples[f"images/{ts}"], k, 255.0),
                      None if labels is None else _to_numpy(labels)[:k]))
     with _style():
         return save(_grid_figure(rows, k), stem)
@@ -643,7 +726,9 @@ def reconstructions(examples: Mapping[str, Any], stem: str | os.PathLike,
     rows = []
     for ts in sets:
         if f"images/{ts}" in examples:
-            rows.append((f"{ts}\ninput", _as_images(examples[f"images/{ts}"], k, 255.0), None))
-        rows.append((f"{ts}\nreconstruction", _as_images(examples[f"recon/{ts}"], k, 1.0), None))
+            rows.append((f"{display_name(ts)}\ninput", _as_images(examples[f"images/{ts}"], k,
+                                                                   255.0), None))
+        rows.append((f"{display_name(ts)}\nreconstruction",
+                     _as_images(examples[f"recon/{ts}"], k, 1.0), None))
     with _style():
         return save(_grid_figure(rows, k), stem)

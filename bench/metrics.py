@@ -13,8 +13,14 @@ one definition of each number. The definitions follow the papers the benchmark t
   equal-width bins.
 - size to target: the data-efficiency read-out (how many training images a model needs to reach a
   given clean accuracy), interpolated in log(n) because the sizes are spaced geometrically.
-- Student-t confidence intervals over seeds and a ridge read-out ("equivariance probe") of the
-  factor of variation from a model's features.
+- Student-t confidence intervals over seeds and a ridge read-out ("linear decodability of the
+  transform") of the factor of variation from a model's features.
+- temperature scaling (Guo et al. 2017, Sec. 4.2): one scalar T > 0 fitted by minimising the
+  negative log-likelihood of ``softmax(logits / T)`` on held-out labelled images.
+- a class-conditional Mahalanobis feature-density score (Lee et al. 2018, "A Simple Unified
+  Framework for Detecting Out-of-Distribution Samples", Eq. 2: class means and one shared
+  covariance; here with Ledoit-Wolf shrinkage, our choice, so that it is defined when the
+  features outnumber the fitting images).
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ __all__ = [
     "size_to_target",
     "mean_ci",
     "ridge_r2",
+    "decodability_r2",
+    "fit_temperature",
+    "softmax_confidence",
+    "reliability",
+    "ledoit_wolf",
+    "mahalanobis_fit",
+    "mahalanobis_score",
     "aggregate",
     "seed_matrix",
 ]
@@ -206,7 +219,7 @@ def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Equivariance probe
+# Ridge read-out with a random row split (superseded by decodability_r2 in the evaluation)
 
 
 def ridge_r2(
@@ -264,6 +277,227 @@ def ridge_r2(
     if ss_tot == 0:
         return math.nan
     return 1.0 - float(((y[te] - pred) ** 2).sum()) / ss_tot
+
+
+# --------------------------------------------------------------------------------------------
+# Linear decodability of the transform (group-wise cross-validated ridge)
+
+# Our choice: 17 penalties, log-spaced from 1e-3 to 1e5, applied to standardised features.
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
+
+
+def _group_folds(groups: np.ndarray, k: int) -> list[np.ndarray]:
+    """Row indices of ``k`` folds that never split a group: the sorted unique groups are dealt
+    round-robin to the folds (deterministic). Fewer folds when there are fewer groups."""
+    uniq = np.unique(groups)
+    k = min(k, uniq.size)
+    fold_of = {g: i % k for i, g in enumerate(uniq)}
+    f = np.array([fold_of[g] for g in groups])
+    return [np.flatnonzero(f == i) for i in range(k)]
+
+
+def _ridge_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
+                   alphas: Sequence[float]) -> np.ndarray:
+    """Ridge predictions ``(len(alphas), n_test)`` for every penalty from one eigendecomposition.
+
+    Features standardised with the training rows' mean and standard deviation (constant columns
+    left at 0), target centred with the training mean. With ``A`` the standardised training rows
+    and ``B`` the test rows: when D <= N, ``A^T A = V diag(l) V^T`` and
+    ``y_hat = B V diag(1 / (l + a)) V^T A^T y``; otherwise (dual form) ``A A^T = U diag(l) U^T``
+    and ``y_hat = B A^T U diag(1 / (l + a)) U^T y``. Both equal ``B (A^T A + a I)^{-1} A^T y``.
+    The linear algebra runs in torch (float64), so that its thread count is torch's
+    (:func:`bench.evaluate.evaluate_cell` runs the metrics on one thread).
+    """
+    import torch
+
+    xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
+    mu, sd = xtr_t.mean(0), xtr_t.std(0, unbiased=False)
+    sd[sd == 0] = 1.0
+    a, b = (xtr_t - mu) / sd, (xte_t - mu) / sd
+    y_mean = float(ytr.mean())
+    yc = torch.from_numpy(ytr) - y_mean
+    if a.shape[1] <= a.shape[0]:
+        lam, vec = torch.linalg.eigh(a.T @ a)
+        rhs, proj = vec.T @ (a.T @ yc), b @ vec  # (r,), (n_test, r)
+    else:
+        lam, vec = torch.linalg.eigh(a @ a.T)
+        rhs, proj = vec.T @ yc, (b @ a.T) @ vec
+    lam = lam.clamp(min=0.0)  # round-off below 0 on a rank-deficient Gram matrix
+    al = torch.tensor(list(alphas), dtype=torch.float64)[:, None]
+    coef = rhs[None, :] / (lam[None, :] + al)  # (A, r)
+    return (coef @ proj.T + y_mean).numpy()
+
+
+def decodability_r2(features: Any, target: Any, groups: Any, n_folds: int = 5,
+                    alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
+    """Linear decodability of the transform: held-out R^2 of a ridge read-out, split by digit.
+
+    Outer ``n_folds`` folds by ``groups`` (the source digit: the same digit never lies on both
+    sides); in each outer training part the penalty is chosen from ``alphas`` by an inner
+    ``n_folds - 1``-fold group-wise cross-validation (smallest pooled squared error), refitted on
+    the whole outer training part and applied to the held-out fold. The out-of-fold predictions
+    of all rows are pooled: ``R^2 = 1 - sum (y - y_hat)^2 / sum (y - mean(y))^2``.
+
+    Because the penalty is chosen on held-out digits, features that carry no information give
+    R^2 near 0 (a large penalty, predicting the training mean) whatever their dimension, and an
+    exactly linear code gives R^2 near 1 whatever its dimension.
+
+    Args:
+        features: (N, D) representation of each image.
+        target: (N,) factor value applied to each image.
+        groups: (N,) source digit of each image.
+
+    Returns:
+        R^2 (at most 1; slightly negative for uninformative features); NaN with fewer than 3
+        groups or a constant target.
+    """
+    x = _np(features, "features")
+    y = _np(target, "target").reshape(-1)
+    g = _np(groups, "groups", dtype=np.int64).reshape(-1)
+    x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
+    _same_length(x, y, "decodability_r2(features, target)")
+    _same_length(x, g, "decodability_r2(features, groups)")
+    if np.unique(g).size < 3 or n_folds < 3 or float(np.ptp(y)) == 0.0:
+        return math.nan
+    pred = np.empty_like(y)
+    for te in _group_folds(g, n_folds):
+        tr = np.setdiff1d(np.arange(y.size), te)
+        sse = np.zeros(len(alphas))
+        for ite in _group_folds(g[tr], n_folds - 1):
+            itr = np.setdiff1d(np.arange(tr.size), ite)
+            p = _ridge_predict(x[tr][itr], y[tr][itr], x[tr][ite], alphas)
+            sse += ((p - y[tr][ite][None, :]) ** 2).sum(1)
+        best = alphas[int(np.argmin(sse))]  # ties: the first, i.e. the smallest penalty
+        pred[te] = _ridge_predict(x[tr], y[tr], x[te], [best])[0]
+    return 1.0 - float(((y - pred) ** 2).sum()) / float(((y - y.mean()) ** 2).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration by temperature scaling
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (1e-3, 1e3)) -> float:
+    """The temperature T minimising the mean NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    A bounded scalar search (``scipy.optimize.minimize_scalar``) over log T in
+    ``[log bounds[0], log bounds[1]]``; the NLL is smooth in log T. For a CapsNet the "logits"
+    are the 10 capsule lengths (in [0, 1]), so T comes out small (lengths differ by < 1).
+
+    Args:
+        logits: (N, 10) scores whose softmax is calibrated (logits, or capsule lengths).
+        labels: (N,) true classes.
+
+    Returns:
+        T > 0; NaN for N = 0.
+    """
+    from scipy import optimize
+
+    z = _np(logits, "logits")
+    y = _np(labels, "labels", dtype=np.int64).reshape(-1)
+    if z.ndim != 2:
+        raise BenchError(f"fit_temperature: expected logits (N, C), got shape {z.shape}")
+    _same_length(z, y, "fit_temperature(logits, labels)")
+    if y.size == 0:
+        return math.nan
+    rows = np.arange(y.size)
+
+    def nll(log_t: float) -> float:
+        return float(-_log_softmax(z / math.exp(log_t))[rows, y].mean())
+
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    res = optimize.minimize_scalar(nll, bounds=(lo, hi), method="bounded",
+                                   options={"xatol": 1e-6})
+    return float(math.exp(res.x))
+
+
+def softmax_confidence(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """``(N,)`` max of ``softmax(logits / temperature)``, the calibrated confidence."""
+    z = _np(logits, "logits")
+    if not temperature > 0:
+        raise BenchError(f"softmax_confidence: expected temperature > 0, got {temperature}")
+    return np.exp(_log_softmax(z / temperature).max(1))
+
+
+def reliability(confidence: Any, correct: Any, n_bins: int = 15
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin ``(count, accuracy, mean confidence)``, each ``(n_bins,)``, with the bins of
+    :func:`ece` (right-closed, equal width); accuracy and confidence are NaN in empty bins.
+    ``ece == sum(count * |accuracy - confidence|) / N`` over the non-empty bins."""
+    conf = _np(confidence, "confidence").reshape(-1)
+    hit = _np(correct, "correct").reshape(-1)
+    _same_length(conf, hit, "reliability(confidence, correct)")
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=hit, minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+    return count, acc, mean_conf
+
+
+# --------------------------------------------------------------------------------------------
+# Feature density: class-conditional Mahalanobis distance
+
+
+def ledoit_wolf(residuals: Any) -> np.ndarray:
+    """Ledoit-Wolf (2004) shrunk covariance ``(D, D)`` of already-centred rows ``(N, D)``.
+
+    ``(1 - s) S + s mu I`` with ``S = X^T X / N``, ``mu = tr(S) / D`` and the shrinkage s of
+    Ledoit & Wolf's Lemma 3.2 estimate, clipped to [0, 1] (the formula of
+    ``sklearn.covariance.ledoit_wolf_shrinkage`` with ``assume_centered=True``).
+    """
+    import torch
+
+    x = _np(residuals, "residuals")
+    n, d = x.shape
+    xt = torch.from_numpy(x)
+    s = (xt.T @ xt).numpy() / n
+    mu = float(np.trace(s)) / d
+    x2 = xt**2
+    beta_ = float((x2.T @ x2).sum())
+    delta_ = float((s**2).sum())
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * float(np.trace(s)) + d * mu**2) / d
+    beta = min(beta, delta)
+    shrink = 0.0 if beta == 0 else beta / delta
+    return (1 - shrink) * s + shrink * mu * np.eye(d)
+
+
+def mahalanobis_fit(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(C, D)`` (the classes present, in sorted order) and the shared precision
+    ``(D, D)``: the inverse of the Ledoit-Wolf covariance of the within-class residuals."""
+    x = _np(features, "features")
+    y = _np(labels, "labels", dtype=np.int64).reshape(-1)
+    x = x.reshape(x.shape[0], -1)
+    _same_length(x, y, "mahalanobis_fit(features, labels)")
+    import torch
+
+    classes = np.unique(y)
+    if classes.size == 0:
+        raise BenchError("mahalanobis_fit: no images to fit")
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    resid = x - means[np.searchsorted(classes, y)]
+    # torch for the (D, D) algebra, as in _ridge_predict
+    cov = torch.from_numpy(ledoit_wolf(resid))
+    return means, torch.linalg.pinv(cov, hermitian=True).numpy()
+
+
+def mahalanobis_score(features: Any, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """``(N,)`` min over classes c of ``(x - mu_c)^T P (x - mu_c)``: small = typical of some
+    class. Label-free: no class label of the scored image is used."""
+    import torch
+
+    x = torch.from_numpy(_np(features, "features")).reshape(len(features), -1)
+    p, m = torch.from_numpy(np.asarray(precision, np.float64)), torch.from_numpy(
+        np.asarray(means, np.float64))
+    xp = x @ p  # (N, D)
+    # (x - m)^T P (x - m) = x^T P x - 2 m^T P x + m^T P m, for all classes at once
+    quad = (xp * x).sum(1)[:, None] - 2 * xp @ m.T + ((m @ p) * m).sum(1)
+    return quad.min(1).values.numpy()
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from bench.data.testsets import (
     AFFNIST_STYLE,
     CLEAN,
     SET_KINDS,
+    display_name,
     find_set_kind,
     order_set_names,
     sets_where,
@@ -519,7 +520,8 @@ def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> C
     cb, sizes_b = _curves(ctx.main, b, other)
     common = sorted(set(ca) & set(cb))
     if not common:
-        claim.reason = f"{NOT_MEASURED} (no clean and {other} accuracies of both models)"
+        claim.reason = (f"{NOT_MEASURED} (no clean and {display_name(other)} accuracies of "
+                        "both models)")
         return claim
     ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
     c = _c_star([ca, cb])
@@ -572,16 +574,21 @@ def _smallest_scramble(test_sets: Iterable[str]) -> str | None:
     return min(kinds, key=lambda k: k.grid).name if kinds else None
 
 
+# The score C3 compares: defined the same way for every family (see SCOREBOARD_RULES).
+PART_SCORE = "auroc_mahalanobis"
+
+
 def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
-    """``a`` minus ``b`` of the intact-vs-scrambled AUROC, smallest grid, largest common n."""
+    """``a`` minus ``b`` of the intact-vs-scrambled AUROC of :data:`PART_SCORE`, smallest grid,
+    largest common n."""
     if (why := ctx.absent(a, b)) is not None:
         claim.reason = why
         return claim
-    auroc = ctx.main[ctx.main["metric"] == "auroc_confidence"]
+    auroc = ctx.main[ctx.main["metric"] == PART_SCORE]
     ts = _smallest_scramble(auroc["test_set"])
     sizes = (set(_rows(auroc, a, ts)["n"]) & set(_rows(auroc, b, ts)["n"])) if ts else set()
     if not sizes:
-        claim.reason = f"{NOT_MEASURED} (no auroc_confidence on a scrambled set for both models)"
+        claim.reason = f"{NOT_MEASURED} (no {PART_SCORE} on a scrambled set for both models)"
         return claim
     n = max(sizes)
     va, vb = _by_seed(_rows(auroc, a, ts, n=n)), _by_seed(_rows(auroc, b, ts, n=n))
@@ -605,12 +612,12 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
         cells: :func:`read_cells` of ``cells.csv`` (steps, labelled images, convergence), if any.
     """
     ctx = _Context(main, manifest, cells)
-    other = AFFNIST_STYLE.name
+    other, shown = AFFNIST_STYLE.name, AFFNIST_STYLE.display
     return [
         _matched_claim(ctx, Claim(
             "C1", "viewpoint",
-            f"{other} accuracy at matched clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
-            f"the CapsNet keeps more {other} accuracy than the max-pooling ConvNet at the same "
+            f"{shown} accuracy at matched clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
+            f"the CapsNet keeps more {shown} accuracy than the max-pooling ConvNet at the same "
             "clean accuracy (Sabour et al. 2017, Sec. 5.2)", 0.0, "pp"),
             REFERENCE, MAXPOOL, other),
         _data_claim(ctx, Claim(
@@ -620,14 +627,14 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "ratio"), MAXPOOL, REFERENCE, targets),
         _part_claim(ctx, Claim(
             "C3", "part arrangement",
-            f"AUROC intact vs scrambled (confidence, a provisional ranking score), "
+            f"AUROC intact vs scrambled (feature density: class-conditional Mahalanobis), "
             f"{REFERENCE} {MINUS} {MAXPOOL}",
-            "the CapsNet's confidence separates intact from scrambled digits better", 0.0,
-            "AUROC"), REFERENCE, MAXPOOL),
+            "the CapsNet's own representation separates intact from scrambled digits better "
+            "by the same label-free density score", 0.0, "AUROC"), REFERENCE, MAXPOOL),
         _matched_claim(ctx, Claim(
             "C4", "counter-claim",
-            f"{other} accuracy at matched clean accuracy c*, {K9} {MINUS} {REFERENCE}",
-            f"the ConvNet with the CapsNet's 9x9 kernels keeps more {other} accuracy than the "
+            f"{shown} accuracy at matched clean accuracy c*, {K9} {MINUS} {REFERENCE}",
+            f"the ConvNet with the CapsNet's 9x9 kernels keeps more {shown} accuracy than the "
             "CapsNet at the same clean accuracy (the counter-claim of Gu, Tresp & Hu 2021 "
             "holds)", 0.0, "pp"),
             K9, REFERENCE, other),
@@ -635,17 +642,20 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
 
 
 SCOREBOARD_RULES = [
-    f"C1 and C4 compare the {AFFNIST_STYLE.name} accuracy of two models at the same clean "
+    f"C1 and C4 compare the {AFFNIST_STYLE.display} accuracy of two models at the same clean "
     "accuracy c*, the highest clean accuracy both reach on every seed: each seed's accuracy is "
     "read at c* along its curve of increasing n by linear interpolation between sizes.",
     "C2 takes the training-set size at which each seed's clean accuracy first reaches the "
     "highest of the profile's targets that both models reach on every seed (linear in log n "
     "between sizes), and the geometric mean of the per-seed ratios.",
-    "C3 compares the AUROC of telling intact from scrambled digits by each model's own "
-    "confidence (capsule length for the CapsNet, softmax maximum for the ConvNets), on the "
-    "scrambled set with the smallest grid at the largest n. It ranks each model's own "
-    "confidences, so it compares the families only as rankings; a label-free feature-density "
-    "score is planned to replace it.",
+    "C3 compares the AUROC of telling intact from scrambled digits (intact = positive) by a "
+    "label-free feature-density score defined the same way for every family: minus the "
+    "smallest class-conditional Mahalanobis distance of the model's representation (CapsNet: "
+    "the 10 x 16 DigitCaps output; ConvNets: the penultimate features), class means and one "
+    "shared Ledoit-Wolf covariance fitted on the cell's held-out validation images, on the "
+    "scrambled set with the smallest grid at the largest n. Our choice: not the confidence "
+    "(a capsule length is not a probability, a softmax maximum is) nor a reconstruction "
+    "error (CapsNets only); those are in the part-arrangement table.",
     f"Intervals: 95%, paired over seeds (Student t on the per-seed differences; for C2 on the "
     f"log ratios, exponentiated); {CLIPPED}: clipped to the possible range; {BOUNDED}: some "
     "seed reached the target at the smallest n, where the size is only an upper bound.",
@@ -709,8 +719,13 @@ def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | Non
     label = _largest_n_label(d)
     if not sets:
         return None, None, label
-    header = ["Model", "n", "Seeds"] + [f"{t} acc. (%)" for t in sets]
-    header += [f"{t} ECE (%)" for t in sets]
+    header = ["Model", "n", "Seeds"] + [f"{display_name(t)} acc. (%)" for t in sets]
+    header += [f"{display_name(t)} ECE (%)" for t in sets]
+    # ECE after temperature scaling where the run has it: raw capsule lengths and softmax
+    # maxima are not comparable confidences (the calibration table has both).
+    ece_metric = "ece_calibrated" if (d["metric"] == "ece_calibrated").any() else "ece"
+    ece_what = ("after temperature scaling" if ece_metric == "ece_calibrated"
+                else "of the raw max score")
     rows = []
     for m in models:
         sub = d[d["model"] == m]
@@ -718,12 +733,12 @@ def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | Non
             continue
         n = int(sub["n"].max())
         row = [m, _int(n), str(sub["seed"].nunique())]
-        for metric in ("accuracy", "ece"):
+        for metric in ("accuracy", ece_metric):
             row += [_iv(stats.mean_interval(_by_seed(_rows(sub, m, t, metric))), 100)
                     for t in sets]
         rows.append(row)
-    head = Table("headline", f"Accuracy and calibration (ECE, 15 bins) at the largest n ({label}),"
-                 " mean over seeds with its 95% interval.", header, rows,
+    head = Table("headline", f"Accuracy and calibration (ECE, 15 bins, {ece_what}) at the largest "
+                 f"n ({label}), mean over seeds with its 95% interval.", header, rows,
                  "lrr" + "r" * 2 * len(sets), [NOTE_MEAN])
     diff = None
     if REFERENCE in models:
@@ -745,7 +760,7 @@ def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | Non
             diff = Table("headline_diff", f"Accuracy difference to {REFERENCE} at the largest n "
                          f"({label}), paired by seed, in percentage points.",
                          ["Model", "n", "Seed pairs"]
-                         + [f"{t} acc. {MINUS} {REFERENCE} (pp)" for t in sets],
+                         + [f"{display_name(t)} acc. {MINUS} {REFERENCE} (pp)" for t in sets],
                          rows, "lrr" + "r" * len(sets), [NOTE_DIFF])
     return head, diff, label
 
@@ -766,7 +781,8 @@ def _matched_table(main: pd.DataFrame, models: list[str]) -> Table | None:
             if m != REFERENCE and REFERENCE in matched:
                 diff = _iv(stats.paired_difference(matched[m], matched[REFERENCE]), 100,
                            signed=True)
-            rows.append([m, other, _fixed(100 * c, 2), str(iv.n), _iv(iv, 100), diff])
+            rows.append([m, display_name(other), _fixed(100 * c, 2), str(iv.n), _iv(iv, 100),
+                         diff])
     if not rows:
         return None
     return Table("matched", "Accuracy under affine transforms at matched clean accuracy "
@@ -778,28 +794,76 @@ def _matched_table(main: pd.DataFrame, models: list[str]) -> Table | None:
                   f"{MINUS} {REFERENCE} (pp)"], rows, "llrrrr", [NOTE_MEAN, NOTE_DIFF])
 
 
+PART_COLUMNS = (  # (metric, header, scale, digits) of the part-arrangement table
+    ("intact_correct", "Intact correct (%)", 100, 2),
+    ("kept_given_intact_correct", "Kept if intact correct (%)", 100, 2),
+    ("flip_rate", "Flip rate (%)", 100, 2),
+    (PART_SCORE, "AUROC density", 1, 3),
+    ("auroc_confidence", "AUROC own score", 1, 3),
+    ("auroc_max_logit", "AUROC max logit", 1, 3),
+    ("auroc_energy", "AUROC energy", 1, 3),
+    ("auroc_recon", "AUROC recon.", 1, 3),
+)
+
+
 def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     sets = sets_where(main["test_set"].unique(), lambda k: k.scrambled)
     if not sets:
         return None
     d = figures.largest_n(main[main["test_set"].isin(sets)])
-    header = ["Model", "Test set", "Orig. class kept (%)", "Conf. scrambled", "Conf. intact",
-              "AUROC conf.", "AUROC recon."]
+    cols = [c for c in PART_COLUMNS if (d["metric"] == c[0]).any()]
+    header = ["Model", "Test set"] + [c[1] for c in cols]
     rows = []
     for m in models:
         for t in sets:
-            vals = [_by_seed(_rows(d, m, t, k)) for k in (
-                "accuracy", "mean_confidence", "mean_confidence_intact", "auroc_confidence",
-                "auroc_recon")]
+            vals = [_by_seed(_rows(d, m, t, c[0])) for c in cols]
             if not any(vals):
                 continue
-            ivs = [stats.mean_interval(v) for v in vals]
-            rows.append([m, t, _iv(ivs[0], 100)] + [_iv(iv, digits=3) for iv in ivs[1:]])
+            rows.append([m, t] + [_iv(stats.mean_interval(v), scale, digits) if v else "—"
+                                  for v, (_, _, scale, digits) in zip(vals, cols, strict=True)])
     return Table("scrambled", f"Scrambled and displaced parts at the largest n "
-                 f"({_largest_n_label(d)}): how often the original class is still predicted, "
-                 "mean confidence on the scrambled and the same intact digits, and AUROC of "
-                 "telling them apart (intact = positive) by confidence or by reconstruction "
-                 "error (CapsNet).", header, rows, "llrrrrr", [NOTE_MEAN])
+                 f"({_largest_n_label(d)}). Intact correct: the intact digits classified "
+                 "correctly; kept if intact correct: of those, the share still given their class "
+                 "when scrambled; flip rate: digits whose predicted class changes. AUROC of "
+                 "telling intact (positive) from scrambled digits: density = minus the "
+                 "class-conditional Mahalanobis distance of the model's representation (every "
+                 "model; the C3 score); own score = the max score (capsule length or softmax "
+                 "maximum, a ranking within a model only); max logit and energy (logsumexp) for "
+                 "softmax models; recon. = minus the reconstruction error (CapsNets). Raw "
+                 "confidences are not compared across families.", header, rows,
+                 "ll" + "r" * len(cols), [NOTE_MEAN])
+
+
+def _calibration_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+    """Temperature and ECE before and after temperature scaling, at the largest n."""
+    d = main[main["metric"].isin(["ece", "ece_calibrated", "temperature"])
+             & main["factor_value"].isna()]
+    if not (d["metric"] == "ece_calibrated").any():
+        return None
+    d = figures.largest_n(d)
+    sets = sets_where(d["test_set"].unique(), lambda k: k.calibrated)
+    rows = []
+    for m in models:
+        if m not in set(d["model"]):
+            continue
+        t = stats.mean_interval(_by_seed(_rows(d, m, CLEAN.name, "temperature")),
+                                bounds=(0.0, math.inf))
+        row = [m, _iv(t, digits=3)]
+        for ts in sets:
+            row += [_iv(stats.mean_interval(_by_seed(_rows(d, m, ts, k))), 100)
+                    for k in ("ece", "ece_calibrated")]
+        rows.append(row)
+    header = ["Model", "Temperature T"]
+    for ts in sets:
+        header += [f"{display_name(ts)} ECE raw (%)", f"{display_name(ts)} ECE after T (%)"]
+    return Table("calibration", "Calibration at the largest n "
+                 f"({_largest_n_label(d)}): ECE (15 bins) of the raw max score (capsule length "
+                 "for the CapsNet, softmax maximum for the ConvNets) and after temperature "
+                 "scaling (max of softmax(logits / T); the CapsNet's 10 lengths go through the "
+                 "softmax as logits), with T fitted by minimising the NLL on the cell's held-out "
+                 "validation images (never the test set). Capsule lengths are not "
+                 "probabilities: compare families after T only.", header, rows,
+                 "lr" + "r" * 2 * len(sets), [NOTE_MEAN])
 
 
 def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
@@ -812,11 +876,44 @@ def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     rows = [[m] + [_iv(stats.mean_interval(_by_seed(d[(d["model"] == m) & (d["test_set"] == t)]),
                                            bounds=(-math.inf, 1.0)), digits=3) for t in sets]
             for m in models if m in set(d["model"])]
-    return Table("probe", "Equivariance probe: held-out R² of a ridge read-out of each "
-                 "transformation's magnitude from the model's features (CapsNet: winning "
-                 f"capsule's pose), at the largest n ({_largest_n_label(d)}).",
+    return Table("probe", "Linear decodability of the transform: R² of a ridge read-out of "
+                 "each transformation's magnitude from the model's representation (CapsNet: the "
+                 "whole 10 x 16 DigitCaps output; ConvNets: penultimate features), predicted "
+                 "for digits held out of the fit (5 folds by source digit) with the ridge "
+                 "penalty chosen by an inner cross-validation over digits, so that features "
+                 "without information score about 0 whatever their dimension; at the largest n "
+                 f"({_largest_n_label(d)}).",
                  header, rows, "l" + "r" * len(sets),
                  [NOTE_MEAN.replace("([0, 100]% for accuracies)", "(R² ≤ 1)")])
+
+
+def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+    """Per sweep point: the percentage of digits cropped and each model's accuracy on the
+    digits that fit, at its largest n."""
+    sets = sets_where(main["test_set"].unique(), lambda k: k.family == "sweep")
+    d = main[main["test_set"].isin(sets) & main["factor_value"].notna()]
+    if d.empty or not (d["metric"] == "accuracy_fits").any():
+        return None
+    d = figures.largest_n(d)
+    models = [m for m in models if (d["model"] == m).any()]
+    rows = []
+    for t in sets:
+        sub = d[d["test_set"] == t]
+        for v in sorted(set(sub["factor_value"])):
+            at = sub[sub["factor_value"] == v]
+            crop = at.loc[at["metric"] == "cropped_fraction", "value"]
+            row = [_factor(t), f"{v:g}", _num(100 * crop.mean()) if len(crop) else "—"]
+            for m in models:
+                acc = _by_seed(at[(at["model"] == m) & (at["metric"] == "accuracy_fits")]
+                               .dropna(subset=["value"]))
+                row.append(_iv(stats.mean_interval(acc), 100) if acc else "—")
+            rows.append(row)
+    return Table("sweeps", "Per-factor sweeps at the largest n: the percentage of digits whose "
+                 "ink leaves the 40x40 canvas (cropped; the same digits for every model), and "
+                 "each model's accuracy on the digits that fit (cropped digits excluded).",
+                 ["Factor", "Value", "Cropped (%)"] + [f"{m} acc. (%)" for m in models], rows,
+                 "lrr" + "r" * len(models),
+                 [NOTE_MEAN, "—: every digit at that point is cropped, or no rows."])
 
 
 def _needed_text(nd: _Needed) -> str:
@@ -982,20 +1079,26 @@ def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
     if not m.empty:
         header = ["Model", "Device", "Input", "Batch", "Params", "MFLOPs/img", "Train img/s",
                   "Infer img/s", "Latency b=1 (ms)", "Peak mem (MB)"]
+        infer_mem = "peak_infer_mem_mb" in m.columns
+        if infer_mem:
+            header.append("Peak infer. mem (MB)")
         rows = []
         for _, r in m.sort_values(["device_name", "input_size", "batch"], kind="stable").iterrows():
             rows.append([str(r["model"]), str(r["device_name"]), _int(r["input_size"]),
                          _int(r["batch"]), _int(r["params"]), _num(r["flops_per_image"] / 1e6),
                          _int(r["train_images_per_s"]), _int(r["infer_images_per_s"]),
-                         _num(r["latency_b1_ms"], 2), _int(r["peak_mem_mb"])])
+                         _num(r["latency_b1_ms"], 2), _int(r["peak_mem_mb"])]
+                        + ([_int(r["peak_infer_mem_mb"])] if infer_mem else []))
         order = {name: i for i, name in enumerate(figures.model_order(m["model"]))}
         rows.sort(key=lambda row: (row[1], order[row[0]]))
         out.append(Table("throughput", "Throughput: images per second for a training step "
-                         "(forward, backward, optimiser) and for inference.",
-                         header, rows, "llrrrrrrrr"))
+                         "(forward, backward, optimiser) and for inference; peak memory of a "
+                         "training step (of inference when training is not measured) and of "
+                         "one inference batch.",
+                         header, rows, "ll" + "r" * (len(header) - 2)))
     g = tp[tp["kind"] == "generation"]
     if not g.empty:
-        rows = [[str(r["model"]), str(r["device_name"]), _int(r["images_per_s"])]
+        rows = [[display_name(str(r["model"])), str(r["device_name"]), _int(r["images_per_s"])]
                 for _, r in g.iterrows()]
         out.append(Table("generation", "Test-set generation speed (images per second).",
                          ["Test set", "Device", "Images/s"], rows, "llr"))
@@ -1018,10 +1121,14 @@ HOW_TO_READ = f"""\
 - **What is compared here.** The scoreboard and the matched-accuracy table compare models at
   the same clean accuracy, as the paper does; the headline tables compare them at the largest
   n, whatever their clean accuracy; the data-efficiency table and figures compare them across
-  training-set sizes. `affnist` is an affNIST-style set regenerated from MNIST test digits
-  (`affnist-real` is the official set, when given). On scrambled digits, "accuracy" is how often
-  the scrambled digit still gets its original class (lower means more sensitive to part
-  arrangement).
+  training-set sizes. affNIST-style (test set `affnist` in `metrics.csv`) is our set
+  regenerated from MNIST test digits with affNIST-like ranges (`affnist-real` is the official
+  set, when given). The sweeps vary one factor at a time; their accuracies count only the
+  digits whose ink stays on the 40x40 canvas, and the sweep table gives the fraction cropped.
+  On scrambled digits, "accuracy" is how often
+  the scrambled digit still gets its original class, whether or not the intact digit was
+  right; the part-arrangement table conditions it on the intact digit being classified
+  correctly ("kept if intact correct"), so a weaker model does not look more part-aware.
 - **Uncertainty.** Seeds are the unit of replication. Means carry a 95% Student-t interval over
   seeds, clipped to the metric's range ({CLIPPED} marks a clipped interval); comparisons with
   {REFERENCE} are paired by seed; training-set sizes and their ratios get intervals on the log
@@ -1032,7 +1139,8 @@ HOW_TO_READ = f"""\
 
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
-               "probe", "data_efficiency", "recon", "mnist", "throughput", "generation")
+               "calibration", "probe", "sweeps", "data_efficiency", "recon", "mnist", "throughput",
+               "generation")
 
 FIGURE_CAPTIONS = {
     "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
@@ -1043,11 +1151,18 @@ FIGURE_CAPTIONS = {
     "affnist_vs_clean": "affNIST-style against clean accuracy, one point per cell (model, n, "
                         "seed); marker area grows with n; dashed: y = x; dotted: the matched "
                         "clean accuracy c*; hollow points: cells that did not converge.",
-    "sweeps": "Accuracy against the magnitude of each transformation at the largest n: mean "
-              "over seeds with the tables' 95% interval as the band.",
+    "sweeps": "Accuracy against the magnitude of each transformation at the largest n, on the "
+              "digits whose ink stays on the canvas: mean over seeds with the tables' 95% "
+              "interval as the band, one point per seed; hollow points: cells that did not "
+              "converge; grey dashed (right axis): the percentage of digits cropped.",
     "confidence_scrambled": "Confidence on scrambled digits (right halves) against the same "
                             "digits intact (left halves), largest n, seeds pooled; lines: "
                             "quartiles.",
+    "reliability": "Reliability diagram of the clean test set at each model's largest n, seeds "
+                   "pooled: accuracy against mean confidence in 15 equal-width bins, of the raw "
+                   "max score (left; capsule length or softmax maximum) and after temperature "
+                   "scaling fitted on held-out validation images (right); marker area grows "
+                   "with the bin's count; dashed: perfect calibration.",
     "throughput": "Training and inference throughput (images/s).",
     "examples": "The first images of each test set (label in the corner).",
     "reconstructions": "CapsNet reconstructions (from the winning capsule) under each input.",
@@ -1087,6 +1202,30 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
             f"seeds = {', '.join(str(s) for s in sorted(set(d['seed'])))}"
         )
     return lines + convergence + [""]
+
+
+def _test_set_sizes(manifest: dict | None, main: pd.DataFrame) -> list[str]:
+    """One line per test set of the main setup: its images (the manifest's ``data_checksums``
+    counts), and for the sweeps the digits per point."""
+    sets = (manifest or {}).get("data_checksums", {}).get(MAIN_SETUP) or {}
+    names = order_set_names(t for t in sets if t in set(main["test_set"]) or main.empty)
+    if not names:
+        return []
+    lines = ["## Test sets", "", "Images per test set (each image scored once per cell):", ""]
+    for t in names:
+        count, spec = int(sets[t].get("count", 0)), sets[t].get("spec") or {}
+        kind = find_set_kind(t)
+        detail = ""
+        if kind is not None and kind.family == "affine" and spec.get("affnist_k"):
+            k = int(spec["affnist_k"])
+            detail = f" ({count // k:,} digits × {k} transforms)"
+        elif kind is not None and kind.family == "sweep" and spec.get("grid"):
+            points = len(spec["grid"])
+            detail = f" ({count // points:,} digits × {points} points)"
+        name = display_name(t)
+        shown = name if name == t else f"{name} (`{t}`)"
+        lines.append(f"- {shown}: {count:,} images{detail}")
+    return lines + [""]
 
 
 def _targets(manifest: dict | None, notes: list[str]) -> list[float]:
@@ -1141,7 +1280,9 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         sections += [
             ("Accuracy at matched clean accuracy", _matched_table(main, models), ""),
             ("Scrambled and displaced parts", _scrambled_table(main, models), ""),
+            ("Calibration", _calibration_table(main, models), ""),
             ("Equivariance probe", _probe_table(main, models), ""),
+            ("Per-factor sweeps", _sweeps_table(main, models), ""),
             ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
@@ -1172,6 +1313,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
                "(`figures/claims.pdf`)", ""]
     md += ["LaTeX: `tables/claims.tex`", ""]
     md += _run_section(manifest, df, convergence)
+    md += _test_set_sizes(manifest, main)
     md += [HOW_TO_READ]
     for title, table, sentence in sections:
         if table is None:
@@ -1220,8 +1362,11 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
         figures.affnist_vs_clean(main, out / "affnist_vs_clean", not_converged=hollow,
                                  c_star=_matched_c_star(main, models))
         done.append("affnist_vs_clean")
+    if (main["metric"] == "reliability_cal_count").any():
+        figures.reliability(main, out / "reliability")
+        done.append("reliability")
     if sets_where(sets, lambda k: k.family == "sweep"):
-        figures.sweeps(main, out / "sweeps")
+        figures.sweeps(main, out / "sweeps", not_converged=hollow)
         done.append("sweeps")
     if conf is not None:
         c = conf[conf["setup"] == MAIN_SETUP]

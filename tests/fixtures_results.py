@@ -34,6 +34,10 @@ SWEEPS = {
     "translate": ((0.0, 4.0, 8.0, 12.0), 0.0, 10.0),
 }
 SCRAMBLED = ("scramble-g2", "scramble-g3", "displaced")
+# Fraction of the sweep digits whose ink leaves the canvas, per (factor, value); 0 elsewhere.
+CROPPED = {("translate", 8.0): 0.06, ("translate", 12.0): 0.45, ("scale", 1.4): 0.2}
+# Test-set sizes of the fixture run's manifest (digits, transforms per digit, digits per point).
+N_TEST, AFFNIST_K, SWEEP_N = 1_000, 4, 50
 FILES = ("metrics.csv", "cells.csv", "confidences.parquet", "throughput.csv", "examples.pt",
          "manifest.json")
 WIDTH = 0.125
@@ -82,6 +86,17 @@ def _metric_rows(models: Iterable[str], rng: np.random.Generator, seeds: tuple[i
                     add(*cell, ts, "error", 1 - acc)
                     add(*cell, ts, "mean_confidence", min(acc + rng.normal(0.02, 0.01), 1.0))
                     add(*cell, ts, "ece", abs(ece + rng.normal(0, 0.01)))
+                    add(*cell, ts, "ece_calibrated", abs(ece / 3 + rng.normal(0, 0.003)))
+                add(*cell, "clean", "temperature", (0.08 if caps else 1.3) * rng.uniform(0.9, 1.1))
+                for tag in ("raw", "cal"):  # the reliability diagram's 15 bins on clean digits
+                    for b in range(10, 15):
+                        edge = (b + 1) / 15
+                        add(*cell, "clean", f"reliability_{tag}_count", 20 * (b - 9), factor=edge)
+                        add(*cell, "clean", f"reliability_{tag}_confidence", edge - 1 / 30,
+                            factor=edge)
+                        add(*cell, "clean", f"reliability_{tag}_accuracy",
+                            min(edge - 1 / 30 + (0.05 if tag == "raw" else 0.0), 1.0),
+                            factor=edge)
                 for factor, (grid, centre, width) in SWEEPS.items():
                     ts = f"sweep-{factor}"
                     for v in grid:
@@ -89,6 +104,9 @@ def _metric_rows(models: Iterable[str], rng: np.random.Generator, seeds: tuple[i
                         add(*cell, ts, "accuracy", acc, factor=v)
                         add(*cell, ts, "error", 1 - acc, factor=v)
                         add(*cell, ts, "mean_confidence", acc, factor=v)
+                        crop = CROPPED.get((factor, v), 0.0)
+                        add(*cell, ts, "cropped_fraction", crop, factor=v)
+                        add(*cell, ts, "accuracy_fits", min(acc + 0.1 * crop, 1.0), factor=v)
                     add(*cell, ts, "probe_r2", (0.8 if caps else 0.6) + rng.normal(0, 0.03))
                 for g, ts in enumerate(SCRAMBLED):
                     kept = 0.45 - 0.1 * g + rng.normal(0, 0.02)
@@ -97,6 +115,13 @@ def _metric_rows(models: Iterable[str], rng: np.random.Generator, seeds: tuple[i
                     add(*cell, ts, "mean_confidence", 0.6 + rng.normal(0, 0.02))
                     add(*cell, ts, "mean_confidence_intact", clean + rng.normal(0, 0.01))
                     add(*cell, ts, "auroc_confidence", 0.7 + 0.05 * g + rng.normal(0, 0.02))
+                    add(*cell, ts, "auroc_mahalanobis", 0.75 + 0.05 * g + rng.normal(0, 0.02))
+                    add(*cell, ts, "intact_correct", clean)
+                    add(*cell, ts, "kept_given_intact_correct", min(kept / clean, 1.0))
+                    add(*cell, ts, "flip_rate", 1 - kept)
+                    if not caps:
+                        add(*cell, ts, "auroc_max_logit", 0.72 + rng.normal(0, 0.02))
+                        add(*cell, ts, "auroc_energy", 0.73 + rng.normal(0, 0.02))
                     if caps:
                         add(*cell, ts, "auroc_recon", 0.85 + rng.normal(0, 0.02))
                 if caps:  # the decoder's error on clean digits, and the class-mean image's
@@ -151,6 +176,7 @@ def _throughput_rows(models: Iterable[str]) -> pd.DataFrame:
                          train_images_per_s=9_000.0 if caps else 40_000.0 + 1_000 * i,
                          infer_images_per_s=30_000.0 if caps else 150_000.0 + 5_000 * i,
                          latency_b1_ms=2.5 if caps else 0.6, peak_mem_mb=1_800.0 - 10 * i,
+                         peak_infer_mem_mb=400.0 - 5 * i,
                          images_per_s=math.nan, tflops_train=32.0 if caps else 36.0))
     for ts, speed in (("affnist", 2.0e6), ("scramble-g2", 5.0e6)):
         rows.append(dict(kind="generation", model=ts, **common, params=math.nan,
@@ -226,6 +252,14 @@ def manifest(models: Iterable[str], seeds: Iterable[int]) -> dict:
         },
         "git_commit": "0" * 40,
         "device": "cpu",
+        "data_checksums": {"affnist": {
+            "clean": {"count": N_TEST, "spec": {"n_test": N_TEST}},
+            "affnist": {"count": N_TEST * AFFNIST_K,
+                        "spec": {"n_test": N_TEST, "affnist_k": AFFNIST_K}},
+            **{f"sweep-{f}": {"count": SWEEP_N * len(grid),
+                              "spec": {"sweep_n": SWEEP_N, "grid": list(grid)}}
+               for f, (grid, _, _) in SWEEPS.items()},
+        }},
         "versions": {"python": "3.11", "torch": torch.__version__},
     }
 

@@ -66,8 +66,8 @@ def constructed_run(root: Path, models=tuple(CLEAN), profile_models=None) -> Pat
                 large = n == SIZES[-1]
                 g2 = {"capsnet": 0.70 + DELTA[seed] if large else 0.99,
                       "convnet-maxpool": 0.80, "convnet-k9": 0.75}[model]
-                add(model, n, seed, "scramble-g2", "auroc_confidence", g2)
-                add(model, n, seed, "scramble-g3", "auroc_confidence",
+                add(model, n, seed, "scramble-g2", "auroc_mahalanobis", g2)
+                add(model, n, seed, "scramble-g3", "auroc_mahalanobis",
                     0.95 if model == "capsnet" else 0.60)
                 cells.append(dict(setup="affnist", model=model, n=n, seed=seed, steps=500,
                                   converged=True, val_improvement=0.001,

@@ -12,6 +12,7 @@ import torch
 
 from bench import gpu_check
 from bench.cli import main
+from bench.config import load_profile
 from bench.errors import BenchError
 from bench.gpu_check import (
     SECTIONS,
@@ -78,11 +79,16 @@ def test_quick_rows_are_consistent(quick_run):
     learn = sec["learning"]["rows"]
     assert [r["model"] for r in learn] == ["capsnet", "baseline-cnn", "convnet-maxpool",
                                            "convnet-k9"]
-    assert all(r["steps"] == 6 and 0 <= r["val_accuracy"] <= 1 for r in learn)
+    # an accuracy on the 64 validation images is a count of right answers over 64
+    assert all(r["steps"] == 6 and r["val_size"] == 64 for r in learn)
+    assert all(r["val_accuracy"] * 64 == pytest.approx(round(r["val_accuracy"] * 64)) for r in learn)
     est = sec["estimate"]
     parts = ("data_s", "train_s", "val_s", "eval_s", "overhead_s", "extra_s")
     assert est["total_s"] == pytest.approx(sum(est[k] for k in parts))
-    assert est["cells"] == 4 * 7 * 3 + 5 * 3  # paper: 4 models x 7 sizes x 3 seeds + MNIST table
+    paper = load_profile("paper")  # every setup's models x sizes x seeds, counted here by hand
+    mt = paper.mnist_table
+    assert est["cells"] == (len(paper.models) * len(paper.sizes) * len(paper.seeds)
+                            + len(mt.models) * len(mt.sizes) * len(mt.seeds))
     assert sec["generation"]["images"] == 100 * 2 and sec["generation"]["images_per_s"] > 0
 
 

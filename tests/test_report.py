@@ -25,11 +25,15 @@ from bench.errors import BenchError
 from bench.report import _tex, build_report
 from tests.fixtures_results import FILES, NOT_CONVERGED, SEEDS, SIZES, TARGETS, write_run
 
-STEMS = ("claims", "data_efficiency", "affnist_vs_clean", "sweeps", "confidence_scrambled",
+STEMS = ("claims", "data_efficiency", "affnist_vs_clean", "reliability", "sweeps",
+         "confidence_scrambled",
          "throughput", "examples", "reconstructions")
-TABLES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled", "probe",
-          "data_efficiency", "recon", "mnist", "throughput", "generation")
+TABLES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
+          "calibration", "probe",
+          "sweeps", "data_efficiency", "recon", "mnist", "throughput", "generation")
 N_MAX = max(SIZES)
+# The names readers see for the test sets of the headline tables.
+SHOWN = {"clean": "clean", "affnist": "affNIST-style"}
 # "estimate [low, high]" with an optional unit and clipping mark, as the report prints them.
 IV = re.compile(r"^([+-]?[\d,]*\.?\d+) \[([-\d,.]+), ([-\d,.]+)\](?: pp|×)?(†)?")
 
@@ -152,7 +156,7 @@ def test_scoreboard_first_then_every_section(run):
                     f"Accuracy and calibration at the largest n (n = {N_MAX:,})",
                     f"Difference to capsnet at the largest n (n = {N_MAX:,})",
                     "Accuracy at matched clean accuracy", "Scrambled and displaced parts",
-                    "Equivariance probe", "Data efficiency", "Reconstructions",
+                    "Calibration", "Equivariance probe", "Data efficiency", "Reconstructions",
                     "The paper's MNIST table", "Throughput", "Test-set generation", "Figures"):
         assert f"\n## {section}\n" in md, section
     assert "## Skipped" not in md  # every input file is present
@@ -161,8 +165,8 @@ def test_scoreboard_first_then_every_section(run):
     assert "bootstrap" not in md  # the bands are the tables' intervals now
     board = _section(md, "Claims scoreboard")
     assert "![claims](figures/claims.png)" in board
-    assert "feature-density score is planned" in board  # C3's caveat
-    assert "ranks each model's own confidences" in board
+    assert "label-free feature-density score defined the same way for every family" in board
+    assert "Mahalanobis" in board
 
 
 def test_headline_intervals_are_scipy_t_clipped(run):
@@ -172,7 +176,7 @@ def test_headline_intervals_are_scipy_t_clipped(run):
         row = _row(md, "Accuracy and calibration", model)
         assert row[1] == f"{N_MAX:,}" and row[2] == str(len(SEEDS))
         for test_set in ("clean", "affnist"):
-            cell = _col(md, "Accuracy and calibration", row, f"{test_set} acc. (%)")
+            cell = _col(md, "Accuracy and calibration", row, f"{SHOWN[test_set]} acc. (%)")
             want = _t(_values(df, model, test_set))
             assert cell == _fmt(want) + ("†" if want[3] else ""), (model, test_set)
 
@@ -185,7 +189,8 @@ def test_headline_difference_is_the_paired_t_interval(run):
         for test_set in ("clean", "affnist"):
             a, b = _values(df, model, test_set), _values(df, "capsnet", test_set)
             ci = stats.ttest_rel(a, b).confidence_interval(0.95)
-            cell = _col(md, "Difference to capsnet", row, f"{test_set} acc. − capsnet (pp)")
+            cell = _col(md, "Difference to capsnet", row,
+                        f"{SHOWN[test_set]} acc. − capsnet (pp)")
             assert cell == _fmt(((a - b).mean(), ci.low, ci.high), sign=True), (model, test_set)
 
 
@@ -221,7 +226,7 @@ def test_two_seed_intervals_are_clipped_and_marked(two_seeds):
         assert mark and (lo == 0 or hi == 100)
     row = _row(md, "Accuracy and calibration", "capsnet")
     assert row[2] == "2"
-    ece = _values(df, "capsnet", "clean", "ece")
+    ece = _values(df, "capsnet", "clean", "ece_calibrated")  # after temperature scaling
     want = _t(ece)
     assert _col(md, "Accuracy and calibration", row, "clean ECE (%)") == (
         _fmt(want) + ("†" if want[3] else ""))
@@ -233,7 +238,7 @@ def test_matched_table_states_c_star(run):
     clean = df[(df.setup == "affnist") & (df.test_set == "clean") & (df.metric == "accuracy")]
     c_star = clean.groupby(["model", "seed"])["value"].max().min()  # highest all reach
     for model in ("capsnet", "convnet-maxpool"):
-        row = _row(md, "Accuracy at matched clean accuracy", model, "affnist")
+        row = _row(md, "Accuracy at matched clean accuracy", model, "affNIST-style")
         assert row[2] == f"{100 * c_star:.2f}" and row[3] == str(len(SEEDS))
     assert "c* =" in _section(md, "Claims scoreboard")
 
@@ -359,7 +364,7 @@ def test_a_run_where_the_convnet_wins(convnet_wins):
     assert verdicts["C2"][1] == "contradicted"  # ... and needs fewer images
     assert verdicts["C4"][1] == "supported"  # the counter-claim holds
     assert _parse(verdicts["C1"][0])[0] < 0
-    row = _row(md, "Accuracy at matched clean accuracy", "convnet-maxpool", "affnist")
+    row = _row(md, "Accuracy at matched clean accuracy", "convnet-maxpool", "affNIST-style")
     assert _parse(row[5])[0] > 0  # convnet-maxpool minus capsnet, at c*
 
 
@@ -421,7 +426,7 @@ def test_missing_optional_files_are_skipped_and_said(tmp_path):
     assert "- convergence not recorded (no `cells.csv`)" in md
     assert "convergence not recorded" in _row(md, "Claims scoreboard", "C1 viewpoint")[4]
     written = sorted(p.stem for p in (run / "figures").glob("*.png"))
-    assert written == ["affnist_vs_clean", "claims", "data_efficiency", "sweeps"]
+    assert written == ["affnist_vs_clean", "claims", "data_efficiency", "reliability", "sweeps"]
 
 
 def test_rebuild_removes_outputs_whose_input_is_gone(run, tmp_path):

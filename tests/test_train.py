@@ -122,7 +122,10 @@ def test_summary_and_files(reference):
     first_best = max(history, key=lambda h: (h["val_accuracy"], -h["step"]))["step"]
     assert summary["steps"] == 12 and summary["best_step"] == first_best
     assert summary["spec"] == SPEC.to_dict() and summary["train_size"] == 40
-    assert 0.0 <= summary["best_val_accuracy"] <= 1.0 and math.isfinite(summary["final_loss"])
+    # an accuracy on the validation images is a count of right answers over their number
+    val = SPEC.train.val_size
+    assert summary["best_val_accuracy"] * val == pytest.approx(round(summary["best_val_accuracy"] * val))
+    assert math.isfinite(summary["final_loss"])
     assert [h["step"] for h in summary["history"]] == [4, 8, 12]
     best = max(h["val_accuracy"] for h in summary["history"])
     assert summary["best_val_accuracy"] == best
