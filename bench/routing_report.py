@@ -1,0 +1,605 @@
+"""Routing vs pooling on one shared backbone: the report's table, scoreboard row and figure.
+
+The heads of :mod:`bench.models.heads` (``head-*``) share one backbone, so a difference between
+two heads is the head. This module reads the affNIST-setup rows of ``metrics.csv`` (columns
+model, n, seed, test_set, factor_value, metric, value; :func:`bench.report.read_metrics`) and
+gives :mod:`bench.report` three things, without importing it (the report sits above this
+module):
+
+- :func:`routing_table`: per head, clean and affNIST-style accuracy at the largest n, the
+  affNIST-style accuracy at matched clean accuracy c*, the part-arrangement score and the
+  training images needed to reach a target, as preformatted rows for the report's ``Table``
+  and as a tidy numeric frame (for tests and the figure);
+- :func:`routing_claim`: the scoreboard row "best routing head minus best pooling head", a
+  plain dict with the fields of :class:`bench.report.Claim`;
+- :func:`routing_figure`: the affNIST-style accuracy at c* of every head as points with their
+  95% intervals, pooling heads and routing heads in two groups.
+
+Rules (the same as the report's):
+
+- Every interval comes from :mod:`bench.stats` (Student t over seeds, clipped to the metric's
+  range; paired over seeds for a difference; on the log scale for a training-set size).
+- c*: the highest clean accuracy that every curve reaches (the lowest of the per-seed maxima),
+  provided it is not below some curve's lowest point; each seed's affNIST-style accuracy is read
+  at c* along its curve of increasing n by linear interpolation
+  (:func:`bench.stats.matched_accuracy`). This is the rule of the report's matched table and of
+  claims C1 and C4 (``bench.report._c_star``; tests/test_routing_report.py checks that the two
+  agree). In the table, "every curve" is every head's on every seed; in the scoreboard row it is
+  the two heads compared, as in C1.
+- Part-arrangement score: the report's C3 score, ``auroc_mahalanobis`` (AUROC of telling intact
+  from scrambled digits by a label-free feature-density score) on the scrambled set with the
+  smallest grid.
+- "The largest n": the largest training-set size at which every head in the table has a clean
+  accuracy (the heads share the profile's sizes); each head's own largest n when they share none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bench import figures, stats
+from bench.data.testsets import AFFNIST_STYLE, CLEAN, find_set_kind
+from bench.stats import Interval
+
+__all__ = [
+    "POOLING_HEADS",
+    "ROUTING_HEADS",
+    "PART_SCORE",
+    "HEAD_COLORS",
+    "TITLE",
+    "FIGURE_STEM",
+    "FIGURE_CAPTION",
+    "SCOREBOARD_RULE",
+    "RoutingTable",
+    "head_groups",
+    "curves",
+    "c_star",
+    "matched",
+    "largest_n",
+    "best_head",
+    "routing_table",
+    "routing_claim",
+    "routing_figure",
+]
+
+# The heads of bench/models/heads.py (HEADS), by group; the fc head (flatten + linear) routes
+# nothing and is counted with the pooling heads, as in the issue and in SR-CapsNet's comparison.
+POOLING_HEADS = ("head-maxpool", "head-avgpool", "head-fc")
+ROUTING_HEADS = ("head-dynamic", "head-em", "head-self", "head-attention")
+PART_SCORE = "auroc_mahalanobis"  # the report's C3 score (bench.report.PART_SCORE)
+# One colour per head, distinct within the figure (bench.figures.PALETTE does not know the heads;
+# its hashed fallback can give two heads one colour): Okabe-Ito, pooling warm, routing cool.
+HEAD_COLORS = {
+    "head-maxpool": "#E69F00", "head-avgpool": "#D55E00", "head-fc": "#CC79A7",
+    "head-dynamic": "#0072B2", "head-em": "#009E73", "head-self": "#56B4E9",
+    "head-attention": "#332288",
+}
+TITLE = "Routing vs pooling, same backbone"
+FIGURE_STEM = "routing"
+FIGURE_CAPTION = (
+    "Routing vs pooling, same backbone: each head's affNIST-style accuracy at the matched clean "
+    "accuracy c* (the highest clean accuracy every head reaches on every seed), mean over seeds "
+    "with its 95% Student-t interval, one small point per seed; pooling heads above, routing "
+    "heads below; dashed: the highest pooling-head mean.")
+
+# The rule of the scoreboard row, for bench.report.SCOREBOARD_RULES.
+SCOREBOARD_RULE = (
+    "C5 compares heads on one shared backbone (bench/models/heads.py): the routing head and the "
+    "pooling head (max pool, average pool or flatten, then linear) with the highest mean clean "
+    "accuracy at the largest n every head shares (chosen on clean accuracy only, never on the "
+    "effect), on their affNIST-style accuracy at the highest clean accuracy both reach on every "
+    "seed, read as in C1; the interval is that of the two heads chosen and does not allow for "
+    "the choice.")
+
+PM = "±"
+CLIPPED = "†"
+BOUNDED = "‡"
+MINUS = "−"
+NOT_MEASURED = "not measured"
+
+Curves = dict[int, tuple[np.ndarray, np.ndarray]]  # seed -> (clean, other) along increasing n
+
+
+# --------------------------------------------------------------------------------------------
+# Per-seed values and curves (the report's rules)
+
+
+def _rows(d: pd.DataFrame, model: str | None = None, test_set: str | None = None,
+          metric: str | None = None, n: int | None = None) -> pd.DataFrame:
+    sel = d["factor_value"].isna()
+    for col, want in (("model", model), ("test_set", test_set), ("metric", metric), ("n", n)):
+        if want is not None:
+            sel &= d[col] == want
+    return d[sel]
+
+
+def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
+    """{seed: value} of one cell per seed (several rows of a seed averaged; NaN left out)."""
+    s = rows.groupby("seed")["value"].mean()
+    return {int(k): float(v) for k, v in s.items() if np.isfinite(v)}
+
+
+def _wide(main: pd.DataFrame, model: str, test_set: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Seeds x sizes (increasing) of one model's metric on one test set; empty when absent."""
+    rows = _rows(main, model, test_set, metric)
+    if rows.empty:
+        return pd.DataFrame()
+    return rows.pivot_table(index="seed", columns="n", values="value",
+                            aggfunc="mean").sort_index(axis=1)
+
+
+def curves(main: pd.DataFrame, model: str, other: str = AFFNIST_STYLE.name) -> Curves:
+    """Per seed, the (clean, ``other``) accuracies of ``model`` along increasing n, at the sizes
+    that have both (points with a NaN dropped); seeds without a point are left out."""
+    c, o = _wide(main, model, CLEAN.name), _wide(main, model, other)
+    if c.empty or o.empty:
+        return {}
+    sizes = sorted(set(c.columns) & set(o.columns))
+    out: Curves = {}
+    for seed in sorted(set(c.index) & set(o.index)):
+        cv = c.loc[seed, sizes].to_numpy(dtype=float)
+        ov = o.loc[seed, sizes].to_numpy(dtype=float)
+        keep = np.isfinite(cv) & np.isfinite(ov)
+        if keep.any():
+            out[int(seed)] = (cv[keep], ov[keep])
+    return out
+
+
+def c_star(per_model: Iterable[Curves]) -> float | None:
+    """The highest clean accuracy that every curve reaches (the lowest of the per-seed maxima),
+    or None when it lies below some curve's lowest point (the ranges do not all overlap) or there
+    is no curve."""
+    tops, bottoms = [], []
+    for per_seed in per_model:
+        for clean, _ in per_seed.values():
+            tops.append(float(clean.max()))
+            bottoms.append(float(clean.min()))
+    if not tops:
+        return None
+    c = min(tops)
+    return c if c >= max(bottoms) else None
+
+
+def matched(per_seed: Curves, at: float) -> dict[int, float | None]:
+    """Per seed, the other accuracy read at clean accuracy ``at`` (:func:`stats.matched_accuracy`)."""
+    return {s: stats.matched_accuracy(c, o, at) for s, (c, o) in per_seed.items()}
+
+
+def head_groups(models: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(pooling heads, routing heads) among ``models``, each in the order of its constant."""
+    have = set(models)
+    return [m for m in POOLING_HEADS if m in have], [m for m in ROUTING_HEADS if m in have]
+
+
+def largest_n(main: pd.DataFrame, heads: Sequence[str]) -> dict[str, int]:
+    """Per head with a clean accuracy: the largest n every such head has one at, or, when they
+    share no size, the head's own largest n."""
+    sizes = {m: set(_rows(main, m, CLEAN.name, "accuracy")["n"].astype(int)) for m in heads}
+    sizes = {m: s for m, s in sizes.items() if s}
+    if not sizes:
+        return {}
+    common = set.intersection(*sizes.values())
+    return {m: (max(common) if common else max(s)) for m, s in sizes.items()}
+
+
+def best_head(main: pd.DataFrame, heads: Sequence[str], at_n: dict[str, int]) -> str | None:
+    """The head of ``heads`` with the highest mean clean accuracy over seeds at its n in
+    ``at_n``; ties go to the head listed first; None when no head has one.
+
+    The criterion is clean accuracy only, never the affNIST-style accuracy that the scoreboard
+    compares, so the choice does not favour either side of that comparison.
+    """
+    best, best_acc = None, -math.inf
+    for m in heads:
+        if m not in at_n:
+            continue
+        v = _by_seed(_rows(main, m, CLEAN.name, "accuracy", at_n[m]))
+        if v and (acc := float(np.mean(list(v.values())))) > best_acc:
+            best, best_acc = m, acc
+    return best
+
+
+def _smallest_scramble(test_sets: Iterable[str]) -> str | None:
+    kinds = [k for k in (find_set_kind(t) for t in set(test_sets))
+             if k is not None and k.family == "scramble" and k.grid]
+    return min(kinds, key=lambda k: k.grid).name if kinds else None
+
+
+@dataclass
+class _Needed:
+    """Per seed, the n at which clean accuracy first reaches a target (None: never)."""
+
+    values: dict[int, float | None]
+    at_first: set[int]  # seeds that reached it at the smallest n (an upper bound)
+
+    @property
+    def missing(self) -> int:
+        return sum(v is None for v in self.values.values())
+
+
+def _needed(main: pd.DataFrame, model: str, target: float) -> _Needed:
+    c = _wide(main, model, CLEAN.name)
+    values: dict[int, float | None] = {}
+    at_first: set[int] = set()
+    for seed in c.index:
+        row = c.loc[seed]
+        row = row[np.isfinite(row.to_numpy(dtype=float))]
+        if row.empty:
+            continue
+        acc = row.to_numpy(dtype=float)
+        values[int(seed)] = stats.n_to_target(row.index.to_numpy(dtype=float), acc, target)
+        if acc[0] >= target:
+            at_first.add(int(seed))
+    return _Needed(values, at_first)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting (the report's conventions: "estimate [low, high]", † clipped, ‡ upper bound)
+
+
+def _fixed(x: float, digits: int) -> str:
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _iv(iv: Interval | None, scale: float = 1.0, digits: int = 2, *, signed: bool = False) -> str:
+    """The text of ``bench.report._iv``: "estimate [low, high]" with † when clipped, the estimate
+    alone without an interval, an em dash without an estimate."""
+    if iv is None or not np.isfinite(iv.estimate):
+        return "—"
+    text = _fixed(iv.estimate * scale, digits)
+    if signed and not text.startswith("-") and float(text) != 0:
+        text = "+" + text
+    if np.isfinite(iv.low) and np.isfinite(iv.high):
+        text += f" [{_fixed(iv.low * scale, digits)}, {_fixed(iv.high * scale, digits)}]"
+    return text + (CLIPPED if iv.clipped else "")
+
+
+def _int(x: float) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:,.0f}"
+
+
+def _needed_text(nd: _Needed, iv: Interval | None) -> str:
+    total = len(nd.values)
+    if total == 0:
+        return "—"
+    if nd.missing:
+        return f"not reached ({nd.missing} of {total} seeds)"
+    if len(nd.at_first) == total:
+        return f"≤ {_int(max(v for v in nd.values.values() if v is not None))}"
+    text = _int(iv.estimate)
+    if np.isfinite(iv.low) and np.isfinite(iv.high):
+        text += f" [{_int(iv.low)}, {_int(iv.high)}]"
+    return text + (BOUNDED if nd.at_first else "")
+
+
+def _n_range(sizes: Iterable[float]) -> str:
+    sizes = sorted(set(sizes))
+    if not sizes:
+        return "n = —"
+    if len(sizes) == 1:
+        return f"n = {sizes[0]:,.0f}"
+    return f"n = {sizes[0]:,.0f}–{sizes[-1]:,.0f}"
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass
+class RoutingTable:
+    """What the report's ``Table("routing", title, header, rows, align, notes)`` needs, and the
+    numbers behind it.
+
+    Attributes:
+        title, header, rows (preformatted strings), align (one of l/r/c per column), notes.
+        values: tidy numbers, one row per (head, quantity) with columns head, group ("pooling" or
+            "routing"), quantity ("clean", "affnist", "matched", "part", "n_target"), n (the
+            size, NaN for quantities read along n), estimate, low, high, n_seeds, clipped; in
+            fractions (accuracies, AUROC) or images (n_target); NaN where not computed.
+        c_star: the matched clean accuracy of the "matched" column (None: not computed).
+        target: the clean-accuracy target of the "n to target" column (None: no targets).
+        part_set: the scrambled set of the part-arrangement column (None: no such rows).
+        per_seed: {head: {seed: affNIST-style accuracy at c*}} (what the figure draws).
+    """
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    align: str
+    notes: list[str] = field(default_factory=list)
+    values: pd.DataFrame = field(default_factory=pd.DataFrame)
+    c_star: float | None = None
+    target: float | None = None
+    part_set: str | None = None
+    per_seed: dict[str, dict[int, float | None]] = field(default_factory=dict)
+
+
+def _table_target(main: pd.DataFrame, heads: Sequence[str],
+                  targets: Sequence[float]) -> tuple[float | None, dict[str, _Needed]]:
+    """The highest target that every head reaches on every seed (the report's C2 rule, over all
+    heads); when none is, the lowest target (the column then says how many seeds never reached
+    it)."""
+    if not targets:
+        return None, {}
+    for t in sorted(targets, reverse=True):
+        need = {m: _needed(main, m, t) for m in heads}
+        if all(nd.values and not nd.missing for nd in need.values()):
+            return t, need
+    t = min(targets)
+    return t, {m: _needed(main, m, t) for m in heads}
+
+
+def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingTable | None:
+    """The table "Routing vs pooling, same backbone", or None when ``main`` has no ``head-*`` rows.
+
+    Per head (pooling heads first, then routing heads): the seeds; the clean and the
+    affNIST-style accuracy at the largest n (:func:`largest_n`), mean over seeds with its 95%
+    interval (:func:`stats.mean_interval`, clipped to [0, 100]%); the affNIST-style accuracy at
+    the matched clean accuracy c* of every head on every seed (:func:`c_star`, read per seed by
+    :func:`stats.matched_accuracy`), mean with its interval; the part-arrangement score
+    (:data:`PART_SCORE` on the scrambled set with the smallest grid at the largest n; the column
+    is left out when no head has it); and the training images needed to reach the highest of
+    ``targets`` that every head reaches on every seed (:func:`stats.n_to_target` per seed,
+    geometric mean with its interval on log n, :func:`stats.geometric_interval`).
+
+    Args:
+        main: the rows of ``metrics.csv`` of the affNIST setup.
+        targets: the profile's clean-accuracy targets (fractions).
+    """
+    pooling, routing = head_groups(main["model"])
+    heads = pooling + routing
+    if not heads:
+        return None
+    group = {m: ("pooling" if m in pooling else "routing") for m in heads}
+    at_n = largest_n(main, heads)
+    per_model = {m: curves(main, m) for m in heads}
+    per_model = {m: c for m, c in per_model.items() if c}
+    cs = c_star(per_model.values())
+    per_seed = {m: matched(c, cs) for m, c in per_model.items()} if cs is not None else {}
+    part_rows = main[main["metric"] == PART_SCORE]
+    part_set = _smallest_scramble(part_rows["test_set"])
+    target, need = _table_target(main, heads, targets)
+
+    values: list[dict[str, Any]] = []
+
+    def put(m: str, quantity: str, n: float, iv: Interval | None) -> Interval | None:
+        values.append({"head": m, "group": group[m], "quantity": quantity, "n": n,
+                       "estimate": iv.estimate if iv else math.nan,
+                       "low": iv.low if iv else math.nan, "high": iv.high if iv else math.nan,
+                       "n_seeds": iv.n if iv else 0, "clipped": bool(iv.clipped) if iv else False})
+        return iv
+
+    def mean_or_none(v: dict[int, Any]) -> Interval | None:
+        v = {s: x for s, x in v.items() if x is not None}
+        return stats.mean_interval(v) if v else None
+
+    rows = []
+    for m in heads:
+        n = at_n.get(m)
+        nn = float(n) if n is not None else math.nan
+        clean = put(m, "clean", nn, mean_or_none(_by_seed(_rows(main, m, CLEAN.name, "accuracy", n)))
+                    if n is not None else None)
+        aff = put(m, "affnist", nn, mean_or_none(
+            _by_seed(_rows(main, m, AFFNIST_STYLE.name, "accuracy", n))) if n is not None else None)
+        mat = put(m, "matched", math.nan, mean_or_none(per_seed.get(m, {})))
+        seeds = sorted(set(_rows(main, m, CLEAN.name, "accuracy")["seed"].astype(int)))
+        row = [m, group[m], str(len(seeds)), _iv(clean, 100), _iv(aff, 100), _iv(mat, 100)]
+        if part_set is not None:
+            part = put(m, "part", nn, mean_or_none(_by_seed(_rows(part_rows, m, part_set, n=n)))
+                       if n is not None else None)
+            row.append(_iv(part, 1, 3))
+        if target is not None:
+            nd = need[m]
+            done = [v for v in nd.values.values() if v is not None]
+            iv = stats.geometric_interval(done) if done and not nd.missing else None
+            put(m, "n_target", math.nan, iv)
+            row.append(_needed_text(nd, iv))
+        rows.append(row)
+
+    sizes = sorted(set(at_n.values()))
+    n_label = (f"n = {sizes[0]:,}" if len(sizes) == 1
+               else "n = " + ", ".join(f"{at_n[m]:,} ({m})" for m in heads if m in at_n))
+    shown = AFFNIST_STYLE.display
+    cs_text = f"{100 * cs:.2f}%" if cs is not None else "—"
+    header = ["Head", "Kind", "Seeds", "Clean acc. (%)", f"{shown} acc. (%)",
+              f"{shown} acc. at c* = {cs_text} (%)"]
+    if part_set is not None:
+        header.append(f"AUROC density ({part_set})")
+    if target is not None:
+        header.append(f"n for {100 * target:g}% clean")
+    notes = [
+        f"Clean, {shown} and AUROC columns: at the largest n every head shares ({n_label}). "
+        f"c*: the highest clean accuracy that every head reaches on every seed; each seed's "
+        f"{shown} accuracy is read at c* along its curve of increasing n (linear interpolation "
+        "between sizes), as in the matched-accuracy table."
+        + ("" if cs is not None else " —: the heads' clean accuracies do not all overlap, so "
+           "there is no common c*."),
+    ]
+    if part_set is not None:
+        notes.append(f"AUROC density: telling intact (positive) from scrambled digits of "
+                     f"{part_set} by minus the class-conditional Mahalanobis distance of the "
+                     "head's features (the C3 score); 0.5 is chance.")
+    if target is not None:
+        notes.append(f"n for {100 * target:g}% clean: the highest profile target that every head "
+                     "reaches on every seed (the lowest target when none is); per seed, the first "
+                     "size that reaches it, linear in log n from the size before; geometric mean "
+                     f"[95% interval on log n, exponentiated]; {BOUNDED} or ≤: reached at the "
+                     "smallest n, where the size is only an upper bound.")
+    notes.append("Kind: pooling heads (global max pool, global average pool, flatten; each then "
+                 "a linear layer) and capsule routing heads (dynamic, EM, self-routing, "
+                 "Efficient-CapsNet self-attention), all on the same backbone "
+                 "(bench/models/heads.py).")
+    align = "llr" + "r" * (len(header) - 3)
+    return RoutingTable(
+        title=f"{TITLE}: every head on one shared backbone, so a difference is the head's. "
+              "Mean over seeds [95% Student-t interval].",
+        header=header, rows=rows, align=align, notes=notes, values=pd.DataFrame(values),
+        c_star=cs, target=target, part_set=part_set, per_seed=per_seed)
+
+
+# --------------------------------------------------------------------------------------------
+# The scoreboard row
+
+
+Scale = Callable[..., str]  # (models, sizes, seeds, k, lead=...) -> str, as bench.report's
+
+
+def routing_claim(main: pd.DataFrame, *, key: str = "C5",
+                  scale: Scale | None = None) -> dict[str, Any]:
+    """The scoreboard row: best routing head minus best pooling head, affNIST-style accuracy at
+    matched clean accuracy, paired over seeds.
+
+    "Best" in each group (our choice): the head with the highest mean clean accuracy over seeds
+    at the largest n every head shares (:func:`best_head`, ties to the head listed first in
+    :data:`ROUTING_HEADS` / :data:`POOLING_HEADS`). It is chosen on clean accuracy alone, not on
+    the affNIST-style accuracy compared, so the choice cannot favour either side of the effect.
+    The interval does not allow for the choice (it is the paired Student-t interval of the two
+    heads chosen, over the seeds both have), as the report's other rows are of one fixed pair.
+
+    The effect is measured as claim C1: c* is the highest clean accuracy both chosen heads reach
+    on every seed they share (:func:`c_star`), each seed's affNIST-style accuracy is read at c*
+    (:func:`stats.matched_accuracy`), and the interval is :func:`stats.paired_difference` of
+    routing minus pooling; the verdict is :func:`stats.verdict` of it against 0.
+
+    Args:
+        main: the rows of ``metrics.csv`` of the affNIST setup.
+        key: the row's key on the scoreboard.
+        scale: ``bench.report._Context.scale`` (the "Measured at" text: width, steps, seeds,
+            convergence); None gives "along the n-curve; n = ...; k paired seeds".
+
+    Returns:
+        the fields of ``bench.report.Claim``: key, name, effect, meaning, null (0.0), unit
+        ("pp"), interval (an :class:`Interval`, or None when not measured), scale, reason (why
+        not measured; "" when measured). ``stats.verdict(interval, null)`` gives the verdict.
+    """
+    shown = AFFNIST_STYLE.display
+    out: dict[str, Any] = {
+        "key": key, "name": "routing",
+        "effect": f"{shown} accuracy at matched clean accuracy c*, best routing head {MINUS} "
+                  "best pooling head (same backbone)",
+        "meaning": f"the best capsule routing head keeps more {shown} accuracy than the best "
+                   "pooling head on the same backbone at the same clean accuracy, i.e. the "
+                   "routing itself helps (Hahn et al. 2019; against Gu, Tresp & Hu 2021); best "
+                   "= highest mean clean accuracy at the largest n",
+        "null": 0.0, "unit": "pp", "interval": None, "scale": "", "reason": "",
+    }
+    pooling, routing = head_groups(main["model"])
+    missing = [what for what, heads in (("routing", routing), ("pooling", pooling)) if not heads]
+    if missing:
+        out["reason"] = (f"{NOT_MEASURED} (no {' and no '.join(missing)} head with results in "
+                         "this run)")
+        return out
+    at_n = largest_n(main, pooling + routing)
+    a, b = best_head(main, routing, at_n), best_head(main, pooling, at_n)
+    if a is None or b is None:
+        out["reason"] = f"{NOT_MEASURED} (no clean accuracy of a routing and a pooling head)"
+        return out
+    out["effect"] = out["effect"].replace("best routing head", f"best routing head ({a})").replace(
+        "best pooling head", f"best pooling head ({b})")
+    ca, cb = curves(main, a), curves(main, b)
+    common = sorted(set(ca) & set(cb))
+    if not common:
+        out["reason"] = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
+        return out
+    ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
+    c = c_star([ca, cb])
+    if c is None:
+        out["reason"] = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
+                         "every seed)")
+        return out
+    iv = stats.paired_difference(matched(ca, c), matched(cb, c))
+    out["interval"] = iv
+    out["effect"] = out["effect"].replace("c*", f"c* = {100 * c:.2f}%")
+    sizes = set(_wide(main, a, CLEAN.name).columns) | set(_wide(main, b, CLEAN.name).columns)
+    if scale is not None:
+        out["scale"] = scale([a, b], sizes, common, iv.n, lead="along the n-curve")
+    else:
+        out["scale"] = (f"along the n-curve; {_n_range(sizes)}; {iv.n} paired seed"
+                        + ("" if iv.n == 1 else "s"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The figure
+
+
+def routing_figure(table: RoutingTable, stem: str | os.PathLike) -> pd.DataFrame:
+    """affNIST-style accuracy at c* per head: mean with its 95% interval, one point per seed.
+
+    One row per head, pooling heads on top and routing heads below, separated by a rule and
+    labelled; the dashed vertical line is the highest pooling-head mean at c* (a reading aid, not
+    the scoreboard's "best pooling head", which is chosen on clean accuracy).
+    The intervals are those of the table's "matched" column (:func:`stats.mean_interval`).
+    Writes ``<stem>.pdf`` and ``<stem>.png`` (:func:`bench.figures.save`).
+
+    Returns:
+        the points drawn: head, group, estimate, low, high (in %), y (the row, top = 0).
+
+    Raises:
+        ValueError: the table has no c* (nothing to draw).
+    """
+    if table.c_star is None:
+        raise ValueError("routing_figure: the table has no matched clean accuracy c*")
+    v = table.values
+    v = v[(v["quantity"] == "matched") & np.isfinite(v["estimate"].to_numpy(dtype=float))]
+    order = [m for m in (*POOLING_HEADS, *ROUTING_HEADS) if m in set(v["head"])]
+    drawn = []
+    y = 0.0
+    last_group = None
+    ys: dict[str, float] = {}
+    for m in order:
+        g = "pooling" if m in POOLING_HEADS else "routing"
+        if last_group is not None and g != last_group:
+            y += 0.6  # a gap between the groups
+        ys[m] = y
+        last_group = g
+        y += 1.0
+    with figures._style():
+        fig = plt.figure(figsize=(figures.COLUMN_IN, 0.6 + 0.28 * max(len(order), 1)),
+                         layout="constrained")
+        ax = fig.subplots()
+        pool_means = []
+        for m in order:
+            r = v[v["head"] == m].iloc[0]
+            est, low, high = 100 * r["estimate"], 100 * r["low"], 100 * r["high"]
+            color = HEAD_COLORS.get(m) or figures.model_color(m)
+            if np.isfinite(low) and np.isfinite(high):
+                ax.errorbar([est], [ys[m]], xerr=[[est - low], [high - est]], fmt="o",
+                            color=color, ecolor=color, elinewidth=1.2, capsize=2.5,
+                            markersize=4, zorder=3)
+            else:
+                ax.plot([est], [ys[m]], "o", color=color, markersize=4, zorder=3)
+            seeds = [x for x in table.per_seed.get(m, {}).values() if x is not None]
+            ax.scatter(100 * np.asarray(seeds, dtype=float), np.full(len(seeds), ys[m] + 0.22),
+                       s=5, color=color, alpha=0.6, linewidths=0, zorder=4)
+            if m in POOLING_HEADS:
+                pool_means.append(est)
+            drawn.append({"head": m, "group": r["group"], "estimate": est, "low": low,
+                          "high": high, "y": ys[m]})
+        if pool_means:
+            ax.axvline(max(pool_means), ls="--", lw=0.7, color="0.4", zorder=1)
+        pool = [ys[m] for m in order if m in POOLING_HEADS]
+        rout = [ys[m] for m in order if m in ROUTING_HEADS]
+        if pool and rout:
+            ax.axhline((max(pool) + min(rout)) / 2, lw=0.6, color="0.6")
+        ax.set_yticks([ys[m] for m in order], order)
+        ax.set_ylim(y - 0.4, -0.6)  # top row first
+        for label, rows in (("pooling", pool), ("routing", rout)):
+            if rows:
+                ax.text(1.01, float(np.mean(rows)), label, transform=ax.get_yaxis_transform(),
+                        rotation=270, ha="left", va="center", fontsize=6, color="0.35")
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(f"{AFFNIST_STYLE.display} accuracy at c* = {100 * table.c_star:.2f}% "
+                      "clean (%)")
+        ax.set_title(TITLE, loc="left")
+        figures.save(fig, stem)
+    return pd.DataFrame(drawn, columns=["head", "group", "estimate", "low", "high", "y"])
