@@ -16,7 +16,10 @@ Every interval comes from :mod:`bench.stats`: a mean gets the Student-t interval
 clipped to the metric's range (``†`` marks a clipped one), a comparison between two models is
 paired by seed (the per-seed differences or log ratios), and a training-set size gets a
 geometric interval. The figures' bands are the same intervals. No sentence of the report calls a
-difference real unless its interval excludes no effect.
+difference real unless its interval excludes no effect. The per-seed read-outs (c*, the n to
+reach a target, ...) and the number formats are :mod:`bench.readout`'s, shared with the section
+"Routing vs pooling, same backbone" (:mod:`bench.routing_report`, written when the run has
+``head-*`` models).
 
 Everything is a function of the input files only (no dates, no absolute paths), so rebuilding
 a report gives byte-identical files, and the CI can compare them.
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import figures, stats
+from bench import figures, readout, routing_report, stats
 from bench.cells import AFFNIST_SETUP
 from bench.config import PAPER_MNIST_ERRORS, Profile
 from bench.data.testsets import (
@@ -50,6 +53,7 @@ from bench.data.testsets import (
 )
 from bench.errors import BenchError
 from bench.io import load_torch, write_text
+from bench.readout import BOUNDED, CLIPPED, MINUS, NOT_MEASURED, PART_SCORE, Needed
 from bench.stats import VERDICT_RULE, Interval
 
 __all__ = ["build_report", "read_metrics", "read_cells", "claims", "claims_frame", "Claim",
@@ -63,10 +67,6 @@ REFERENCE = "capsnet"  # every difference and ratio is taken against it
 MAXPOOL = "convnet-maxpool"  # the "traditional ConvNet" of the claims
 K9 = "convnet-k9"  # Gu et al. (2021)'s control
 PM = "±"
-CLIPPED = "†"  # an interval clipped to the metric's range
-BOUNDED = "‡"  # a size that is only an upper bound (target reached at the smallest n)
-MINUS = "−"
-NOT_MEASURED = "not measured"
 
 NOTE_MEAN = (f"Intervals: mean over seeds [95% Student-t interval of the mean], clipped to the "
              f"metric's range ([0, 100]% for accuracies); {CLIPPED}: clipped (the t approximation "
@@ -149,57 +149,11 @@ def _tex(text: str) -> str:
 # Number formatting
 
 
-def _fixed(x: float, digits: int) -> str:
-    """``x`` with ``digits`` decimals, never "-0.00"."""
-    text = f"{x:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
-def _signed(x: float, digits: int) -> str:
-    text = _fixed(x, digits)
-    return text if text.startswith("-") or float(text) == 0 else "+" + text
-
-
-def _iv(iv: Interval | None, scale: float = 1.0, digits: int = 2, *, signed: bool = False,
-        unit: str = "") -> str:
-    """"estimate [low, high]" (``†`` when clipped), the estimate alone without an interval, or
-    an em dash without an estimate."""
-    if iv is None or not np.isfinite(iv.estimate):
-        return "—"
-    text = (_signed if signed else _fixed)(iv.estimate * scale, digits)
-    if np.isfinite(iv.low) and np.isfinite(iv.high):
-        text += f" [{_fixed(iv.low * scale, digits)}, {_fixed(iv.high * scale, digits)}]"
-    return text + unit + (CLIPPED if iv.clipped else "")
-
-
-def _iv_int(iv: Interval) -> str:
-    """A size with its interval, as whole numbers: "196 [120, 320]"."""
-    if not np.isfinite(iv.estimate):
-        return "—"
-    text = _int(iv.estimate)
-    if np.isfinite(iv.low) and np.isfinite(iv.high):
-        text += f" [{_int(iv.low)}, {_int(iv.high)}]"
-    return text
-
-
-def _int(x: float) -> str:
-    return "—" if x is None or not np.isfinite(x) else f"{x:,.0f}"
-
-
 def _num(x: float, digits: int = 1) -> str:
     if x is None or not np.isfinite(x):
         return "—"
     text = f"{x:,.{digits}f}"
     return text[1:] if text.startswith("-") and float(text[1:].replace(",", "")) == 0 else text
-
-
-def _n_range(sizes: Iterable[float]) -> str:
-    sizes = sorted(set(sizes))
-    if not sizes:
-        return "n = —"
-    if len(sizes) == 1:
-        return f"n = {sizes[0]:,.0f}"
-    return f"n = {sizes[0]:,.0f}–{sizes[-1]:,.0f}"
 
 
 def _width(width: Any) -> str:
@@ -288,106 +242,6 @@ def _read_optional(path: Path, reader: Callable[[Path], Any], notes: list[str]) 
                      "are skipped.")
         return None
 
-
-# --------------------------------------------------------------------------------------------
-# Per-seed values and curves
-
-
-def _rows(d: pd.DataFrame, model: str | None = None, test_set: str | None = None,
-          metric: str | None = None, n: int | None = None) -> pd.DataFrame:
-    sel = d["factor_value"].isna()
-    for col, want in (("model", model), ("test_set", test_set), ("metric", metric), ("n", n)):
-        if want is not None:
-            sel &= d[col] == want
-    return d[sel]
-
-
-def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
-    """{seed: value} of the rows of one cell per seed (a missing value is left out)."""
-    s = rows.groupby("seed")["value"].mean()
-    return {int(k): float(v) for k, v in s.items() if np.isfinite(v)}
-
-
-def _wide(main: pd.DataFrame, model: str, test_set: str, metric: str = "accuracy") -> pd.DataFrame:
-    """Seeds x sizes (increasing) of one model's metric on one test set; empty when absent."""
-    rows = _rows(main, model, test_set, metric)
-    if rows.empty:
-        return pd.DataFrame()
-    return rows.pivot_table(index="seed", columns="n", values="value",
-                            aggfunc="mean").sort_index(axis=1)
-
-
-Curves = dict[int, tuple[np.ndarray, np.ndarray]]  # seed -> (clean, other) in increasing n
-
-
-def _curves(main: pd.DataFrame, model: str, other: str) -> tuple[Curves, list[int]]:
-    """Per seed, the (clean, other) accuracies along n (points with both), and the sizes."""
-    c = _wide(main, model, CLEAN.name)
-    o = _wide(main, model, other)
-    if c.empty or o.empty:
-        return {}, []
-    sizes = sorted(set(c.columns) & set(o.columns))
-    out: Curves = {}
-    for seed in sorted(set(c.index) & set(o.index)):
-        cv = c.loc[seed, sizes].to_numpy(dtype=float)
-        ov = o.loc[seed, sizes].to_numpy(dtype=float)
-        keep = np.isfinite(cv) & np.isfinite(ov)
-        if keep.any():
-            out[int(seed)] = (cv[keep], ov[keep])
-    return out, [int(n) for n in sizes]
-
-
-def _c_star(curves: Iterable[Curves]) -> float | None:
-    """The highest clean accuracy that every curve reaches (the lowest of their maxima), or None
-    when it lies below some curve's lowest point (the ranges do not all overlap)."""
-    tops, bottoms = [], []
-    for per_seed in curves:
-        for clean, _ in per_seed.values():
-            tops.append(float(clean.max()))
-            bottoms.append(float(clean.min()))
-    if not tops:
-        return None
-    c = min(tops)
-    return c if c >= max(bottoms) else None
-
-
-def _matched(per_seed: Curves, at: float) -> dict[int, float | None]:
-    return {s: stats.matched_accuracy(c, o, at) for s, (c, o) in per_seed.items()}
-
-
-@dataclass
-class _Needed:
-    """Per seed, the training-set size at which clean accuracy first reaches a target."""
-
-    values: dict[int, float | None]
-    at_first: set[int]  # seeds that reached it at the smallest n (the size is an upper bound)
-
-    @property
-    def missing(self) -> int:
-        return sum(v is None for v in self.values.values())
-
-    def subset(self, seeds: Iterable[int]) -> _Needed:
-        seeds = set(seeds)
-        return _Needed({s: v for s, v in self.values.items() if s in seeds},
-                       self.at_first & seeds)
-
-
-def _needed(main: pd.DataFrame, model: str, target: float) -> _Needed:
-    c = _wide(main, model, CLEAN.name)
-    values: dict[int, float | None] = {}
-    at_first: set[int] = set()
-    for seed in c.index:
-        row = c.loc[seed]
-        row = row[np.isfinite(row.to_numpy(dtype=float))]
-        if row.empty:
-            continue
-        acc = row.to_numpy(dtype=float)
-        values[int(seed)] = stats.n_to_target(row.index.to_numpy(dtype=float), acc, target)
-        if acc[0] >= target:
-            at_first.add(int(seed))
-    return _Needed(values, at_first)
-
-
 # --------------------------------------------------------------------------------------------
 # The context every table and claim reads
 
@@ -442,7 +296,7 @@ class _Context:
         """Where a comparison was measured: n, width, steps, labelled images, seeds, convergence."""
         sizes, seeds = sorted(set(sizes)), sorted(set(seeds))
         parts = [lead] if lead else []
-        parts.append(_n_range(sizes))
+        parts.append(readout.n_range(sizes))
         if "model" in self.config and "width" in (self.config["model"] or {}):
             parts.append(f"width {_width(self.config['model']['width'])}")
         cells = self.cell_rows(models, sizes, seeds)
@@ -502,10 +356,10 @@ class Claim:
         if self.interval is None:
             return self.reason
         if self.unit == "pp":
-            return _iv(self.interval, 100, 2, signed=True, unit=" pp")
+            return readout.iv(self.interval, 100, 2, signed=True, unit=" pp")
         if self.unit == "ratio":
-            return _iv(self.interval, 1, 2, unit="×")
-        return _iv(self.interval, 1, 3, signed=True)
+            return readout.iv(self.interval, 1, 2, unit="×")
+        return readout.iv(self.interval, 1, 3, signed=True)
 
     def null_text(self) -> str:
         return {"pp": "0 pp", "ratio": "1×"}.get(self.unit, "0")
@@ -516,23 +370,22 @@ def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> C
     if (why := ctx.absent(a, b)) is not None:
         claim.reason = why
         return claim
-    ca, sizes_a = _curves(ctx.main, a, other)
-    cb, sizes_b = _curves(ctx.main, b, other)
+    ca, cb = readout.curves(ctx.main, a, other), readout.curves(ctx.main, b, other)
     common = sorted(set(ca) & set(cb))
     if not common:
         claim.reason = (f"{NOT_MEASURED} (no clean and {display_name(other)} accuracies of "
                         "both models)")
         return claim
     ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
-    c = _c_star([ca, cb])
+    c = readout.c_star([ca, cb])
     if c is None:
         claim.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                         "every seed)")
         return claim
-    claim.interval = stats.paired_difference(_matched(ca, c), _matched(cb, c))
+    claim.interval = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
     claim.effect = claim.effect.replace("c*", f"c* = {100 * c:.2f}%")
-    claim.scale = ctx.scale([a, b], set(sizes_a) | set(sizes_b), common, claim.interval.n,
-                            lead="along the n-curve")
+    sizes = set(readout.curve_sizes(ctx.main, a, other)) | set(readout.curve_sizes(ctx.main, b, other))
+    claim.scale = ctx.scale([a, b], sizes, common, claim.interval.n, lead="along the n-curve")
     return claim
 
 
@@ -543,7 +396,7 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
         claim.reason = why
         return claim
     for t in sorted(targets, reverse=True):
-        a, b = _needed(ctx.main, num, t), _needed(ctx.main, den, t)
+        a, b = readout.needed(ctx.main, num, t), readout.needed(ctx.main, den, t)
         common = sorted(set(a.values) & set(b.values))
         a, b = a.subset(common), b.subset(common)
         if not common or a.missing or b.missing:
@@ -554,8 +407,8 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
             return claim
         claim.interval = stats.ratio_interval(a.values, b.values)
         claim.effect = claim.effect.replace("target", f"{100 * t:g}% clean accuracy")
-        sizes = set(_wide(ctx.main, num, CLEAN.name).columns) | set(
-            _wide(ctx.main, den, CLEAN.name).columns)
+        sizes = set(readout.wide(ctx.main, num, CLEAN.name).columns) | set(
+            readout.wide(ctx.main, den, CLEAN.name).columns)
         if a.at_first or b.at_first:
             claim.effect += f" {BOUNDED}"
         claim.scale = ctx.scale([num, den], sizes, common, claim.interval.n,
@@ -567,17 +420,6 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
     return claim
 
 
-def _smallest_scramble(test_sets: Iterable[str]) -> str | None:
-    """The scrambled set with the smallest grid (``scramble-g2`` before ``scramble-g3``)."""
-    kinds = [k for k in (find_set_kind(t) for t in set(test_sets))
-             if k is not None and k.family == "scramble" and k.grid]
-    return min(kinds, key=lambda k: k.grid).name if kinds else None
-
-
-# The score C3 compares: defined the same way for every family (see SCOREBOARD_RULES).
-PART_SCORE = "auroc_mahalanobis"
-
-
 def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
     """``a`` minus ``b`` of the intact-vs-scrambled AUROC of :data:`PART_SCORE`, smallest grid,
     largest common n."""
@@ -585,13 +427,15 @@ def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
         claim.reason = why
         return claim
     auroc = ctx.main[ctx.main["metric"] == PART_SCORE]
-    ts = _smallest_scramble(auroc["test_set"])
-    sizes = (set(_rows(auroc, a, ts)["n"]) & set(_rows(auroc, b, ts)["n"])) if ts else set()
+    ts = readout.smallest_scramble(auroc["test_set"])
+    sizes = ((set(readout.rows(auroc, a, ts)["n"]) & set(readout.rows(auroc, b, ts)["n"]))
+             if ts else set())
     if not sizes:
         claim.reason = f"{NOT_MEASURED} (no {PART_SCORE} on a scrambled set for both models)"
         return claim
     n = max(sizes)
-    va, vb = _by_seed(_rows(auroc, a, ts, n=n)), _by_seed(_rows(auroc, b, ts, n=n))
+    va = readout.by_seed(readout.rows(auroc, a, ts, n=n))
+    vb = readout.by_seed(readout.rows(auroc, b, ts, n=n))
     claim.interval = stats.paired_difference(va, vb)
     claim.effect = claim.effect.replace("scrambled", ts)
     claim.scale = ctx.scale([a, b], [n], sorted(set(va) & set(vb)), claim.interval.n,
@@ -601,7 +445,9 @@ def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
 
 def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | None = None,
            cells: pd.DataFrame | None = None) -> list[Claim]:
-    """The four rows of the scoreboard (see :data:`SCOREBOARD_RULES`).
+    """The four rows of the scoreboard, and a fifth (C5, routing vs pooling:
+    :func:`bench.routing_report.routing_claim`) when ``main`` has ``head-*`` models (see
+    :data:`SCOREBOARD_RULES`).
 
     Args:
         main: the rows of ``metrics.csv`` of the affNIST setup.
@@ -638,7 +484,8 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "CapsNet at the same clean accuracy (the counter-claim of Gu, Tresp & Hu 2021 "
             "holds)", 0.0, "pp"),
             K9, REFERENCE, other),
-    ]
+    ] + ([Claim(**routing_report.routing_claim(main, key="C5", scale=ctx.scale))]
+         if any(str(m).startswith("head-") for m in main["model"]) else [])
 
 
 SCOREBOARD_RULES = [
@@ -656,6 +503,7 @@ SCOREBOARD_RULES = [
     "scrambled set with the smallest grid at the largest n. Our choice: not the confidence "
     "(a capsule length is not a probability, a softmax maximum is) nor a reconstruction "
     "error (CapsNets only); those are in the part-arrangement table.",
+    routing_report.SCOREBOARD_RULE,
     f"Intervals: 95%, paired over seeds (Student t on the per-seed differences; for C2 on the "
     f"log ratios, exponentiated); {CLIPPED}: clipped to the possible range; {BOUNDED}: some "
     "seed reached the target at the smallest n, where the size is only an upper bound.",
@@ -732,10 +580,11 @@ def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | Non
         if sub.empty:
             continue
         n = int(sub["n"].max())
-        row = [m, _int(n), str(sub["seed"].nunique())]
+        row = [m, readout.integer(n), str(sub["seed"].nunique())]
         for metric in ("accuracy", ece_metric):
-            row += [_iv(stats.mean_interval(_by_seed(_rows(sub, m, t, metric))), 100)
-                    for t in sets]
+            for t in sets:
+                row.append(readout.iv(stats.mean_interval(
+                    readout.by_seed(readout.rows(sub, m, t, metric))), 100))
         rows.append(row)
     head = Table("headline", f"Accuracy and calibration (ECE, 15 bins, {ece_what}) at the largest "
                  f"n ({label}), mean over seeds with its 95% interval.", header, rows,
@@ -746,16 +595,17 @@ def _headline_tables(main: pd.DataFrame, models: list[str]) -> tuple[Table | Non
         for m in models:
             if m == REFERENCE:
                 continue
-            shared = set(_rows(main, m, metric="accuracy")["n"]) & set(
-                _rows(main, REFERENCE, metric="accuracy")["n"])
+            shared = set(readout.rows(main, m, metric="accuracy")["n"]) & set(
+                readout.rows(main, REFERENCE, metric="accuracy")["n"])
             if not shared:
                 continue
             n = max(shared)
-            ivs = [stats.paired_difference(_by_seed(_rows(main, m, t, "accuracy", n)),
-                                           _by_seed(_rows(main, REFERENCE, t, "accuracy", n)))
+            ivs = [stats.paired_difference(
+                       readout.by_seed(readout.rows(main, m, t, "accuracy", n)),
+                       readout.by_seed(readout.rows(main, REFERENCE, t, "accuracy", n)))
                    for t in sets]
-            rows.append([m, _int(n), str(max(iv.n for iv in ivs))]
-                        + [_iv(iv, 100, signed=True) for iv in ivs])
+            rows.append([m, readout.integer(n), str(max(iv.n for iv in ivs))]
+                        + [readout.iv(iv, 100, signed=True) for iv in ivs])
         if rows:
             diff = Table("headline_diff", f"Accuracy difference to {REFERENCE} at the largest n "
                          f"({label}), paired by seed, in percentage points.",
@@ -769,20 +619,20 @@ def _matched_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     """Each model's affNIST-style accuracy at a clean accuracy c* every model reaches."""
     rows = []
     for other in (AFFNIST_STYLE.name, AFFNIST_REAL.name):
-        curves = {m: _curves(main, m, other)[0] for m in models}
+        curves = {m: readout.curves(main, m, other) for m in models}
         curves = {m: c for m, c in curves.items() if c}
-        c = _c_star(curves.values())
+        c = readout.c_star(curves.values())
         if c is None:
             continue
-        matched = {m: _matched(cv, c) for m, cv in curves.items()}
+        matched = {m: readout.matched(cv, c) for m, cv in curves.items()}
         for m in curves:
             iv = stats.mean_interval(matched[m])
             diff = "—"
             if m != REFERENCE and REFERENCE in matched:
-                diff = _iv(stats.paired_difference(matched[m], matched[REFERENCE]), 100,
-                           signed=True)
-            rows.append([m, display_name(other), _fixed(100 * c, 2), str(iv.n), _iv(iv, 100),
-                         diff])
+                diff = readout.iv(stats.paired_difference(matched[m], matched[REFERENCE]), 100,
+                                  signed=True)
+            rows.append([m, display_name(other), readout.fixed(100 * c, 2), str(iv.n),
+                         readout.iv(iv, 100), diff])
     if not rows:
         return None
     return Table("matched", "Accuracy under affine transforms at matched clean accuracy "
@@ -816,10 +666,10 @@ def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     rows = []
     for m in models:
         for t in sets:
-            vals = [_by_seed(_rows(d, m, t, c[0])) for c in cols]
+            vals = [readout.by_seed(readout.rows(d, m, t, c[0])) for c in cols]
             if not any(vals):
                 continue
-            rows.append([m, t] + [_iv(stats.mean_interval(v), scale, digits) if v else "—"
+            rows.append([m, t] + [readout.iv(stats.mean_interval(v), scale, digits) if v else "—"
                                   for v, (_, _, scale, digits) in zip(vals, cols, strict=True)])
     return Table("scrambled", f"Scrambled and displaced parts at the largest n "
                  f"({_largest_n_label(d)}). Intact correct: the intact digits classified "
@@ -846,11 +696,11 @@ def _calibration_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     for m in models:
         if m not in set(d["model"]):
             continue
-        t = stats.mean_interval(_by_seed(_rows(d, m, CLEAN.name, "temperature")),
+        t = stats.mean_interval(readout.by_seed(readout.rows(d, m, CLEAN.name, "temperature")),
                                 bounds=(0.0, math.inf))
-        row = [m, _iv(t, digits=3)]
+        row = [m, readout.iv(t, digits=3)]
         for ts in sets:
-            row += [_iv(stats.mean_interval(_by_seed(_rows(d, m, ts, k))), 100)
+            row += [readout.iv(stats.mean_interval(readout.by_seed(readout.rows(d, m, ts, k))), 100)
                     for k in ("ece", "ece_calibrated")]
         rows.append(row)
     header = ["Model", "Temperature T"]
@@ -873,8 +723,9 @@ def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     d = figures.largest_n(d)
     sets = order_set_names(d["test_set"])
     header = ["Model"] + [f"{_factor(t)} R²" for t in sets]
-    rows = [[m] + [_iv(stats.mean_interval(_by_seed(d[(d["model"] == m) & (d["test_set"] == t)]),
-                                           bounds=(-math.inf, 1.0)), digits=3) for t in sets]
+    rows = [[m] + [readout.iv(stats.mean_interval(
+                readout.by_seed(d[(d["model"] == m) & (d["test_set"] == t)]),
+                bounds=(-math.inf, 1.0)), digits=3) for t in sets]
             for m in models if m in set(d["model"])]
     return Table("probe", "Linear decodability of the transform: R² of a ridge read-out of "
                  "each transformation's magnitude from the model's representation (CapsNet: the "
@@ -904,9 +755,9 @@ def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
             crop = at.loc[at["metric"] == "cropped_fraction", "value"]
             row = [_factor(t), f"{v:g}", _num(100 * crop.mean()) if len(crop) else "—"]
             for m in models:
-                acc = _by_seed(at[(at["model"] == m) & (at["metric"] == "accuracy_fits")]
-                               .dropna(subset=["value"]))
-                row.append(_iv(stats.mean_interval(acc), 100) if acc else "—")
+                acc = readout.by_seed(at[(at["model"] == m) & (at["metric"] == "accuracy_fits")]
+                                      .dropna(subset=["value"]))
+                row.append(readout.iv(stats.mean_interval(acc), 100) if acc else "—")
             rows.append(row)
     return Table("sweeps", "Per-factor sweeps at the largest n: the percentage of digits whose "
                  "ink leaves the 40x40 canvas (cropped; the same digits for every model), and "
@@ -916,19 +767,7 @@ def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
                  [NOTE_MEAN, "—: every digit at that point is cropped, or no rows."])
 
 
-def _needed_text(nd: _Needed) -> str:
-    total = len(nd.values)
-    if total == 0:
-        return "—"
-    if nd.missing:
-        return f"not reached ({nd.missing} of {total} seeds)"
-    values = [v for v in nd.values.values() if v is not None]
-    if len(nd.at_first) == total:
-        return f"≤ {_int(max(values))}"
-    return _iv_int(stats.geometric_interval(values)) + (BOUNDED if nd.at_first else "")
-
-
-def _ratio_text(nd: _Needed, ref: _Needed) -> str:
+def _ratio_text(nd: Needed, ref: Needed) -> str:
     common = sorted(set(nd.values) & set(ref.values))
     if not common:
         return "—"
@@ -942,7 +781,7 @@ def _ratio_text(nd: _Needed, ref: _Needed) -> str:
     if all(s in nd.at_first and s in ref.at_first for s in used):
         return "no ratio (both reached it at the smallest n)"
     bounded = any(s in nd.at_first or s in ref.at_first for s in used)
-    text = _iv(iv, 1, 2, unit="×") + (BOUNDED if bounded else "")
+    text = readout.iv(iv, 1, 2, unit="×") + (BOUNDED if bounded else "")
     if dropped:
         text += f" ({dropped} of {len(common)} seeds dropped: not reached)"
     return text
@@ -950,17 +789,17 @@ def _ratio_text(nd: _Needed, ref: _Needed) -> str:
 
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
                            targets: Sequence[float]) -> Table | None:
-    d = _rows(main, test_set=CLEAN.name, metric="accuracy")
+    d = readout.rows(main, test_set=CLEAN.name, metric="accuracy")
     if d.empty:
         return None
-    need = {m: [_needed(main, m, t) for t in targets] for m in models}
+    need = {m: [readout.needed(main, m, t) for t in targets] for m in models}
     ref = REFERENCE if REFERENCE in need else None
     header = ["Model"] + [f"n for {100 * t:g}%" for t in targets]
     if ref:
         header += [f"ratio to {ref} ({100 * t:g}%)" for t in targets]
     rows = []
     for m in models:
-        row = [m] + [_needed_text(b) for b in need[m]]
+        row = [m] + [readout.needed_text(b) for b in need[m]]
         if ref:
             row += (["reference"] * len(targets) if m == ref else
                     [_ratio_text(b, r) for b, r in zip(need[m], need[ref], strict=True)])
@@ -998,18 +837,20 @@ def _recon_table(main: pd.DataFrame, models: list[str]) -> tuple[Table | None, s
     d = figures.largest_n(d)
     rows, sentence = [], ""
     for m in models:
-        own = _by_seed(_rows(d, m, metric="recon_mse"))
-        base = _by_seed(_rows(d, m, metric="recon_mse_class_mean"))
+        own = readout.by_seed(readout.rows(d, m, metric="recon_mse"))
+        base = readout.by_seed(readout.rows(d, m, metric="recon_mse_class_mean"))
         if not own:
             continue
         a, b = stats.mean_interval(own), stats.mean_interval(base)
         diff = stats.paired_difference(own, base)
         n = int(d[d["model"] == m]["n"].max())
-        rows.append([m, _int(n), str(a.n), _iv(a, digits=4), _iv(b, digits=4),
-                     _iv(diff, digits=4, signed=True), _reading(diff)])
+        rows.append([m, readout.integer(n), str(a.n), readout.iv(a, digits=4),
+                     readout.iv(b, digits=4), readout.iv(diff, digits=4, signed=True),
+                     _reading(diff)])
         if m == REFERENCE:
             sentence = (f"{m} reconstructs clean test digits (n = {n:,}) with a mean squared "
-                        f"error per pixel of {_iv(a, digits=4)}, against {_iv(b, digits=4)} for "
+                        f"error per pixel of {readout.iv(a, digits=4)}, against "
+                        f"{readout.iv(b, digits=4)} for "
                         f"the class-mean training image of the predicted class: "
                         f"{_reading(diff)}.")
     if not rows:
@@ -1033,10 +874,10 @@ def _mnist_table(df: pd.DataFrame) -> Table | None:
     rows = []
     for m in figures.model_order(d["model"]):
         sub = d[d["model"] == m]
-        iv = stats.mean_interval(_by_seed(sub))
+        iv = stats.mean_interval(readout.by_seed(sub))
         paper = PAPER_MNIST_ERRORS.get(m, math.nan)
-        rows.append([m, _int(sub["n"].max()), str(iv.n), _iv(iv, 100), _num(paper, 2),
-                     _num(100 * iv.estimate - paper, 2)])
+        rows.append([m, readout.integer(sub["n"].max()), str(iv.n), readout.iv(iv, 100),
+                     _num(paper, 2), _num(100 * iv.estimate - paper, 2)])
     return Table("mnist", "The paper's MNIST table (Sabour et al. 2017, Table 1): test error "
                  "on 28x28 MNIST beside the paper's numbers; difference: our mean minus the "
                  "paper's.", header, rows, "lrrrrr", [NOTE_MEAN])
@@ -1063,8 +904,8 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
         return [line], None, keys
     order = {m: i for i, m in enumerate(figures.model_order(bad["model"]))}
     bad = bad.assign(_o=bad["model"].map(order)).sort_values(["setup", "_o", "n", "seed"])
-    rows = [[str(r.setup), str(r.model), _int(r.n), str(int(r.seed)), _int(r.steps),
-             _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
+    rows = [[str(r.setup), str(r.model), readout.integer(r.n), str(int(r.seed)),
+             readout.integer(r.steps), _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
     table = Table("convergence", "Cells that did not converge: their validation accuracy gained at "
                   "least 0.2 points and more than two paired standard errors over the last "
                   "quarter of the budget (hollow markers in the data-efficiency figures).",
@@ -1082,13 +923,13 @@ def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
         infer_mem = "peak_infer_mem_mb" in m.columns
         if infer_mem:
             header.append("Peak infer. mem (MB)")
-        rows = []
+        rows, whole = [], readout.integer
         for _, r in m.sort_values(["device_name", "input_size", "batch"], kind="stable").iterrows():
-            rows.append([str(r["model"]), str(r["device_name"]), _int(r["input_size"]),
-                         _int(r["batch"]), _int(r["params"]), _num(r["flops_per_image"] / 1e6),
-                         _int(r["train_images_per_s"]), _int(r["infer_images_per_s"]),
-                         _num(r["latency_b1_ms"], 2), _int(r["peak_mem_mb"])]
-                        + ([_int(r["peak_infer_mem_mb"])] if infer_mem else []))
+            rows.append([str(r["model"]), str(r["device_name"]), whole(r["input_size"]),
+                         whole(r["batch"]), whole(r["params"]), _num(r["flops_per_image"] / 1e6),
+                         whole(r["train_images_per_s"]), whole(r["infer_images_per_s"]),
+                         _num(r["latency_b1_ms"], 2), whole(r["peak_mem_mb"])]
+                        + ([whole(r["peak_infer_mem_mb"])] if infer_mem else []))
         order = {name: i for i, name in enumerate(figures.model_order(m["model"]))}
         rows.sort(key=lambda row: (row[1], order[row[0]]))
         out.append(Table("throughput", "Throughput: images per second for a training step "
@@ -1098,7 +939,7 @@ def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
                          header, rows, "ll" + "r" * (len(header) - 2)))
     g = tp[tp["kind"] == "generation"]
     if not g.empty:
-        rows = [[display_name(str(r["model"])), str(r["device_name"]), _int(r["images_per_s"])]
+        rows = [[display_name(str(r["model"])), str(r["device_name"]), readout.integer(r["images_per_s"])]
                 for _, r in g.iterrows()]
         out.append(Table("generation", "Test-set generation speed (images per second).",
                          ["Test set", "Device", "Images/s"], rows, "llr"))
@@ -1139,8 +980,8 @@ HOW_TO_READ = f"""\
 
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
-               "calibration", "probe", "sweeps", "data_efficiency", "recon", "mnist", "throughput",
-               "generation")
+               "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
+               "throughput", "generation")
 
 FIGURE_CAPTIONS = {
     "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
@@ -1164,6 +1005,7 @@ FIGURE_CAPTIONS = {
                    "scaling fitted on held-out validation images (right); marker area grows "
                    "with the bin's count; dashed: perfect calibration.",
     "throughput": "Training and inference throughput (images/s).",
+    routing_report.FIGURE_STEM: routing_report.FIGURE_CAPTION,
     "examples": "The first images of each test set (label in the corner).",
     "reconstructions": "CapsNet reconstructions (from the winning capsule) under each input.",
 }
@@ -1286,6 +1128,10 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
+        rt = routing_report.routing_table(main, targets)
+        if rt is not None:
+            sections.append((routing_report.TITLE, Table("routing", rt.title, rt.header, rt.rows,
+                                                         rt.align, [NOTE_MEAN, *rt.notes]), ""))
     mnist = _mnist_table(df)
     if mnist is not None:
         sections.append(("The paper's MNIST table", mnist, ""))
@@ -1340,8 +1186,8 @@ def _remove_stale(folder: Path, names: Sequence[str]) -> None:
 
 
 def _matched_c_star(main: pd.DataFrame, models: Sequence[str]) -> float | None:
-    curves = [c for c in (_curves(main, m, AFFNIST_STYLE.name)[0] for m in models) if c]
-    return _c_star(curves)
+    curves = [c for c in (readout.curves(main, m, AFFNIST_STYLE.name) for m in models) if c]
+    return readout.c_star(curves)
 
 
 def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.DataFrame | None,
@@ -1385,6 +1231,10 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
             m = m[m["batch"] == m["batch"].max()]
             figures.throughput(m, out / "throughput")
             done.append("throughput")
+    rt = routing_report.routing_table(main)
+    if rt is not None and rt.c_star is not None:
+        routing_report.routing_figure(rt, out / routing_report.FIGURE_STEM)
+        done.append(routing_report.FIGURE_STEM)
     if examples is not None:
         if any(k.startswith("images/") for k in examples):
             figures.example_grid(examples, out / "examples")

@@ -15,20 +15,20 @@ module):
 - :func:`routing_figure`: the affNIST-style accuracy at c* of every head as points with their
   95% intervals, pooling heads and routing heads in two groups.
 
-Rules (the same as the report's):
+Rules (the same as the report's; the read-outs and number formats are :mod:`bench.readout`,
+which the report uses too):
 
 - Every interval comes from :mod:`bench.stats` (Student t over seeds, clipped to the metric's
   range; paired over seeds for a difference; on the log scale for a training-set size).
 - c*: the highest clean accuracy that every curve reaches (the lowest of the per-seed maxima),
   provided it is not below some curve's lowest point; each seed's affNIST-style accuracy is read
-  at c* along its curve of increasing n by linear interpolation
-  (:func:`bench.stats.matched_accuracy`). This is the rule of the report's matched table and of
-  claims C1 and C4 (``bench.report._c_star``; tests/test_routing_report.py checks that the two
-  agree). In the table, "every curve" is every head's on every seed; in the scoreboard row it is
-  the two heads compared, as in C1.
-- Part-arrangement score: the report's C3 score, ``auroc_mahalanobis`` (AUROC of telling intact
-  from scrambled digits by a label-free feature-density score) on the scrambled set with the
-  smallest grid.
+  at c* along its curve of increasing n by linear interpolation (:func:`bench.readout.c_star`,
+  :func:`bench.readout.matched`). This is the rule of the report's matched table and of claims
+  C1 and C4. In the table, "every curve" is every head's on every seed; in the scoreboard row it
+  is the two heads compared, as in C1.
+- Part-arrangement score: the report's C3 score, :data:`bench.readout.PART_SCORE` (AUROC of
+  telling intact from scrambled digits by a label-free feature-density score) on the scrambled
+  set with the smallest grid.
 - "The largest n": the largest training-set size at which every head in the table has a clean
   accuracy (the heads share the profile's sizes); each head's own largest n when they share none.
 """
@@ -45,14 +45,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench import figures, stats
-from bench.data.testsets import AFFNIST_STYLE, CLEAN, find_set_kind
+from bench import figures, readout, stats
+from bench.data.testsets import AFFNIST_STYLE, CLEAN
+from bench.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.stats import Interval
 
 __all__ = [
     "POOLING_HEADS",
     "ROUTING_HEADS",
-    "PART_SCORE",
     "HEAD_COLORS",
     "TITLE",
     "FIGURE_STEM",
@@ -60,9 +60,6 @@ __all__ = [
     "SCOREBOARD_RULE",
     "RoutingTable",
     "head_groups",
-    "curves",
-    "c_star",
-    "matched",
     "largest_n",
     "best_head",
     "routing_table",
@@ -71,10 +68,9 @@ __all__ = [
 ]
 
 # The heads of bench/models/heads.py (HEADS), by group; the fc head (flatten + linear) routes
-# nothing and is counted with the pooling heads, as in the issue and in SR-CapsNet's comparison.
+# nothing and is counted with the pooling heads (our choice, as in SR-CapsNet's comparison).
 POOLING_HEADS = ("head-maxpool", "head-avgpool", "head-fc")
 ROUTING_HEADS = ("head-dynamic", "head-em", "head-self", "head-attention")
-PART_SCORE = "auroc_mahalanobis"  # the report's C3 score (bench.report.PART_SCORE)
 # One colour per head, distinct within the figure (bench.figures.PALETTE does not know the heads;
 # its hashed fallback can give two heads one colour): Okabe-Ito, pooling warm, routing cool.
 HEAD_COLORS = {
@@ -92,85 +88,16 @@ FIGURE_CAPTION = (
 
 # The rule of the scoreboard row, for bench.report.SCOREBOARD_RULES.
 SCOREBOARD_RULE = (
-    "C5 compares heads on one shared backbone (bench/models/heads.py): the routing head and the "
-    "pooling head (max pool, average pool or flatten, then linear) with the highest mean clean "
-    "accuracy at the largest n every head shares (chosen on clean accuracy only, never on the "
-    "effect), on their affNIST-style accuracy at the highest clean accuracy both reach on every "
-    "seed, read as in C1; the interval is that of the two heads chosen and does not allow for "
-    "the choice.")
-
-PM = "±"
-CLIPPED = "†"
-BOUNDED = "‡"
-MINUS = "−"
-NOT_MEASURED = "not measured"
-
-Curves = dict[int, tuple[np.ndarray, np.ndarray]]  # seed -> (clean, other) along increasing n
+    "C5 (runs with routing heads only): of the heads on one shared backbone "
+    "(bench/models/heads.py), the routing head and the pooling head (max pool, average pool or "
+    "flatten, then linear) with the highest mean clean accuracy at the largest n every head "
+    "shares (chosen on clean accuracy only, never on the effect), compared on their "
+    "affNIST-style accuracy at the highest clean accuracy both reach on every seed, read as in "
+    "C1; the interval is that of the two heads chosen and does not allow for the choice.")
 
 
 # --------------------------------------------------------------------------------------------
-# Per-seed values and curves (the report's rules)
-
-
-def _rows(d: pd.DataFrame, model: str | None = None, test_set: str | None = None,
-          metric: str | None = None, n: int | None = None) -> pd.DataFrame:
-    sel = d["factor_value"].isna()
-    for col, want in (("model", model), ("test_set", test_set), ("metric", metric), ("n", n)):
-        if want is not None:
-            sel &= d[col] == want
-    return d[sel]
-
-
-def _by_seed(rows: pd.DataFrame) -> dict[int, float]:
-    """{seed: value} of one cell per seed (several rows of a seed averaged; NaN left out)."""
-    s = rows.groupby("seed")["value"].mean()
-    return {int(k): float(v) for k, v in s.items() if np.isfinite(v)}
-
-
-def _wide(main: pd.DataFrame, model: str, test_set: str, metric: str = "accuracy") -> pd.DataFrame:
-    """Seeds x sizes (increasing) of one model's metric on one test set; empty when absent."""
-    rows = _rows(main, model, test_set, metric)
-    if rows.empty:
-        return pd.DataFrame()
-    return rows.pivot_table(index="seed", columns="n", values="value",
-                            aggfunc="mean").sort_index(axis=1)
-
-
-def curves(main: pd.DataFrame, model: str, other: str = AFFNIST_STYLE.name) -> Curves:
-    """Per seed, the (clean, ``other``) accuracies of ``model`` along increasing n, at the sizes
-    that have both (points with a NaN dropped); seeds without a point are left out."""
-    c, o = _wide(main, model, CLEAN.name), _wide(main, model, other)
-    if c.empty or o.empty:
-        return {}
-    sizes = sorted(set(c.columns) & set(o.columns))
-    out: Curves = {}
-    for seed in sorted(set(c.index) & set(o.index)):
-        cv = c.loc[seed, sizes].to_numpy(dtype=float)
-        ov = o.loc[seed, sizes].to_numpy(dtype=float)
-        keep = np.isfinite(cv) & np.isfinite(ov)
-        if keep.any():
-            out[int(seed)] = (cv[keep], ov[keep])
-    return out
-
-
-def c_star(per_model: Iterable[Curves]) -> float | None:
-    """The highest clean accuracy that every curve reaches (the lowest of the per-seed maxima),
-    or None when it lies below some curve's lowest point (the ranges do not all overlap) or there
-    is no curve."""
-    tops, bottoms = [], []
-    for per_seed in per_model:
-        for clean, _ in per_seed.values():
-            tops.append(float(clean.max()))
-            bottoms.append(float(clean.min()))
-    if not tops:
-        return None
-    c = min(tops)
-    return c if c >= max(bottoms) else None
-
-
-def matched(per_seed: Curves, at: float) -> dict[int, float | None]:
-    """Per seed, the other accuracy read at clean accuracy ``at`` (:func:`stats.matched_accuracy`)."""
-    return {s: stats.matched_accuracy(c, o, at) for s, (c, o) in per_seed.items()}
+# The heads
 
 
 def head_groups(models: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -182,7 +109,7 @@ def head_groups(models: Iterable[str]) -> tuple[list[str], list[str]]:
 def largest_n(main: pd.DataFrame, heads: Sequence[str]) -> dict[str, int]:
     """Per head with a clean accuracy: the largest n every such head has one at, or, when they
     share no size, the head's own largest n."""
-    sizes = {m: set(_rows(main, m, CLEAN.name, "accuracy")["n"].astype(int)) for m in heads}
+    sizes = {m: set(readout.rows(main, m, CLEAN.name, "accuracy")["n"].astype(int)) for m in heads}
     sizes = {m: s for m, s in sizes.items() if s}
     if not sizes:
         return {}
@@ -201,93 +128,10 @@ def best_head(main: pd.DataFrame, heads: Sequence[str], at_n: dict[str, int]) ->
     for m in heads:
         if m not in at_n:
             continue
-        v = _by_seed(_rows(main, m, CLEAN.name, "accuracy", at_n[m]))
+        v = readout.by_seed(readout.rows(main, m, CLEAN.name, "accuracy", at_n[m]))
         if v and (acc := float(np.mean(list(v.values())))) > best_acc:
             best, best_acc = m, acc
     return best
-
-
-def _smallest_scramble(test_sets: Iterable[str]) -> str | None:
-    kinds = [k for k in (find_set_kind(t) for t in set(test_sets))
-             if k is not None and k.family == "scramble" and k.grid]
-    return min(kinds, key=lambda k: k.grid).name if kinds else None
-
-
-@dataclass
-class _Needed:
-    """Per seed, the n at which clean accuracy first reaches a target (None: never)."""
-
-    values: dict[int, float | None]
-    at_first: set[int]  # seeds that reached it at the smallest n (an upper bound)
-
-    @property
-    def missing(self) -> int:
-        return sum(v is None for v in self.values.values())
-
-
-def _needed(main: pd.DataFrame, model: str, target: float) -> _Needed:
-    c = _wide(main, model, CLEAN.name)
-    values: dict[int, float | None] = {}
-    at_first: set[int] = set()
-    for seed in c.index:
-        row = c.loc[seed]
-        row = row[np.isfinite(row.to_numpy(dtype=float))]
-        if row.empty:
-            continue
-        acc = row.to_numpy(dtype=float)
-        values[int(seed)] = stats.n_to_target(row.index.to_numpy(dtype=float), acc, target)
-        if acc[0] >= target:
-            at_first.add(int(seed))
-    return _Needed(values, at_first)
-
-
-# --------------------------------------------------------------------------------------------
-# Formatting (the report's conventions: "estimate [low, high]", † clipped, ‡ upper bound)
-
-
-def _fixed(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
-def _iv(iv: Interval | None, scale: float = 1.0, digits: int = 2, *, signed: bool = False) -> str:
-    """The text of ``bench.report._iv``: "estimate [low, high]" with † when clipped, the estimate
-    alone without an interval, an em dash without an estimate."""
-    if iv is None or not np.isfinite(iv.estimate):
-        return "—"
-    text = _fixed(iv.estimate * scale, digits)
-    if signed and not text.startswith("-") and float(text) != 0:
-        text = "+" + text
-    if np.isfinite(iv.low) and np.isfinite(iv.high):
-        text += f" [{_fixed(iv.low * scale, digits)}, {_fixed(iv.high * scale, digits)}]"
-    return text + (CLIPPED if iv.clipped else "")
-
-
-def _int(x: float) -> str:
-    return "—" if x is None or not np.isfinite(x) else f"{x:,.0f}"
-
-
-def _needed_text(nd: _Needed, iv: Interval | None) -> str:
-    total = len(nd.values)
-    if total == 0:
-        return "—"
-    if nd.missing:
-        return f"not reached ({nd.missing} of {total} seeds)"
-    if len(nd.at_first) == total:
-        return f"≤ {_int(max(v for v in nd.values.values() if v is not None))}"
-    text = _int(iv.estimate)
-    if np.isfinite(iv.low) and np.isfinite(iv.high):
-        text += f" [{_int(iv.low)}, {_int(iv.high)}]"
-    return text + (BOUNDED if nd.at_first else "")
-
-
-def _n_range(sizes: Iterable[float]) -> str:
-    sizes = sorted(set(sizes))
-    if not sizes:
-        return "n = —"
-    if len(sizes) == 1:
-        return f"n = {sizes[0]:,.0f}"
-    return f"n = {sizes[0]:,.0f}–{sizes[-1]:,.0f}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,18 +168,18 @@ class RoutingTable:
 
 
 def _table_target(main: pd.DataFrame, heads: Sequence[str],
-                  targets: Sequence[float]) -> tuple[float | None, dict[str, _Needed]]:
+                  targets: Sequence[float]) -> tuple[float | None, dict[str, readout.Needed]]:
     """The highest target that every head reaches on every seed (the report's C2 rule, over all
     heads); when none is, the lowest target (the column then says how many seeds never reached
     it)."""
     if not targets:
         return None, {}
     for t in sorted(targets, reverse=True):
-        need = {m: _needed(main, m, t) for m in heads}
+        need = {m: readout.needed(main, m, t) for m in heads}
         if all(nd.values and not nd.missing for nd in need.values()):
             return t, need
     t = min(targets)
-    return t, {m: _needed(main, m, t) for m in heads}
+    return t, {m: readout.needed(main, m, t) for m in heads}
 
 
 def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingTable | None:
@@ -344,12 +188,13 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
     Per head (pooling heads first, then routing heads): the seeds; the clean and the
     affNIST-style accuracy at the largest n (:func:`largest_n`), mean over seeds with its 95%
     interval (:func:`stats.mean_interval`, clipped to [0, 100]%); the affNIST-style accuracy at
-    the matched clean accuracy c* of every head on every seed (:func:`c_star`, read per seed by
-    :func:`stats.matched_accuracy`), mean with its interval; the part-arrangement score
-    (:data:`PART_SCORE` on the scrambled set with the smallest grid at the largest n; the column
-    is left out when no head has it); and the training images needed to reach the highest of
-    ``targets`` that every head reaches on every seed (:func:`stats.n_to_target` per seed,
-    geometric mean with its interval on log n, :func:`stats.geometric_interval`).
+    the matched clean accuracy c* of every head on every seed (:func:`bench.readout.c_star`,
+    read per seed by :func:`stats.matched_accuracy`), mean with its interval; the
+    part-arrangement score (:data:`bench.readout.PART_SCORE` on the scrambled set with the
+    smallest grid at the largest n; the column is left out when no head has it); and the
+    training images needed to reach the highest of ``targets`` that every head reaches on every
+    seed (:func:`bench.readout.needed` per seed, geometric mean with its interval on log n,
+    :func:`bench.readout.needed_text`).
 
     Args:
         main: the rows of ``metrics.csv`` of the affNIST setup.
@@ -361,12 +206,12 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
         return None
     group = {m: ("pooling" if m in pooling else "routing") for m in heads}
     at_n = largest_n(main, heads)
-    per_model = {m: curves(main, m) for m in heads}
+    per_model = {m: readout.curves(main, m) for m in heads}
     per_model = {m: c for m, c in per_model.items() if c}
-    cs = c_star(per_model.values())
-    per_seed = {m: matched(c, cs) for m, c in per_model.items()} if cs is not None else {}
+    cs = readout.c_star(per_model.values())
+    per_seed = {m: readout.matched(c, cs) for m, c in per_model.items()} if cs is not None else {}
     part_rows = main[main["metric"] == PART_SCORE]
-    part_set = _smallest_scramble(part_rows["test_set"])
+    part_set = readout.smallest_scramble(part_rows["test_set"])
     target, need = _table_target(main, heads, targets)
 
     values: list[dict[str, Any]] = []
@@ -382,27 +227,30 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
         v = {s: x for s, x in v.items() if x is not None}
         return stats.mean_interval(v) if v else None
 
+    def at_largest(d: pd.DataFrame, m: str, test_set: str,
+                   metric: str | None = None) -> Interval | None:
+        n = at_n.get(m)
+        return None if n is None else mean_or_none(
+            readout.by_seed(readout.rows(d, m, test_set, metric, n)))
+
     rows = []
     for m in heads:
-        n = at_n.get(m)
-        nn = float(n) if n is not None else math.nan
-        clean = put(m, "clean", nn, mean_or_none(_by_seed(_rows(main, m, CLEAN.name, "accuracy", n)))
-                    if n is not None else None)
-        aff = put(m, "affnist", nn, mean_or_none(
-            _by_seed(_rows(main, m, AFFNIST_STYLE.name, "accuracy", n))) if n is not None else None)
+        nn = float(at_n[m]) if m in at_n else math.nan
+        clean = put(m, "clean", nn, at_largest(main, m, CLEAN.name, "accuracy"))
+        aff = put(m, "affnist", nn, at_largest(main, m, AFFNIST_STYLE.name, "accuracy"))
         mat = put(m, "matched", math.nan, mean_or_none(per_seed.get(m, {})))
-        seeds = sorted(set(_rows(main, m, CLEAN.name, "accuracy")["seed"].astype(int)))
-        row = [m, group[m], str(len(seeds)), _iv(clean, 100), _iv(aff, 100), _iv(mat, 100)]
+        seeds = sorted(set(readout.rows(main, m, CLEAN.name, "accuracy")["seed"].astype(int)))
+        row = [m, group[m], str(len(seeds)), readout.iv(clean, 100), readout.iv(aff, 100),
+               readout.iv(mat, 100)]
         if part_set is not None:
-            part = put(m, "part", nn, mean_or_none(_by_seed(_rows(part_rows, m, part_set, n=n)))
-                       if n is not None else None)
-            row.append(_iv(part, 1, 3))
+            part = put(m, "part", nn, at_largest(part_rows, m, part_set))
+            row.append(readout.iv(part, 1, 3))
         if target is not None:
             nd = need[m]
             done = [v for v in nd.values.values() if v is not None]
-            iv = stats.geometric_interval(done) if done and not nd.missing else None
-            put(m, "n_target", math.nan, iv)
-            row.append(_needed_text(nd, iv))
+            put(m, "n_target", math.nan,
+                stats.geometric_interval(done) if done and not nd.missing else None)
+            row.append(readout.needed_text(nd))
         rows.append(row)
 
     sizes = sorted(set(at_n.values()))
@@ -466,9 +314,10 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
     heads chosen, over the seeds both have), as the report's other rows are of one fixed pair.
 
     The effect is measured as claim C1: c* is the highest clean accuracy both chosen heads reach
-    on every seed they share (:func:`c_star`), each seed's affNIST-style accuracy is read at c*
-    (:func:`stats.matched_accuracy`), and the interval is :func:`stats.paired_difference` of
-    routing minus pooling; the verdict is :func:`stats.verdict` of it against 0.
+    on every seed they share (:func:`bench.readout.c_star`), each seed's affNIST-style accuracy
+    is read at c* (:func:`stats.matched_accuracy`), and the interval is
+    :func:`stats.paired_difference` of routing minus pooling; the verdict is
+    :func:`stats.verdict` of it against 0.
 
     Args:
         main: the rows of ``metrics.csv`` of the affNIST setup.
@@ -505,25 +354,25 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         return out
     out["effect"] = out["effect"].replace("best routing head", f"best routing head ({a})").replace(
         "best pooling head", f"best pooling head ({b})")
-    ca, cb = curves(main, a), curves(main, b)
+    ca, cb = readout.curves(main, a), readout.curves(main, b)
     common = sorted(set(ca) & set(cb))
     if not common:
         out["reason"] = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
         return out
     ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
-    c = c_star([ca, cb])
+    c = readout.c_star([ca, cb])
     if c is None:
         out["reason"] = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                          "every seed)")
         return out
-    iv = stats.paired_difference(matched(ca, c), matched(cb, c))
+    iv = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
     out["interval"] = iv
     out["effect"] = out["effect"].replace("c*", f"c* = {100 * c:.2f}%")
-    sizes = set(_wide(main, a, CLEAN.name).columns) | set(_wide(main, b, CLEAN.name).columns)
+    sizes = set(readout.curve_sizes(main, a)) | set(readout.curve_sizes(main, b))
     if scale is not None:
         out["scale"] = scale([a, b], sizes, common, iv.n, lead="along the n-curve")
     else:
-        out["scale"] = (f"along the n-curve; {_n_range(sizes)}; {iv.n} paired seed"
+        out["scale"] = (f"along the n-curve; {readout.n_range(sizes)}; {iv.n} paired seed"
                         + ("" if iv.n == 1 else "s"))
     return out
 

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
+from bench import readout, stats
 from bench import routing_report as rr
-from bench import stats
 
 SIZES = (100, 1000)
 SEEDS = (0, 1, 2)
@@ -184,22 +184,6 @@ def test_no_heads_and_no_common_c_star():
         rr.routing_figure(table, "unused")
 
 
-def test_same_rule_as_the_report():
-    """c*, the matched values and the interval text agree with bench.report's own helpers."""
-    report = pytest.importorskip("bench.report")
-    if not all(hasattr(report, f) for f in ("_c_star", "_curves", "_matched", "_iv")):
-        pytest.skip("bench.report's helpers were renamed")
-    df = frame()
-    theirs = [report._curves(df, m, "affnist")[0] for m in TOP]
-    assert rr.c_star([rr.curves(df, m) for m in TOP]) == report._c_star(theirs)
-    assert rr.matched(rr.curves(df, "head-dynamic"), 0.9) == report._matched(theirs[2], 0.9)
-    iv = stats.mean_interval([0.9, 0.95, 0.99])
-    assert rr._iv(iv, 100) == report._iv(iv, 100)
-    d = stats.paired_difference({0: 0.1, 1: -0.2, 2: 0.3}, {0: 0.0, 1: 0.0, 2: 0.0})
-    assert rr._iv(d, 100, signed=True) == report._iv(d, 100, signed=True)
-    assert rr.PART_SCORE == report.PART_SCORE
-
-
 def test_head_names_are_the_models():
     heads = pytest.importorskip("bench.models.heads")
     assert set(rr.POOLING_HEADS) | set(rr.ROUTING_HEADS) == {f"head-{h}" for h in heads.HEADS}
@@ -235,8 +219,8 @@ def test_claim_hand_worked_supported_effect():
     # seed 0 by hand: head-dynamic 0.40 + 16/17 * 0.34 = 0.72, head-maxpool reads its own top
     # point 0.70: +2.00 pp
     row = rr.routing_claim(frame("supported"))
-    dyn = rr.matched(rr.curves(frame("supported"), "head-dynamic"), 0.96)
-    mp = rr.matched(rr.curves(frame("supported"), "head-maxpool"), 0.96)
+    dyn = readout.matched(readout.curves(frame("supported"), "head-dynamic"), 0.96)
+    mp = readout.matched(readout.curves(frame("supported"), "head-maxpool"), 0.96)
     assert dyn[0] - mp[0] == pytest.approx(0.02)
     assert row["interval"].low > 0
 
@@ -288,3 +272,40 @@ def test_figure_is_reproducible(tmp_path):
     rr.routing_figure(table, tmp_path / "b")
     for ext in ("pdf", "png"):
         assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# in the report
+
+
+def _scoreboard_lines(md: str) -> list[str]:
+    body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in body.splitlines() if line.startswith("| C")]
+
+
+def test_report_has_the_routing_section(tmp_path):
+    report = pytest.importorskip("bench.report")
+    frame().to_csv(tmp_path / "metrics.csv", index=False)
+    report.build_report(tmp_path, with_figures=True)
+    md = (tmp_path / "report.md").read_text()
+    assert f"## {rr.TITLE}" in md
+    assert (tmp_path / "tables" / "routing.tex").is_file()
+    assert (tmp_path / "figures" / f"{rr.FIGURE_STEM}.png").is_file()
+    assert f"![{rr.FIGURE_STEM}](figures/{rr.FIGURE_STEM}.png)" in md
+    c5 = [line for line in _scoreboard_lines(md) if line.startswith("| C5 routing")]
+    assert len(c5) == 1 and "(head-dynamic)" in c5[0] and "(head-maxpool)" in c5[0]
+    iv = rr.routing_claim(frame())["interval"]
+    assert readout.iv(iv, 100, 2, signed=True, unit=" pp") in c5[0]
+    assert c5[0].rstrip(" |").endswith("supported")
+
+
+def test_report_without_heads_has_no_routing_section(tmp_path):
+    report = pytest.importorskip("bench.report")
+    df = frame()
+    df.assign(model=df["model"].str.replace("head-", "net-")).to_csv(tmp_path / "metrics.csv",
+                                                                     index=False)
+    report.build_report(tmp_path, with_figures=False)
+    md = (tmp_path / "report.md").read_text()
+    assert rr.TITLE not in md and not (tmp_path / "tables" / "routing.tex").exists()
+    assert not any(line.startswith("| C5") for line in _scoreboard_lines(md))
+    assert "C5 (runs with routing heads only)" in md  # the rule is listed in every report
