@@ -11,10 +11,9 @@ one definition of each number. The definitions follow the papers the benchmark t
   ties counted half, so a detector that cannot tell the two sets apart scores exactly 0.5.
 - ECE: Guo et al. (2017), "On Calibration of Modern Neural Networks", Eq. (3), with M = 15
   equal-width bins.
-- size to target: the data-efficiency read-out (how many training images a model needs to reach a
-  given clean accuracy), interpolated in log(n) because the sizes are spaced geometrically.
-- Student-t confidence intervals over seeds and a ridge read-out ("linear decodability of the
-  transform") of the factor of variation from a model's features.
+- a ridge read-out ("linear decodability of the transform") of the factor of variation from a
+  model's features. Intervals over seeds, n to a target and paired comparisons are in
+  :mod:`bench.stats`.
 - temperature scaling (Guo et al. 2017, Sec. 4.2): one scalar T > 0 fitted by minimising the
   negative log-likelihood of ``softmax(logits / T)`` on held-out labelled images.
 - a class-conditional Mahalanobis feature-density score (Lee et al. 2018, "A Simple Unified
@@ -26,12 +25,10 @@ one definition of each number. The definitions follow the papers the benchmark t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
 from bench.errors import BenchError
@@ -39,9 +36,6 @@ from bench.errors import BenchError
 __all__ = [
     "auroc",
     "ece",
-    "size_to_target",
-    "mean_ci",
-    "ridge_r2",
     "decodability_r2",
     "fit_temperature",
     "softmax_confidence",
@@ -49,8 +43,6 @@ __all__ = [
     "ledoit_wolf",
     "mahalanobis_fit",
     "mahalanobis_score",
-    "aggregate",
-    "seed_matrix",
 ]
 
 
@@ -135,148 +127,6 @@ def ece(confidence: Any, correct: Any, n_bins: int = 15) -> float:
     sum_hit = np.bincount(idx, weights=hit, minlength=n_bins)
     # sum_m |B_m|/N * |acc_m - conf_m| = sum_m |sum_hit_m - sum_conf_m| / N
     return float(np.abs(sum_hit - sum_conf).sum() / conf.size)
-
-
-# --------------------------------------------------------------------------------------------
-# Curves over training-set sizes and seeds
-
-
-def size_to_target(sizes: Sequence[float] | Any, accuracies: Any, target: float) -> float:
-    """Training-set size at which the seed-averaged accuracy curve first reaches ``target``.
-
-    The curve is the mean over seeds (NaN-aware: a missing cell does not count) at each size,
-    sorted by size. Between the last size below the target and the first size at or above it,
-    accuracy is interpolated linearly in log(n) (the sizes are geometric), so
-    ``n* = exp(log n0 + (target - a0) / (a1 - a0) * (log n1 - log n0))``.
-
-    Special cases: if the *first* (smallest) size already reaches the target, that size is
-    returned exactly, although the true crossing may lie below it (an upper bound); if no size
-    reaches it, NaN.
-
-    Args:
-        sizes: (S,) training-set sizes.
-        accuracies: (S,) one curve, or (R, S) one row per seed.
-        target: the accuracy to reach, e.g. 0.95.
-
-    >>> size_to_target([100, 1000], [0.5, 0.9], 0.7)  # halfway in log n: sqrt(100 * 1000)
-    316.22776601683796
-    """
-    n = _np(sizes, "sizes").reshape(-1)
-    acc = _np(accuracies, "accuracies")
-    if acc.ndim == 1:
-        acc = acc[None, :]
-    if acc.ndim != 2 or acc.shape[1] != n.size:
-        raise BenchError(
-            f"size_to_target: expected accuracies (S,) or (R, S) with S={n.size}, got {acc.shape}"
-        )
-    if (n <= 0).any():
-        raise BenchError(f"size_to_target: expected positive sizes, got {n.tolist()}")
-    order = np.argsort(n, kind="stable")
-    n = n[order]
-    with warnings.catch_warnings():  # "Mean of empty slice" where every seed is missing
-        warnings.simplefilter("ignore", RuntimeWarning)
-        curve = np.nanmean(acc[:, order], axis=0)
-    ok = np.flatnonzero(curve >= target)  # NaN compares False: a missing size never counts
-    if ok.size == 0:
-        return math.nan
-    i = int(ok[0])
-    if i == 0:
-        return float(n[0])
-    prev = i - 1
-    while prev >= 0 and np.isnan(curve[prev]):
-        prev -= 1
-    if prev < 0:
-        return float(n[i])
-    a0, a1 = curve[prev], curve[i]
-    ln0, ln1 = math.log(n[prev]), math.log(n[i])
-    return float(math.exp(ln0 + (target - a0) / (a1 - a0) * (ln1 - ln0)))
-
-
-def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval of the mean over seeds.
-
-    ``half = t_{(1+level)/2, k-1} * s / sqrt(k)`` with ``s`` the sample standard deviation
-    (ddof=1) of the k finite values; NaN values (failed cells) are dropped first.
-
-    Returns:
-        ``(mean, half_width)``; the half-width is NaN for one value (no spread to estimate), and
-        both are NaN for none.
-
-    >>> mean_ci([1.0, 2.0, 3.0])[0]
-    2.0
-    """
-    v = _np(values, "values").reshape(-1)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return math.nan, math.nan
-    mean = float(v.mean())
-    if v.size == 1:
-        return mean, math.nan
-    if not 0 < level < 1:
-        raise BenchError(f"mean_ci: expected 0 < level < 1, got {level}")
-    t = float(stats.t.ppf((1 + level) / 2, df=v.size - 1))
-    return mean, float(t * v.std(ddof=1) / math.sqrt(v.size))
-
-
-# --------------------------------------------------------------------------------------------
-# Ridge read-out with a random row split (superseded by decodability_r2 in the evaluation)
-
-
-def ridge_r2(
-    features: Any,
-    target: Any,
-    alpha: float = 1.0,
-    train_frac: float = 0.7,
-    seed: int = 0,
-) -> float:
-    """Held-out R^2 of a linear ridge read-out of ``target`` from ``features``.
-
-    The "equivariance probe": if a model's features (CapsNet: the winning capsule's 16-D pose,
-    Sabour et al. 2017, Sec. 5.1; ConvNets: penultimate activations) encode the applied
-    transformation linearly, a ridge regression predicts its magnitude on held-out images.
-
-    Procedure: a seeded random split (``train_frac`` of the rows for fitting); features
-    standardised with the train split's mean and standard deviation (constant columns left at 0);
-    target centred with the train mean; closed-form ridge
-    ``w = (X^T X + alpha I)^{-1} X^T y`` (solved in its dual form ``X^T (X X^T + alpha I)^{-1} y``
-    when there are more features than training rows); then
-    ``R^2 = 1 - sum (y - y_hat)^2 / sum (y - mean(y))^2`` on the held-out rows.
-
-    Returns:
-        R^2 (at most 1; can be negative when the read-out is worse than the held-out mean);
-        NaN when the held-out target is constant or either split is empty.
-    """
-    x = _np(features, "features")
-    y = _np(target, "target").reshape(-1)
-    if x.ndim == 1:
-        x = x[:, None]
-    x = x.reshape(x.shape[0], -1)
-    _same_length(x, y, "ridge_r2(features, target)")
-    if not 0 < train_frac < 1:
-        raise BenchError(f"ridge_r2: expected 0 < train_frac < 1, got {train_frac}")
-    n = y.size
-    n_train = int(round(train_frac * n))
-    if n_train < 1 or n_train >= n:
-        return math.nan
-    perm = np.random.default_rng(seed).permutation(n)
-    tr, te = perm[:n_train], perm[n_train:]
-    mu = x[tr].mean(axis=0)
-    sd = x[tr].std(axis=0)
-    sd[sd == 0] = 1.0
-    xtr, xte = (x[tr] - mu) / sd, (x[te] - mu) / sd
-    y_mean = y[tr].mean()
-    ytr = y[tr] - y_mean
-    if xtr.shape[1] <= xtr.shape[0]:
-        gram = xtr.T @ xtr + alpha * np.eye(xtr.shape[1])
-        w = np.linalg.solve(gram, xtr.T @ ytr)
-    else:
-        gram = xtr @ xtr.T + alpha * np.eye(xtr.shape[0])
-        w = xtr.T @ np.linalg.solve(gram, ytr)
-    pred = xte @ w + y_mean
-    ss_tot = float(((y[te] - y[te].mean()) ** 2).sum())
-    if ss_tot == 0:
-        return math.nan
-    return 1.0 - float(((y[te] - pred) ** 2).sum()) / ss_tot
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,32 +348,3 @@ def mahalanobis_score(features: Any, means: np.ndarray, precision: np.ndarray) -
     # (x - m)^T P (x - m) = x^T P x - 2 m^T P x + m^T P m, for all classes at once
     quad = (xp * x).sum(1)[:, None] - 2 * xp @ m.T + ((m @ p) * m).sum(1)
     return quad.min(1).values.numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# Tidy aggregation for the report
-
-
-def aggregate(df: pd.DataFrame, by: Sequence[str], value: str = "value",
-              level: float = 0.95) -> pd.DataFrame:
-    """Mean, Student-t half-width and number of seeds of ``value`` for each group of ``by``.
-
-    Groups keep NaN keys (``factor_value`` is NaN outside the sweeps), and come out sorted.
-    Columns: ``*by, mean, ci, n_seeds``.
-    """
-    rows = []
-    for key, g in df.groupby(list(by), dropna=False, sort=True):
-        m, h = mean_ci(g[value].to_numpy(), level)
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append((*key, m, h, int(g[value].notna().sum())))
-    return pd.DataFrame(rows, columns=[*by, "mean", "ci", "n_seeds"])
-
-
-def seed_matrix(df: pd.DataFrame, value: str = "value") -> tuple[np.ndarray, np.ndarray]:
-    """(sizes (S,), values (R, S)) from the rows of one curve: columns ``n``, ``seed``, ``value``.
-
-    Missing (seed, n) cells are NaN, which :func:`size_to_target` ignores.
-    """
-    table = df.pivot_table(index="seed", columns="n", values=value, aggfunc="mean", dropna=False)
-    table = table.sort_index(axis=1)
-    return table.columns.to_numpy(dtype=np.float64), table.to_numpy(dtype=np.float64)

@@ -349,9 +349,9 @@ def n_to_target(sizes: Sequence[float], accuracies: Sequence[float], target: flo
 
     Special cases: ``sizes[0]`` when the first point already reaches the target (the true crossing
     may lie lower: an upper bound); None when no point reaches it; points whose accuracy is NaN
-    are dropped first (our choice: a failed cell is no evidence either way). Unlike
-    :func:`bench.metrics.size_to_target`, which reads the seed-averaged curve, this reads one
-    seed, so that :func:`geometric_interval` and :func:`ratio_interval` can pair seeds.
+    are dropped first (our choice: a failed cell is no evidence either way). It reads one seed's
+    curve (not the seed-averaged one), so that :func:`geometric_interval` and
+    :func:`ratio_interval` can pair seeds.
 
     Raises:
         BenchError: sizes not positive and strictly increasing, or lengths that differ.
