@@ -9,8 +9,9 @@ from bench.cells import TrainSpec
 from bench.config import TrainConfig, load_profile
 from bench.data.canvas import to_float
 from bench.data.mnist import load_split
+from bench.evaluate import load_model
 from bench.models.registry import count_parameters, create_model
-from bench.train import train_cell
+from bench.train import train_cell, weights_hash
 
 
 def _meta(name: str, input_size: int = 28, width: float = 1.0):
@@ -113,6 +114,9 @@ def test_the_trainer_trains_and_hashes_it(name, tmp_path):
     summary = train_cell(TrainSpec(name, 100, 0, width=0.125, train=cfg), tmp_path, "cpu",
                          progress=False)
     assert summary["weights_hash"]
+    # the evaluation loads the checkpoint into a freshly built model: the same weights
+    model = load_model(tmp_path, "cpu")
+    assert weights_hash(model) == summary["weights_hash"]
 
 
 def test_the_efficient_profile_trains_it_at_width_1_and_on_28x28_mnist():

@@ -9,10 +9,11 @@ from bench.cells import TrainSpec
 from bench.config import TrainConfig, load_profile
 from bench.data.canvas import to_float
 from bench.data.mnist import load_split
+from bench.evaluate import load_model
 from bench.flops import flops_per_image
 from bench.models.heads import HEADS, MARGIN_RAMP_STEPS, PARAM_TOLERANCE, head_parameter_table
 from bench.models.registry import create_model, model_names
-from bench.train import train_cell
+from bench.train import train_cell, weights_hash
 
 NAMES = [f"head-{h}" for h in HEADS]
 CAPSULE = ["head-dynamic", "head-em", "head-self", "head-attention"]
@@ -83,6 +84,9 @@ def test_the_trainer_trains_and_hashes_every_head(name, tmp_path):
     summary = train_cell(TrainSpec(name, 100, 0, width=0.125, train=cfg), tmp_path, "cpu",
                          progress=False)
     assert summary["weights_hash"]
+    # the evaluation loads the checkpoint into a freshly built model: the same weights
+    model = load_model(tmp_path, "cpu")
+    assert weights_hash(model) == summary["weights_hash"]
 
 
 def test_the_routing_profile_has_every_head():

@@ -171,3 +171,50 @@ def test_predict_on_a_convnet_keeps_its_features_and_softmax():
     assert p.rep is None and p.representation is p.features
     assert p.softmax_scores
     assert torch.allclose(p.scores, torch.softmax(p.logits, 1), atol=1e-6)
+
+
+def test_confident_on_intact_and_unsure_on_scrambled_gives_auroc_one():
+    """A stub sure of every intact digit (score 0.9) and unsure of every scrambled one (0.3):
+    intact is the positive class, so the AUROC of the confidence is 1, not 0."""
+    labels = [0, 1, 2, 3]
+    intact = _stub([0, 1, 2, 3])
+    scrambled = _stub([5, 6, 7, 8])
+    scrambled.scores[:] = 0.07
+    scrambled.scores[torch.arange(4), torch.tensor([5, 6, 7, 8])] = 0.3
+    rows = _rows("scramble-g2", scrambled, labels, intact)
+    assert rows["auroc_confidence"] == 1.0
+    assert rows["accuracy"] == 0.0 and rows["flip_rate"] == 1.0
+
+
+def test_reconstruction_auroc_counts_a_worse_reconstruction_as_scrambled():
+    """Reconstruction errors 1, 2 (intact) against 3, 0.5 (scrambled). Of the 4 (intact,
+    scrambled) pairs the intact digit has the smaller error in 2 (1 < 3, 2 < 3; not against 0.5),
+    so the AUROC of minus the error is 2/4 = 0.5 by hand; against 3 and 4 it is 4/4 = 1."""
+    labels = [0, 1]
+
+    def with_errors(pred, errors):
+        p = _stub(pred)
+        p.recon_error = torch.tensor(errors, dtype=torch.float)
+        return p
+
+    rows = _rows("scramble-g2", with_errors([0, 1], [3.0, 0.5]), labels,
+                 with_errors([0, 1], [1.0, 2.0]))
+    assert rows["auroc_recon"] == 0.5
+    rows = _rows("scramble-g2", with_errors([0, 1], [3.0, 4.0]), labels,
+                 with_errors([0, 1], [1.0, 2.0]))
+    assert rows["auroc_recon"] == 1.0
+
+
+def test_sweep_rows_per_grid_point_by_hand():
+    """Six digits at two rotation values: right on 2 of 3 at -30 and on 1 of 3 at 30."""
+    pred = [0, 1, 9, 3, 9, 9]
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    p = _stub(pred)
+    p.rep = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    params = {"value": torch.tensor([-30.0, -30.0, -30.0, 30.0, 30.0, 30.0]),
+              "source": torch.tensor([0, 1, 2, 0, 1, 2])}
+    rows = set_metrics("sweep-rotation", p, labels, params, None)
+    acc = {r["factor_value"]: r["value"] for r in rows if r["metric"] == "accuracy"
+           and not math.isnan(r["factor_value"])}
+    assert acc == {-30.0: pytest.approx(2 / 3), 30.0: pytest.approx(1 / 3)}
+    assert [r["value"] for r in rows if r["metric"] == "cropped_fraction"] == [0.0, 0.0]

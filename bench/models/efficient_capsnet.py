@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.models.capsnet import margin_loss
-from bench.models.heads import batch_norm2d
 from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 from bench.models.routing import efficient_squash, float32_routing, self_attention_routing
 
@@ -86,10 +85,10 @@ class EfficientCapsNet(nn.Module):
         self.input_size = input_size
         self.recon_weight = recon_weight
         self.convs = nn.Sequential(
-            nn.Conv2d(1, c1, 5), nn.ReLU(inplace=True), batch_norm2d(c1),
-            nn.Conv2d(c1, c2, 3), nn.ReLU(inplace=True), batch_norm2d(c2),
-            nn.Conv2d(c2, c3, 3), nn.ReLU(inplace=True), batch_norm2d(c3),
-            nn.Conv2d(c3, c4, 3, stride=2), nn.ReLU(inplace=True), batch_norm2d(c4),
+            nn.Conv2d(1, c1, 5), nn.ReLU(inplace=True), nn.BatchNorm2d(c1),
+            nn.Conv2d(c1, c2, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(c2),
+            nn.Conv2d(c2, c3, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(c3),
+            nn.Conv2d(c3, c4, 3, stride=2), nn.ReLU(inplace=True), nn.BatchNorm2d(c4),
         )
         self.primary = nn.Conv2d(c4, c4, grid, groups=c4)  # depthwise, reduces the map to 1x1
         # W_ij (8x16) per (class j, primary capsule i), stored 3-D (j, i, 8 * 16) so that

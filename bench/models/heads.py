@@ -85,17 +85,6 @@ POSE = 4  # 4x4 pose matrices (Hinton et al. 2018)
 PRIMARY_TYPES = 16  # at width 1, as coder3000/SR-CapsNet's SmallNet (num_caps = 16)
 
 
-def batch_norm2d(channels: int) -> nn.BatchNorm2d:
-    """``nn.BatchNorm2d`` without its ``num_batches_tracked`` counter (our choice).
-
-    The counter is read only when ``momentum=None`` (torch's BatchNorm docs), and it is a 0-d
-    tensor, which ``bench.io.sha256_tensor`` (the trainer's weights hash) cannot view as bytes.
-    """
-    bn = nn.BatchNorm2d(channels)
-    bn.num_batches_tracked = None  # torch's _NormBase skips a None counter
-    return bn
-
-
 class Backbone(nn.Module):
     """conv5x5(c1) BN ReLU -> conv3x3/2(c2) BN ReLU -> conv3x3/2(c2) BN ReLU; ``(B, c2, g, g)``."""
 
@@ -106,13 +95,13 @@ class Backbone(nn.Module):
         self.grid = ((input_size + 1) // 2 + 1) // 2  # two stride-2 3x3 convs with padding 1
         self.layers = nn.Sequential(
             nn.Conv2d(1, c1, 5, padding=2, bias=False),
-            batch_norm2d(c1),
+            nn.BatchNorm2d(c1),
             nn.ReLU(inplace=True),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False),
-            batch_norm2d(c2),
+            nn.BatchNorm2d(c2),
             nn.ReLU(inplace=True),
             nn.Conv2d(c2, c2, 3, stride=2, padding=1, bias=False),
-            batch_norm2d(c2),
+            nn.BatchNorm2d(c2),
             nn.ReLU(inplace=True),
         )
         for m in self.layers.modules():  # He initialisation for the ReLU stack, as ConvClassifier
