@@ -40,15 +40,22 @@ class AffineConfig:
 
     Our choices, not taken from either source: the translation (uniform over the positions
     that keep the transformed digit's ink bounding box on the canvas), the shear axis
-    (horizontal, x' = x - s (y - cy)) and the composition order (shear, scale, rotation about
-    the digit's centre, then translation); see :mod:`bench.data.affine` and
-    ``python -m bench data --describe-affnist``.
+    (default horizontal, x' = x - s (y - cy)), the scale distribution (default uniform) and the
+    composition order (shear, scale, rotation about the digit's centre, then translation); see
+    :mod:`bench.data.affine` and ``python -m bench data --describe-affnist``.
+    ``scale_distribution = "log-uniform"`` with ``scale_max = 1.25`` gives TFF's scale draw.
     """
 
     rotation_deg: float = 20.0
     shear: float = 0.2
     scale_min: float = 0.8
     scale_max: float = 1.2
+    # "uniform": scale uniform in [scale_min, scale_max]; "log-uniform": log(scale) uniform in
+    # [log scale_min, log scale_max] (TFF's draw). Our choice: uniform.
+    scale_distribution: str = "uniform"
+    # "x": horizontal shear x' = x - s (y - cy); "y": vertical shear y' = y - s (x - cx).
+    # Our choice: x.
+    shear_axis: str = "x"
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,11 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
     elif isinstance(obj, AffineConfig):
         if not 0 < obj.scale_min <= obj.scale_max:
             raise bad("scale_min", "must satisfy 0 < scale_min <= scale_max")
+        if obj.scale_distribution not in ("uniform", "log-uniform"):
+            raise bad("scale_distribution",
+                      f"must be uniform or log-uniform, got {obj.scale_distribution!r}")
+        if obj.shear_axis not in ("x", "y"):
+            raise bad("shear_axis", f"must be x or y, got {obj.shear_axis!r}")
     elif isinstance(obj, ModelConfig):
         if not 0 < obj.width <= 4:
             raise bad("width", f"must be in (0, 4], got {obj.width}")

@@ -44,3 +44,32 @@ def test_data_describe_affnist_prints_ranges_sources_and_our_choices(capsys):
     assert "renata-turkes/turkevs2022on" in sources
     assert "https://www.cs.toronto.edu/~tijmen/affNIST/" in sources
     assert len(lines) == 7  # one line per item, nothing built
+
+
+def test_data_describe_affnist_prints_the_scale_distribution_and_shear_axis(capsys):
+    assert main(["data", "--profile", "smoke", "--describe-affnist"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("- ")]
+    by_item = {ln[2:].split(":", 1)[0]: ln for ln in lines}
+    assert "ours uniform in [0.8, 1.2]" in by_item["scale"]  # the defaults
+    assert "data.affine.scale_distribution" in by_item["scale"]
+    assert "(our choice): x, horizontal" in by_item["shear axis (our choice)"]
+    assert main(["data", "--profile", "smoke", "--describe-affnist",
+                 "--set", "data.affine.scale_distribution=log-uniform",
+                 "--set", "data.affine.shear_axis=y"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("- ")]
+    by_item = {ln[2:].split(":", 1)[0]: ln for ln in lines}
+    assert "ours log-uniform in [0.8, 1.2]" in by_item["scale"]
+    assert "(our choice): y, vertical, y' = y - s * (x - cx)" in by_item["shear axis (our choice)"]
+    assert "data.affine.shear_axis" in by_item["shear axis (our choice)"]
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("scale_distribution", "gaussian", "uniform or log-uniform"),
+    ("shear_axis", "xy", "x or y"),
+])
+def test_bad_affine_choice_is_a_one_line_error_naming_the_key(capsys, key, value, allowed):
+    assert main(["data", "--profile", "smoke", "--describe-affnist",
+                 "--set", f"data.affine.{key}={value}"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"'data.affine.{key}' must be {allowed}, got '{value}'" in err

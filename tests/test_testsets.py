@@ -15,7 +15,7 @@ from bench.data.canvas import place
 from bench.data.mnist import load_split
 from bench.data.testsets import TestSet, build_test_sets, test_set_manifest
 from bench.errors import BenchError
-from bench.io import sha256_tensor
+from bench.io import sha256_tensor, stable_hash
 
 CFG = DataConfig(
     n_test=64, affnist_k=3, sweep_n=16,
@@ -261,3 +261,23 @@ def test_cli_data(tmp_path, monkeypatch, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()
             if line.split()[:1] == ["affnist"]]
     assert rows and rows[0][-1] == "yes"  # second run: from the cache
+
+
+def test_affine_spec_names_the_scale_distribution_and_shear_axis_only_when_not_default(sets, tmp_path):
+    # Defaults: the spec (so the cache key and manifest) is the one from before these fields.
+    assert sets["affnist"].spec["affine"] == {"rotation_deg": 20.0, "shear": 0.2, "scale_min": 0.8,
+                                              "scale_max": 1.2}
+    other = dataclasses.replace(CFG, affine=dataclasses.replace(
+        CFG.affine, scale_distribution="log-uniform", shear_axis="y"))
+    ts = build_test_sets(other, names=("affnist",), progress=False, cache_dir=tmp_path)["affnist"]
+    assert ts.spec["affine"]["scale_distribution"] == "log-uniform"
+    assert ts.spec["affine"]["shear_axis"] == "y"
+    assert not torch.equal(ts.images, sets["affnist"].images)
+    p = ts.params
+    assert torch.equal(p["matrix"], affine.affine_matrices(p, shear_axis="y"))
+    assert not torch.equal(p["matrix"], affine.affine_matrices(p))
+    assert torch.equal(p["angle_deg"], sets["affnist"].params["angle_deg"])  # the same draws
+    clean = sets["clean"].images
+    corners = affine.transformed_corners(affine.digit_bboxes(clean)[p["source"]], p["matrix"])
+    assert corners.min() >= 0 and corners.max() <= 39
+    assert stable_hash(ts.spec) != stable_hash(sets["affnist"].spec)  # another cache key

@@ -11,21 +11,28 @@ reasonable affine transformations" to MNIST digits, "with significant translatio
 on a 40x40 canvas (the untransformed version centres each 28x28 digit with an edge of 6
 background pixels), 32 transformed versions per digit. The ranges of our defaults
 (:class:`bench.config.AffineConfig`) are our choice, not numbers quoted from that page: rotation
-uniform in +-20 degrees, shear factor uniform in +-0.2, scale_x and scale_y independently uniform
-in [0.8, 1.2], then a translation uniform over the positions that keep the transformed digit's
-bounding box (and all its ink) on the canvas.
+uniform in +-20 degrees, shear factor uniform in +-0.2 along x (``shear_axis = "x"``), scale_x
+and scale_y independently uniform in [0.8, 1.2] (``scale_distribution = "uniform"``; with
+``"log-uniform"``, log(scale) is uniform in [log 0.8, log 1.2]), then a translation uniform over
+the positions that keep the transformed digit's bounding box (and all its ink) on the canvas.
 
 Convention (every function here):
     - pixel coordinates ``(x, y)``: x to the right, y down, origin at the centre of the top-left
       pixel; with ``align_corners=True`` pixel centres are the integers ``0 .. C-1``.
     - ``angle_deg``: degrees, positive turns the digit CLOCKWISE as displayed (Kornia's
       ``get_affine_matrix2d`` convention).
-    - ``shear``: a shear *factor* s (affNIST's "0.2"), horizontal, about the digit's centre:
+    - ``shear``: a shear *factor* s (affNIST's "0.2") about the digit's centre, along
+      ``shear_axis`` (an argument of :func:`affine_matrices`, ``AffineConfig.shear_axis`` for the
+      affNIST-style set; the sweeps always use "x"). "x" (the default): horizontal,
       ``x' = x - s * (y - cy)``, so a positive s leans the digit to the right like italics.
-      Kornia takes the shear as an angle in radians with ``x' = x - tan(sx) (y - cy)``, so we
-      pass ``sx = atan(s)``.
+      "y": vertical, ``y' = y - s * (x - cx)``, so a positive s raises the digit's right side.
+      Kornia takes the shear as angles in radians with ``x' = x - tan(sx) (y - cy)`` and
+      ``y' = y - tan(sy) (x - cx)`` (only one of them non-zero here), so we pass
+      ``sx = atan(s), sy = 0`` for "x" and ``sx = 0, sy = atan(s)`` for "y".
     - ``scale_x``, ``scale_y``: factors along the image axes, applied after the shear and before
-      the rotation, about the digit's centre.
+      the rotation, about the digit's centre. Drawn independently per axis, uniform in
+      ``[scale_min, scale_max]`` or, with ``scale_distribution = "log-uniform"``, as
+      ``exp(uniform(log scale_min, log scale_max))``.
     - ``tx``, ``ty``: pixels, applied last; positive tx moves the digit right, positive ty down.
     - ``center``: the centre of the digit's ink bounding box (not of the canvas), so that
       rotation, shear and scale leave the digit where it was and the translation alone moves it.
@@ -65,6 +72,23 @@ CUDA_CHUNK = 65_536
 # warp cannot put a sliver of ink on the pixel just outside the canvas.
 _FIT_EPS = 1e-3
 
+# The values of AffineConfig.shear_axis (what each maps) and AffineConfig.scale_distribution.
+_SHEAR_AXES = {
+    "x": "horizontal, x' = x - s * (y - cy), a positive s leans the digit right",
+    "y": "vertical, y' = y - s * (x - cx), a positive s raises the digit's right side",
+}
+_SCALE_DISTRIBUTIONS = ("uniform", "log-uniform")
+
+
+def _check_cfg(cfg: AffineConfig) -> None:
+    """The string fields of ``cfg`` (profiles are checked on loading; this catches direct use)."""
+    if cfg.shear_axis not in _SHEAR_AXES:
+        raise ValueError(f"shear_axis must be x or y, got {cfg.shear_axis!r}")
+    if cfg.scale_distribution not in _SCALE_DISTRIBUTIONS:
+        raise ValueError(
+            f"scale_distribution must be uniform or log-uniform, got {cfg.scale_distribution!r}"
+        )
+
 
 # The affNIST page (Tieleman 2013) and two secondary sources of its ranges; the page's own list of
 # ranges was not readable in the copy available to us.
@@ -77,18 +101,20 @@ TURKES = "renata-turkes/turkevs2022on (GitHub; \"as in affNIST\")"
 def describe_affnist(cfg: AffineConfig, canvas: int = 40) -> list[str]:
     """The affNIST-style ranges of ``cfg``, what the two secondary sources say, and the
     choices that are ours: one line per item, for ``bench data --describe-affnist``."""
+    _check_cfg(cfg)
     return [
         f"sources: {AFFNIST_PAGE}, its list of ranges not read here; secondary: "
         f"[TFF] {TFF_EMNIST}; [turkevs] {TURKES}",
         f"rotation: ours uniform in +-{cfg.rotation_deg:g} degrees | TFF: -20..20 degrees | "
         "turkevs: +-20 degrees",
         f"shear: ours a factor uniform in +-{cfg.shear:g} | TFF: -0.2..0.2 | turkevs: +-0.2",
-        f"scale: ours uniform in [{cfg.scale_min:g}, {cfg.scale_max:g}], x and y independent "
-        "| TFF: 0.8..1.25 log-uniform per axis | turkevs: stretch 0.8..1.2",
+        f"scale: ours {cfg.scale_distribution} in [{cfg.scale_min:g}, {cfg.scale_max:g}], x and "
+        "y independent (data.affine.scale_distribution) | TFF: 0.8..1.25 log-uniform per axis "
+        "| turkevs: stretch 0.8..1.2",
         f"translation (our choice): uniform over the positions that keep the transformed "
         f"digit's ink bounding box on the {canvas}x{canvas} canvas",
-        "shear axis (our choice): horizontal, x' = x - s * (y - cy), a positive s leans the "
-        "digit right | TFF: shear of x to y",
+        f"shear axis (our choice): {cfg.shear_axis}, {_SHEAR_AXES[cfg.shear_axis]} "
+        "(data.affine.shear_axis) | TFF: shear of x to y",
         "composition order (our choice): shear, then scale, then rotation (about the digit's "
         "centre), then translation | TFF: rotation, shear, scale, translation",
     ]
@@ -125,12 +151,17 @@ def _centers(bboxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], dim=1)
 
 
-def affine_matrices(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def affine_matrices(
+    params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32, shear_axis: str = "x"
+) -> torch.Tensor:
     """Forward pixel matrices ``(N, 2, 3)`` from parameters (see the module's Convention).
 
     ``params`` holds 1-D tensors ``angle_deg, shear, scale_x, scale_y, tx, ty, center_x,
-    center_y`` of equal length N. Computed in float64 on the parameters' device, then cast.
+    center_y`` of equal length N; ``shear`` acts along ``shear_axis`` ("x" or "y"). Computed in
+    float64 on the parameters' device, then cast.
     """
+    if shear_axis not in _SHEAR_AXES:
+        raise ValueError(f"shear_axis must be x or y, got {shear_axis!r}")
     missing = [k for k in PARAM_KEYS if k not in params]
     if missing:
         raise ValueError(f"affine_matrices: missing parameters {missing}")
@@ -138,13 +169,16 @@ def affine_matrices(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.
     n = p["angle_deg"].numel()
     if any(v.numel() != n for v in p.values()):
         raise ValueError(f"affine_matrices: parameters of unequal length (expected {n})")
+    shear = torch.atan(p["shear"])  # a shear factor s is the angle atan(s) (Convention)
+    zero = torch.zeros_like(p["shear"])
+    sx, sy = (shear, zero) if shear_axis == "x" else (zero, shear)
     m = get_affine_matrix2d(
         translations=torch.stack([p["tx"], p["ty"]], dim=1),
         center=torch.stack([p["center_x"], p["center_y"]], dim=1),
         scale=torch.stack([p["scale_x"], p["scale_y"]], dim=1),
         angle=p["angle_deg"],
-        sx=torch.atan(p["shear"]),  # a shear factor s is the angle atan(s) (Convention)
-        sy=torch.zeros_like(p["shear"]),
+        sx=sx,
+        sy=sy,
     )
     return m[:, :2, :].to(dtype)
 
@@ -180,6 +214,14 @@ def fit_translation_bounds(
     return lo, hi
 
 
+def _scales(u: torch.Tensor, cfg: AffineConfig) -> torch.Tensor:
+    """Uniforms ``u`` in [0, 1) mapped to scale factors per ``cfg.scale_distribution``."""
+    if cfg.scale_distribution == "uniform":
+        return cfg.scale_min + u * (cfg.scale_max - cfg.scale_min)
+    log_lo, log_hi = math.log(cfg.scale_min), math.log(cfg.scale_max)
+    return torch.exp(log_lo + u * (log_hi - log_lo))
+
+
 def sample_affine_params(
     n: int,
     cfg: AffineConfig,
@@ -191,12 +233,15 @@ def sample_affine_params(
 
     Per image, from ``generator`` in this fixed order (one ``(n, 6)`` uniform draw, so the
     values never depend on the device): rotation in ``+-cfg.rotation_deg`` degrees, shear
-    factor in ``+-cfg.shear``, scale_x and scale_y in ``[cfg.scale_min, cfg.scale_max]``, then
-    two uniforms placing the translation inside the interval that keeps the transformed digit's
-    ink on the canvas (:func:`fit_translation_bounds`), as affNIST keeps the digit's bounding box
-    inside 40x40. Where the transformed digit is larger than the canvas on an axis (never with
-    the affNIST ranges on 40x40), the translation centres it on that axis (the middle of the
-    empty interval), some ink is cropped, and ``fits`` is False.
+    factor in ``+-cfg.shear`` (along ``cfg.shear_axis``), scale_x and scale_y in
+    ``[cfg.scale_min, cfg.scale_max]`` (uniform, or per ``cfg.scale_distribution = "log-uniform"``
+    the same uniforms u mapped to ``exp(log lo + u (log hi - log lo))``), then two uniforms
+    placing the translation inside the interval that keeps the transformed digit's ink on the
+    canvas (:func:`fit_translation_bounds`), as affNIST keeps the digit's bounding box inside
+    40x40. Where the transformed digit is larger than the canvas on an axis (never with the
+    affNIST ranges on 40x40), the translation centres it on that axis (the middle of the empty
+    interval), some ink is cropped, and ``fits`` is False. The parameters do not record
+    ``cfg.shear_axis``: build their matrices with ``affine_matrices(p, shear_axis=cfg.shear_axis)``.
 
     Args:
         n: number of transforms; ``digit_bboxes`` must have ``n`` rows.
@@ -213,20 +258,22 @@ def sample_affine_params(
         raise ValueError(f"sample_affine_params needs a CPU generator, got {generator.device}")
     if digit_bboxes.shape != (n, 4):
         raise ValueError(f"expected digit_bboxes ({n}, 4), got {tuple(digit_bboxes.shape)}")
+    _check_cfg(cfg)
     u = torch.rand(n, 6, generator=generator, dtype=torch.float64)
     bboxes = digit_bboxes.cpu()
     center = _centers(bboxes)
     params = {
         "angle_deg": (2 * u[:, 0] - 1) * cfg.rotation_deg,
         "shear": (2 * u[:, 1] - 1) * cfg.shear,
-        "scale_x": cfg.scale_min + u[:, 2] * (cfg.scale_max - cfg.scale_min),
-        "scale_y": cfg.scale_min + u[:, 3] * (cfg.scale_max - cfg.scale_min),
+        "scale_x": _scales(u[:, 2], cfg),
+        "scale_y": _scales(u[:, 3], cfg),
         "tx": torch.zeros(n, dtype=torch.float64),
         "ty": torch.zeros(n, dtype=torch.float64),
         "center_x": center[:, 0],
         "center_y": center[:, 1],
     }
-    lo, hi = fit_translation_bounds(bboxes, affine_matrices(params, torch.float64), canvas)
+    m = affine_matrices(params, torch.float64, shear_axis=cfg.shear_axis)
+    lo, hi = fit_translation_bounds(bboxes, m, canvas)
     fits = (lo <= hi).all(dim=1)
     t = torch.where(lo <= hi, lo + u[:, 4:6] * (hi - lo), (lo + hi) / 2)
     params["tx"], params["ty"] = t[:, 0], t[:, 1]

@@ -10,7 +10,8 @@ training); :data:`SET_KINDS` and :func:`set_kind` say what each name means:
   random affine transforms (32 per digit there) with the ranges of
   :class:`bench.config.AffineConfig`, see :mod:`bench.data.affine`. Parameters per image:
   ``matrix`` (2x3 forward pixel matrix) and the human-readable ``angle_deg, shear, scale_x,
-  scale_y, tx, ty`` (plus ``center_x, center_y`` and ``fits``), as affNIST stores them.
+  scale_y, tx, ty`` (plus ``center_x, center_y`` and ``fits``), as affNIST stores them;
+  ``shear`` acts along ``AffineConfig.shear_axis``, which the spec records when it is not "x".
 - ``affnist-real``: the official affNIST test files (not generated) when ``real_affnist`` names
   them, see :mod:`bench.data.affnist_mat`. Distinct from ``affnist`` above.
 - ``sweep-rotation``, ``sweep-scale``, ``sweep-shear``, ``sweep-translate``: one factor at a
@@ -54,7 +55,7 @@ from typing import Any
 
 import torch
 
-from bench.config import DataConfig
+from bench.config import AffineConfig, DataConfig
 from bench.data import affine, scramble
 from bench.data.canvas import place
 from bench.data.mnist import MNIST_COUNTS
@@ -310,6 +311,19 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "kornia": kornia.__version__}
 
 
+# AffineConfig fields that enter a set's spec only when they differ from these values: the
+# defaults reproduce the pixels made before the fields existed, so their sets keep their keys.
+_AFFINE_SPEC_DEFAULTS = {"scale_distribution": "uniform", "shear_axis": "x"}
+
+
+def _affine_spec(cfg: AffineConfig) -> dict[str, Any]:
+    spec = dataclasses.asdict(cfg)
+    for key, default in _AFFINE_SPEC_DEFAULTS.items():
+        if spec[key] == default:
+            del spec[key]
+    return spec
+
+
 def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> dict[str, Any]:
     """Everything that changes the pixels of set ``name`` (and nothing else)."""
     kind = set_kind(name)
@@ -323,7 +337,7 @@ def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> 
     if kind.family in ("clean", "affine", "scramble", "displaced"):  # the first n_test digits
         spec["n_test"] = cfg.n_test
     if kind.family == "affine":
-        spec.update(affnist_k=cfg.affnist_k, affine=dataclasses.asdict(cfg.affine))
+        spec.update(affnist_k=cfg.affnist_k, affine=_affine_spec(cfg.affine))
     if kind.family == "sweep":
         spec.update(sweep_n=cfg.sweep_n, factor=kind.factor, grid=list(_sweep_grid(cfg, kind)))
     if kind.family == "scramble":
@@ -362,7 +376,7 @@ def _gen_affnist(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
     params = affine.sample_affine_params(
         sources.numel(), cfg.affine, _generator(kind.name, cfg.seed), bboxes[sources], cfg.canvas
     )
-    params["matrix"] = affine.affine_matrices(params)
+    params["matrix"] = affine.affine_matrices(params, shear_axis=cfg.affine.shear_axis)
     images = _warp_blocks(canvases, sources, params["matrix"], bar)
     params["source"] = sources
     return images, params
