@@ -459,8 +459,11 @@ def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
     ``board``: one row per claim with columns claim, effect, unit (``"pp"``, ``"AUROC"`` or
     ``"ratio"``), estimate, low, high (in that unit; NaN when not measured or without an
     interval), null (no effect: 0, or 1 for a ratio, drawn dashed), verdict and note (why it was
-    not measured). Each panel has its own x axis, because the effects have different units; a
-    ratio is drawn on a log axis. The point and interval are coloured by the verdict.
+    not measured), and optionally above and below: what an effect on that side of no effect
+    means (e.g. "capsnet better"), written with an arrow in the panel's lower right and left
+    corners, because each claim has its own sign convention. Each panel has its own x axis,
+    because the effects have different units; a ratio is drawn on a log axis. The point and
+    interval are coloured by the verdict.
 
     Returns:
         ``board`` with the x limits drawn (columns ``xmin``, ``xmax``).
@@ -472,7 +475,9 @@ def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
         fig = plt.figure(figsize=(PAGE_IN, 0.25 + 0.72 * n), layout="constrained")
         axes = np.atleast_1d(fig.subplots(n, 1, squeeze=False).ravel())
         for i, (ax, row) in enumerate(zip(axes, board.itertuples(), strict=False)):
-            ax.set_title(f"{row.claim}: {row.effect}", loc="left", fontsize=6.5)
+            title = f"{row.claim}: {row.effect}"
+            # Our choice: a title longer than 125 characters is set smaller, to fit the width.
+            ax.set_title(title, loc="left", fontsize=6.5 * min(1.0, 125 / len(title)))
             est, low, high, null = row.estimate, row.low, row.high, row.null
             if not np.isfinite(est):
                 ax.text(0.5, 0.5, row.note or "not measured", transform=ax.transAxes,
@@ -499,6 +504,14 @@ def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
             text = row.verdict + ("" if has_iv else " (no interval: one seed)")
             ax.text(0.995, 0.9, text, transform=ax.transAxes, ha="right", va="top",
                     fontsize=6, color=color, fontweight="bold")
+            # Which model each side of no effect favours: the sign conventions differ by claim.
+            for x, ha, side in ((0.005, "left", "below"), (0.995, "right", "above")):
+                label = str(getattr(row, side, "") or "")
+                if label and label != "nan":
+                    arrow = f"← {label}" if side == "below" else f"{label} →"
+                    ax.text(x, 0.06, arrow, transform=ax.transAxes, ha=ha, va="bottom",
+                            fontsize=5.5, color="0.35", zorder=4,
+                            bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6))
             if log:
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(FixedLocator(_ratio_ticks(xmin, xmax)))
@@ -568,24 +581,26 @@ def reliability(metrics: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
 
 
 def confidence_scrambled(confidences: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
-    """Confidence on scrambled digits against the same digits intact, per model (split violins).
+    """Confidence on perturbed digits against the same digits intact, per model (split violins).
 
     ``confidences``: rows of one setup with columns model, n, seed, test_set, confidence, intact;
-    for each scrambled set (``scramble-*``, ``displaced``) the rows with ``intact`` True are the
+    for each perturbed set (``scramble-*``, ``displaced``) the rows with ``intact`` True are the
     intact counterparts. Each model at its largest n, seeds pooled; violins cut at the data range.
+    The scores are raw (capsule length or softmax maximum): each model's two halves are
+    compared with each other only, never across families.
     """
     scrambled = sets_where(confidences["test_set"].unique(), lambda k: k.scrambled)
     d = confidences[confidences["test_set"].isin(scrambled)]
     d = largest_n(d).copy()
-    d["digit"] = np.where(d["intact"].astype(bool), "intact", "scrambled")
+    d["digit"] = np.where(d["intact"].astype(bool), "intact", "perturbed")
     sets = order_set_names(d["test_set"])
     models = model_order(d["model"])
     with _style():
         fig, axes = _grid(len(sets), PAGE_IN, 1.9, 3)
         for ax, ts in zip(axes, sets, strict=False):
             sns.violinplot(data=d[d["test_set"] == ts], x="model", y="confidence", hue="digit",
-                           order=models, hue_order=["intact", "scrambled"],
-                           palette={"intact": "0.75", "scrambled": "#0072B2"}, split=True,
+                           order=models, hue_order=["intact", "perturbed"],
+                           palette={"intact": "0.75", "perturbed": "#0072B2"}, split=True,
                            inner="quart", cut=0, density_norm="width", linewidth=0.5,
                            legend=False, ax=ax)
             ax.set_title(ts)
@@ -595,7 +610,7 @@ def confidence_scrambled(confidences: pd.DataFrame, stem: str | os.PathLike) -> 
             for label in ax.get_xticklabels():
                 label.set_horizontalalignment("right")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c, label=k)
-                   for k, c in (("intact digit", "0.75"), ("scrambled digit", "#0072B2"))]
+                   for k, c in (("intact digit", "0.75"), ("perturbed digit", "#0072B2"))]
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
         return save(fig, stem)
 

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.models.registry import count_parameters, create_model, model_names
 
-__all__ = ["PAPER_PARAMS", "flops_per_image", "format_si", "model_table"]
+__all__ = ["PAPER_PARAMS", "flops_per_image", "format_si", "model_table", "param_counts"]
 
 _COUNT_BATCH = 2  # a batch > 1 so that no layer special-cases a single image
 
@@ -48,16 +48,22 @@ def flops_per_image(
     return counter.get_total_flops() / _COUNT_BATCH
 
 
+def param_counts(name: str, input_size: int, width: float) -> tuple[int, int]:
+    """(parameters, parameters without the reconstruction decoder) of model ``name``, built on
+    the ``meta`` device; the two are equal for a model without a decoder."""
+    with torch.device("meta"):
+        model = create_model(name, input_size=input_size, width=width)
+    params = count_parameters(model)
+    decoder = getattr(model, "decoder", None)
+    return params, params - (count_parameters(decoder) if decoder is not None else 0)
+
+
 def model_table(input_size: int, width: float) -> list[dict]:
     """One row per registered model: parameters, those without a reconstruction decoder (what
     classifies), FLOPs/image (forward) and the paper's count."""
     rows = []
     for name in model_names():
-        with torch.device("meta"):
-            model = create_model(name, input_size=input_size, width=width)
-        params = count_parameters(model)
-        decoder = getattr(model, "decoder", None)
-        classifier = params - (count_parameters(decoder) if decoder is not None else 0)
+        params, classifier = param_counts(name, input_size, width)
         paper = PAPER_PARAMS.get(name, "") if (input_size, width) == (28, 1.0) else ""
         rows.append(
             {

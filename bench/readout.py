@@ -10,8 +10,9 @@ gives the one definition of
   :func:`matched` (each seed's accuracy read at it), :func:`needed` (the training-set size at
   which clean accuracy first reaches a target) and :func:`smallest_scramble`;
 - the report's number formats: :func:`fixed`, :func:`iv` ("estimate [low, high]", ``†`` when
-  clipped), :func:`integer`, :func:`iv_int`, :func:`needed_text` (``‡`` or ≤ for a size that is
-  only an upper bound) and :func:`n_range`, with their symbols.
+  clipped, "(all seeds equal)" for zero width), :func:`integer`, :func:`iv_int`,
+  :func:`needed_text` (``‡`` or ≤ for a size that is only an upper bound) and :func:`n_range`,
+  with their symbols.
 
 :mod:`bench.report` and :mod:`bench.routing_report` both import it; it imports only
 :mod:`bench.stats`, :mod:`bench.data.testsets`, numpy and pandas (the import-linter contract in
@@ -20,6 +21,7 @@ pyproject.toml keeps it below both).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ __all__ = [
     "BOUNDED",
     "MINUS",
     "NOT_MEASURED",
+    "ALL_EQUAL",
     "PART_SCORE",
     "Curves",
     "Needed",
@@ -59,6 +62,8 @@ CLIPPED = "†"  # an interval clipped to the metric's range
 BOUNDED = "‡"  # a size that is only an upper bound (target reached at the smallest n)
 MINUS = "−"
 NOT_MEASURED = "not measured"
+# An interval of zero width: every seed gave the same value (the t interval collapses to it).
+ALL_EQUAL = "(all seeds equal)"
 
 # The part-arrangement score of claim C3 and of the routing table: the AUROC of telling intact
 # from scrambled digits by a label-free feature-density score, defined the same way for every
@@ -209,14 +214,24 @@ def _signed(x: float, digits: int) -> str:
     return text if text.startswith("-") or float(text) == 0 else "+" + text
 
 
+def _zero_width(interval: Interval) -> bool:
+    """Low and high equal up to floating-point rounding: the mean of equal per-seed values can
+    differ from them in the last bit, which leaves a width of about 1e-16, not exactly 0. Our
+    choice: a width within 1e-9 of the bounds' size (or 1e-12) counts as zero."""
+    return math.isclose(interval.low, interval.high, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def iv(interval: Interval | None, scale: float = 1.0, digits: int = 2, *, signed: bool = False,
        unit: str = "") -> str:
-    """"estimate [low, high]" (``†`` when clipped), the estimate alone without an interval, or
-    an em dash without an estimate; ``signed`` puts "+" before a positive estimate."""
+    """"estimate [low, high]" (``†`` when clipped), "estimate (all seeds equal)" for an interval
+    of zero width, the estimate alone without an interval, or an em dash without an estimate;
+    ``signed`` puts "+" before a positive estimate."""
     if interval is None or not np.isfinite(interval.estimate):
         return "—"
     text = (_signed if signed else fixed)(interval.estimate * scale, digits)
     if np.isfinite(interval.low) and np.isfinite(interval.high):
+        if _zero_width(interval):
+            return f"{text}{unit} {ALL_EQUAL}"
         text += f" [{fixed(interval.low * scale, digits)}, {fixed(interval.high * scale, digits)}]"
     return text + unit + (CLIPPED if interval.clipped else "")
 
@@ -227,11 +242,14 @@ def integer(x: float | None) -> str:
 
 
 def iv_int(interval: Interval) -> str:
-    """A size with its interval, as whole numbers: "196 [120, 320]"."""
+    """A size with its interval, as whole numbers: "196 [120, 320]" ("196 (all seeds equal)"
+    for an interval of zero width)."""
     if not np.isfinite(interval.estimate):
         return "—"
     text = integer(interval.estimate)
     if np.isfinite(interval.low) and np.isfinite(interval.high):
+        if _zero_width(interval):
+            return f"{text} {ALL_EQUAL}"
         text += f" [{integer(interval.low)}, {integer(interval.high)}]"
     return text
 

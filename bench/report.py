@@ -6,7 +6,8 @@ optional) and writes
 
 - ``report.md``: first the claims scoreboard (each claim made for capsules, its effect with a
   95% interval paired over seeds, the scale it was measured at and the verdict of
-  :func:`bench.stats.verdict`), then the tables, with a note for every part skipped because its
+  :func:`bench.stats.verdict`; under it the same C3 difference on the displaced set as a control,
+  :func:`displaced_control`), then the tables, with a note for every part skipped because its
   input file is absent;
 - ``tables/*.tex``: the same tables for a paper (booktabs rules, written here, no jinja2);
 - ``figures/*.pdf|png``: the figures of :mod:`bench.figures`, among them the scoreboard as a
@@ -45,6 +46,7 @@ from bench.data.testsets import (
     AFFNIST_REAL,
     AFFNIST_STYLE,
     CLEAN,
+    DISPLACED,
     SET_KINDS,
     display_name,
     find_set_kind,
@@ -52,12 +54,13 @@ from bench.data.testsets import (
     sets_where,
 )
 from bench.errors import BenchError
+from bench.flops import param_counts
 from bench.io import load_torch, write_text
-from bench.readout import BOUNDED, CLIPPED, MINUS, NOT_MEASURED, PART_SCORE, Needed
+from bench.readout import ALL_EQUAL, BOUNDED, CLIPPED, MINUS, NOT_MEASURED, PART_SCORE, Needed
 from bench.stats import VERDICT_RULE, Interval
 
 __all__ = ["build_report", "read_metrics", "read_cells", "claims", "claims_frame", "Claim",
-           "Table", "METRICS_COLUMNS", "REFERENCE", "SCOREBOARD_RULES"]
+           "Table", "METRICS_COLUMNS", "REFERENCE", "SCOREBOARD_RULES", "displaced_control"]
 
 METRICS_COLUMNS = ("setup", "model", "n", "seed", "test_set", "factor_value", "metric", "value")
 CELLS_COLUMNS = ("setup", "model", "n", "seed")  # the key columns cells.csv must have
@@ -420,27 +423,73 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
     return claim
 
 
+@dataclass
+class _PartDifference:
+    """``a`` minus ``b`` of the :data:`PART_SCORE` AUROC on one set, at their largest common n."""
+
+    interval: Interval
+    n: int
+    seeds: list[int]  # the seeds both models have
+    means: tuple[float, float]  # each model's mean AUROC over those seeds
+
+
+def _part_difference(main: pd.DataFrame, a: str, b: str,
+                     test_set: str | None) -> _PartDifference | None:
+    """The paired difference of C3 on ``test_set``; None without rows of both models."""
+    auroc = main[main["metric"] == PART_SCORE]
+    sizes = (set(readout.rows(auroc, a, test_set)["n"])
+             & set(readout.rows(auroc, b, test_set)["n"])) if test_set else set()
+    if not sizes:
+        return None
+    n = max(sizes)
+    va = readout.by_seed(readout.rows(auroc, a, test_set, n=n))
+    vb = readout.by_seed(readout.rows(auroc, b, test_set, n=n))
+    seeds = sorted(set(va) & set(vb))
+    if not seeds:
+        return None
+    means = (float(np.mean([va[s] for s in seeds])), float(np.mean([vb[s] for s in seeds])))
+    return _PartDifference(stats.paired_difference(va, vb), n, seeds, means)
+
+
 def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
     """``a`` minus ``b`` of the intact-vs-scrambled AUROC of :data:`PART_SCORE`, smallest grid,
     largest common n."""
     if (why := ctx.absent(a, b)) is not None:
         claim.reason = why
         return claim
-    auroc = ctx.main[ctx.main["metric"] == PART_SCORE]
-    ts = readout.smallest_scramble(auroc["test_set"])
-    sizes = ((set(readout.rows(auroc, a, ts)["n"]) & set(readout.rows(auroc, b, ts)["n"]))
-             if ts else set())
-    if not sizes:
+    ts = readout.smallest_scramble(ctx.main.loc[ctx.main["metric"] == PART_SCORE, "test_set"])
+    part = _part_difference(ctx.main, a, b, ts)
+    if part is None:
         claim.reason = f"{NOT_MEASURED} (no {PART_SCORE} on a scrambled set for both models)"
         return claim
-    n = max(sizes)
-    va = readout.by_seed(readout.rows(auroc, a, ts, n=n))
-    vb = readout.by_seed(readout.rows(auroc, b, ts, n=n))
-    claim.interval = stats.paired_difference(va, vb)
+    claim.interval = part.interval
     claim.effect = claim.effect.replace("scrambled", ts)
-    claim.scale = ctx.scale([a, b], [n], sorted(set(va) & set(vb)), claim.interval.n,
+    claim.scale = ctx.scale([a, b], [part.n], part.seeds, claim.interval.n,
                             lead="at the largest n")
     return claim
+
+
+def displaced_control(main: pd.DataFrame) -> str | None:
+    """The control line of C3: the same difference (capsnet minus convnet-maxpool, by the same
+    code path) on the ``displaced`` set, whose parts are moved apart but keep their arrangement;
+    None when the run has no :data:`PART_SCORE` of both models on it."""
+    part = _part_difference(main, REFERENCE, MAXPOOL, DISPLACED.name)
+    if part is None:
+        return None
+    ts = readout.smallest_scramble(main.loc[main["metric"] == PART_SCORE, "test_set"])
+    scrambled = _part_difference(main, REFERENCE, MAXPOOL, ts)
+    seeds = f"{part.interval.n} paired seed" + ("" if part.interval.n == 1 else "s")
+    means = f"mean AUROC {REFERENCE} {part.means[0]:.3f}, {MAXPOOL} {part.means[1]:.3f}"
+    if scrambled is not None:
+        means += (f"; on {ts}: {scrambled.means[0]:.3f} and {scrambled.means[1]:.3f} at "
+                  f"{readout.n_range([scrambled.n])}")
+    return (f"Control for C3: the same AUROC difference by feature density, {REFERENCE} "
+            f"{MINUS} {MAXPOOL}, on the {DISPLACED.name} set (parts moved apart, arrangement "
+            f"kept) at the largest n ({readout.n_range([part.n])}; {seeds}): "
+            f"{readout.iv(part.interval, 1, 3, signed=True)} ({means}). A score that flags "
+            "displaced digits as strongly as scrambled ones detects distortion, not "
+            "specifically part arrangement; the behavioural read-outs (kept if intact correct, "
+            "flip rate) are in the table \"Scrambled and displaced parts\".")
 
 
 def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | None = None,
@@ -473,8 +522,8 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "ratio"), MAXPOOL, REFERENCE, targets),
         _part_claim(ctx, Claim(
             "C3", "part arrangement",
-            f"AUROC intact vs scrambled (feature density: class-conditional Mahalanobis), "
-            f"{REFERENCE} {MINUS} {MAXPOOL}",
+            "AUROC intact vs scrambled by feature density (class-conditional Mahalanobis; "
+            f"flags any distortion), {REFERENCE} {MINUS} {MAXPOOL}",
             "the CapsNet's own representation separates intact from scrambled digits better "
             "by the same label-free density score", 0.0, "AUROC"), REFERENCE, MAXPOOL),
         _matched_claim(ctx, Claim(
@@ -491,10 +540,12 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
 SCOREBOARD_RULES = [
     f"C1 and C4 compare the {AFFNIST_STYLE.display} accuracy of two models at the same clean "
     "accuracy c*, the highest clean accuracy both reach on every seed: each seed's accuracy is "
-    "read at c* along its curve of increasing n by linear interpolation between sizes.",
+    "read at c* along its curve of increasing n by linear interpolation between sizes (the "
+    "interpolation's error is not in the interval).",
     "C2 takes the training-set size at which each seed's clean accuracy first reaches the "
     "highest of the profile's targets that both models reach on every seed (linear in log n "
-    "between sizes), and the geometric mean of the per-seed ratios.",
+    "between sizes), and the geometric mean of the per-seed ratios. The target is chosen by "
+    "this fixed rule from the run's results.",
     "C3 compares the AUROC of telling intact from scrambled digits (intact = positive) by a "
     "label-free feature-density score defined the same way for every family: minus the "
     "smallest class-conditional Mahalanobis distance of the model's representation (CapsNet: "
@@ -502,7 +553,9 @@ SCOREBOARD_RULES = [
     "shared Ledoit-Wolf covariance fitted on the cell's held-out validation images, on the "
     "scrambled set with the smallest grid at the largest n. Our choice: not the confidence "
     "(a capsule length is not a probability, a softmax maximum is) nor a reconstruction "
-    "error (CapsNets only); those are in the part-arrangement table.",
+    "error (CapsNets only); those are in the part-arrangement table. A density score flags "
+    "any input unlike the training digits, so it is checked against the displaced set "
+    "(parts moved apart, arrangement kept) where the run has one.",
     routing_report.SCOREBOARD_RULE,
     f"Intervals: 95%, paired over seeds (Student t on the per-seed differences; for C2 on the "
     f"log ratios, exponentiated); {CLIPPED}: clipped to the possible range; {BOUNDED}: some "
@@ -510,12 +563,32 @@ SCOREBOARD_RULES = [
 ]
 
 
-def _claims_table(rows: list[Claim]) -> Table:
+# What an effect below and above no effect means, per claim key (the forest plot writes them in
+# each panel's lower corners): each claim has its own sign convention.
+CLAIM_SIDES = {
+    "C1": (f"{MAXPOOL} better", f"{REFERENCE} better"),
+    "C2": (f"{MAXPOOL} needs fewer", f"{REFERENCE} needs fewer"),
+    "C3": (f"{MAXPOOL} separates better", f"{REFERENCE} separates better"),
+    "C4": (f"{REFERENCE} better", f"{K9} better"),
+    "C5": ("pooling better", "routing better"),  # best routing head - best pooling head
+}
+
+SIGN_NOTE = (
+    "Signs: each effect is signed so that a positive value (above 1 for the ratio C2) is the "
+    f"claim's direction: C1 and C3 are {REFERENCE} {MINUS} {MAXPOOL}, C2 is {MAXPOOL} ÷ "
+    f"{REFERENCE}, C4 is {K9} {MINUS} {REFERENCE}. The tables below write model {MINUS} "
+    f"{REFERENCE} (model ÷ {REFERENCE} for ratios), so C1 appears in the matched-accuracy table "
+    "with the opposite sign.")
+
+
+def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
+    """The scoreboard; ``control`` (:func:`displaced_control`) is its first note when given."""
     header = ["Claim", "Effect", "Estimate [95% interval]", "No effect", "Measured at",
               "Verdict"]
     body = [[f"{c.key} {c.name}", c.effect, c.estimate_text(), c.null_text(),
              c.scale or "—", c.verdict] for c in rows]
-    notes = [f"{c.key} supported means: {c.meaning}." for c in rows]
+    notes = ([control] if control else []) + [SIGN_NOTE]
+    notes += [f"{c.key} supported means: {c.meaning}." for c in rows]
     notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
     return Table("claims", "The claims made for capsules, each measured as one effect with its "
                  "95% interval paired over seeds, and the verdict its interval gives.",
@@ -536,7 +609,8 @@ def claims_frame(rows: list[Claim]) -> pd.DataFrame:
             "low": iv.low * scale if iv else math.nan,
             "high": iv.high * scale if iv else math.nan,
             "null": c.null, "n": iv.n if iv else 0, "verdict": c.verdict,
-            "note": c.reason,
+            "note": c.reason, "below": CLAIM_SIDES.get(c.key, ("", ""))[0],
+            "above": CLAIM_SIDES.get(c.key, ("", ""))[1],
         })
     return pd.DataFrame(out)
 
@@ -674,13 +748,17 @@ def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
     return Table("scrambled", f"Scrambled and displaced parts at the largest n "
                  f"({_largest_n_label(d)}). Intact correct: the intact digits classified "
                  "correctly; kept if intact correct: of those, the share still given their class "
-                 "when scrambled; flip rate: digits whose predicted class changes. AUROC of "
-                 "telling intact (positive) from scrambled digits: density = minus the "
+                 "when scrambled or displaced; flip rate: digits whose predicted class changes. "
+                 "AUROC of telling intact (positive) from perturbed digits: density = minus the "
                  "class-conditional Mahalanobis distance of the model's representation (every "
                  "model; the C3 score); own score = the max score (capsule length or softmax "
                  "maximum, a ranking within a model only); max logit and energy (logsumexp) for "
                  "softmax models; recon. = minus the reconstruction error (CapsNets). Raw "
-                 "confidences are not compared across families.", header, rows,
+                 "confidences are not compared across families. The displaced set (parts moved "
+                 "apart, arrangement kept) is the control: an AUROC as high there as on a "
+                 "scrambled set means the score detects distortion, not specifically part "
+                 "arrangement; kept if intact correct and flip rate are the behavioural "
+                 "read-outs.", header, rows,
                  "ll" + "r" * len(cols), [NOTE_MEAN])
 
 
@@ -712,30 +790,65 @@ def _calibration_table(main: pd.DataFrame, models: list[str]) -> Table | None:
                  "scaling (max of softmax(logits / T); the CapsNet's 10 lengths go through the "
                  "softmax as logits), with T fitted by minimising the NLL on the cell's held-out "
                  "validation images (never the test set). Capsule lengths are not "
-                 "probabilities: compare families after T only.", header, rows,
+                 "probabilities: compare families after T only. T is fitted on clean "
+                 "validation images and does not carry over to the shifted "
+                 f"({AFFNIST_STYLE.display}) set, where it can raise the ECE.", header, rows,
                  "lr" + "r" * 2 * len(sets), [NOTE_MEAN])
 
 
-def _probe_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+def _sweep_images(manifest: dict | None, sets: Sequence[str]) -> str:
+    """The images of each sweep set from the manifest's ``data_checksums``: "each sweep's 250
+    images (50 digits × 5 points)", or per factor when the sets differ; "" when not recorded."""
+    recorded = (manifest or {}).get("data_checksums", {}).get(MAIN_SETUP) or {}
+    sizes: dict[str, tuple[int, int]] = {}  # set -> (images, grid points)
+    for t in sets:
+        entry = recorded.get(t) or {}
+        count, spec = int(entry.get("count", 0)), entry.get("spec") or {}
+        if not count:
+            return ""
+        sizes[t] = (count, len(spec.get("grid") or []))
+
+    def split(count: int, points: int) -> str:
+        return f" ({count // points:,} digits × {points} points)" if points else ""
+
+    if len(set(sizes.values())) == 1:
+        count, points = next(iter(sizes.values()))
+        return f"each sweep's {count:,} images{split(count, points)}"
+    return "each sweep's images: " + ", ".join(f"{_factor(t)} {c:,}{split(c, p)}"
+                                               for t, (c, p) in sizes.items())
+
+
+def _probe_cell(r2: dict[int, float]) -> str:
+    """The mean R² with its interval, and the seeds whose held-out R² is below 0."""
+    text = readout.iv(stats.mean_interval(r2, bounds=(-math.inf, 1.0)), digits=3)
+    failed = sum(v < 0 for v in r2.values())
+    return text + (f" (failed fits: {failed} of {len(r2)})" if failed else "")
+
+
+def _probe_table(main: pd.DataFrame, models: list[str], manifest: dict | None = None) -> Table | None:
     d = main[main["metric"] == "probe_r2"]
     if d.empty:
         return None
     d = figures.largest_n(d)
     sets = order_set_names(d["test_set"])
     header = ["Model"] + [f"{_factor(t)} R²" for t in sets]
-    rows = [[m] + [readout.iv(stats.mean_interval(
-                readout.by_seed(d[(d["model"] == m) & (d["test_set"] == t)]),
-                bounds=(-math.inf, 1.0)), digits=3) for t in sets]
+    rows = [[m] + [_probe_cell(readout.by_seed(d[(d["model"] == m) & (d["test_set"] == t)]))
+                   for t in sets]
             for m in models if m in set(d["model"])]
+    images = _sweep_images(manifest, sets)
     return Table("probe", "Linear decodability of the transform: R² of a ridge read-out of "
                  "each transformation's magnitude from the model's representation (CapsNet: the "
                  "whole 10 x 16 DigitCaps output; ConvNets: penultimate features), predicted "
                  "for digits held out of the fit (5 folds by source digit) with the ridge "
                  "penalty chosen by an inner cross-validation over digits, so that features "
                  "without information score about 0 whatever their dimension; at the largest n "
-                 f"({_largest_n_label(d)}).",
+                 f"({_largest_n_label(d)})" + (f", on {images}" if images else "") + ". A "
+                 "held-out R² below 0 predicts worse than the mean magnitude; far below 0 it is "
+                 "a failed fit, and a few such seeds pull a mean far down.",
                  header, rows, "l" + "r" * len(sets),
-                 [NOTE_MEAN.replace("([0, 100]% for accuracies)", "(R² ≤ 1)")])
+                 [NOTE_MEAN.replace("([0, 100]% for accuracies)", "(R² ≤ 1)"),
+                  "Failed fits: k of S: k of the cell's S seeds have a held-out R² below 0 "
+                  "(no mark: none)."])
 
 
 def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
@@ -809,7 +922,10 @@ def _data_efficiency_table(main: pd.DataFrame, models: list[str],
              "before; geometric mean over seeds [95% Student-t interval on log n, "
              f"exponentiated]; not reached (k of S seeds): k seeds never reached it by the "
              f"largest n; {BOUNDED} or ≤: reached at the smallest n, where the size is only an "
-             "upper bound."]
+             "upper bound. The intervals cover seed-to-seed variation only: the error of "
+             "interpolating between the sizes trained is not in them.",
+             "Claim C2 uses the highest of the profile's targets that both models reach on every "
+             "seed: a fixed rule, so the target it reports depends on this run's results."]
     if ref:
         notes.append(f"Ratios: model ÷ {ref}, per seed on the seeds both share, geometric mean "
                      "[95% paired Student-t interval on the log ratios, exponentiated]; above 1: "
@@ -823,10 +939,13 @@ def _reading(diff: Interval) -> str:
     if not (np.isfinite(diff.low) and np.isfinite(diff.high)):
         return "no interval (one seed): no reading"
     if diff.high < 0:
-        return "below the class-mean baseline"
+        return ("better than (lower error than) the class-mean image: the reconstructions "
+                "carry more than the class")
     if diff.low > 0:
-        return "above the class-mean baseline"
-    return "not distinguishable from the class-mean baseline (the interval contains 0)"
+        return ("worse than (higher error than) the class-mean image: no evidence that the "
+                "reconstructions carry pose")
+    return ("not distinguishable from the class-mean image (the interval contains 0): no "
+            "evidence that the reconstructions carry pose")
 
 
 def _recon_table(main: pd.DataFrame, models: list[str]) -> tuple[Table | None, str]:
@@ -914,19 +1033,36 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
     return [line], table, keys
 
 
+def _decoder_params(model: str, input_size: Any, width: Any) -> int | None:
+    """The parameters of ``model``'s reconstruction decoder (0 without one), counted on the
+    ``meta`` device (:func:`bench.flops.param_counts`); None for an unknown model or size."""
+    try:
+        size, w = int(input_size), float(width)
+        if not math.isfinite(w):
+            return None
+        params, without = param_counts(str(model), size, w)
+    except (BenchError, TypeError, ValueError):
+        return None
+    return params - without
+
+
 def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
     out = []
     m = tp[tp["kind"] == "model"]
     if not m.empty:
-        header = ["Model", "Device", "Input", "Batch", "Params", "MFLOPs/img", "Train img/s",
-                  "Infer img/s", "Latency b=1 (ms)", "Peak mem (MB)"]
+        header = ["Model", "Device", "Input", "Batch", "Params", "Params w/o decoder",
+                  "MFLOPs/img", "Train img/s", "Infer img/s", "Latency b=1 (ms)",
+                  "Peak mem (MB)"]
         infer_mem = "peak_infer_mem_mb" in m.columns
         if infer_mem:
             header.append("Peak infer. mem (MB)")
         rows, whole = [], readout.integer
         for _, r in m.sort_values(["device_name", "input_size", "batch"], kind="stable").iterrows():
+            decoder = _decoder_params(r["model"], r["input_size"], r.get("width"))
             rows.append([str(r["model"]), str(r["device_name"]), whole(r["input_size"]),
-                         whole(r["batch"]), whole(r["params"]), _num(r["flops_per_image"] / 1e6),
+                         whole(r["batch"]), whole(r["params"]),
+                         whole(r["params"] - decoder) if decoder is not None else "—",
+                         _num(r["flops_per_image"] / 1e6),
                          whole(r["train_images_per_s"]), whole(r["infer_images_per_s"]),
                          _num(r["latency_b1_ms"], 2), whole(r["peak_mem_mb"])]
                         + ([whole(r["peak_infer_mem_mb"])] if infer_mem else []))
@@ -935,7 +1071,9 @@ def _throughput_tables(tp: pd.DataFrame) -> list[Table]:
         out.append(Table("throughput", "Throughput: images per second for a training step "
                          "(forward, backward, optimiser) and for inference; peak memory of a "
                          "training step (of inference when training is not measured) and of "
-                         "one inference batch.",
+                         "one inference batch. Params w/o decoder: without the CapsNet's "
+                         "reconstruction decoder, which only regularises training (equal to "
+                         "Params for a model without one).",
                          header, rows, "ll" + "r" * (len(header) - 2)))
     g = tp[tp["kind"] == "generation"]
     if not g.empty:
@@ -975,7 +1113,11 @@ HOW_TO_READ = f"""\
   {REFERENCE} are paired by seed; training-set sizes and their ratios get intervals on the log
   scale. Figure bands are the same intervals as the tables, with each seed drawn as a point.
   With few seeds the intervals are wide: an interval that contains no effect (0, or 1 for a
-  ratio) is no evidence of a difference.
+  ratio) is no evidence of a difference. The intervals are over seeds for FIXED test digits:
+  the sampling of the test digits is not in them. An interval of zero width means that every
+  seed gave the same value; it is printed "{ALL_EQUAL}" rather than "[x, x]". The error of
+  interpolating between training-set sizes (the accuracy read at c*, the n to reach a target)
+  is not in the intervals either.
 """
 
 # Every table this module can write (file stems under tables/).
@@ -985,10 +1127,15 @@ TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", 
 
 FIGURE_CAPTIONS = {
     "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
-              "(paired over seeds); dashed: no effect (0, or 1 for the ratio, log scale).",
+              "(paired over seeds); dashed: no effect (0, or 1 for the ratio, log scale); "
+              "the labelled arrows in each panel's lower corners say which model each side of no "
+              "effect favours.",
     "data_efficiency": "Accuracy against training-set size n (log scale), one panel per test "
                        "set: mean over seeds with the tables' 95% interval as the band, one "
-                       "point per seed; hollow points: cells that did not converge.",
+                       "point per seed; hollow points: cells that did not converge. Panels of "
+                       "scrambled or displaced digits (if any) plot unconditioned accuracy (how "
+                       "often the perturbed digit keeps its class), whereas the part-arrangement "
+                       "table conditions it on the intact digit being classified correctly.",
     "affnist_vs_clean": "affNIST-style against clean accuracy, one point per cell (model, n, "
                         "seed); marker area grows with n; dashed: y = x; dotted: the matched "
                         "clean accuracy c*; hollow points: cells that did not converge.",
@@ -996,9 +1143,12 @@ FIGURE_CAPTIONS = {
               "digits whose ink stays on the canvas: mean over seeds with the tables' 95% "
               "interval as the band, one point per seed; hollow points: cells that did not "
               "converge; grey dashed (right axis): the percentage of digits cropped.",
-    "confidence_scrambled": "Confidence on scrambled digits (right halves) against the same "
-                            "digits intact (left halves), largest n, seeds pooled; lines: "
-                            "quartiles.",
+    "confidence_scrambled": "Raw max score (capsule length for the CapsNet, softmax maximum for "
+                            "the ConvNets) on perturbed digits (scrambled or displaced; right "
+                            "halves) against the same digits intact (left halves), largest n, "
+                            "seeds pooled; lines: quartiles. Each model's intact and perturbed "
+                            "halves are compared only with each other: raw scores are not "
+                            "comparable across families.",
     "reliability": "Reliability diagram of the clean test set at each model's largest n, seeds "
                    "pooled: accuracy against mean confidence in 15 equal-width bins, of the raw "
                    "max score (left; capsule length or softmax maximum) and after temperature "
@@ -1123,7 +1273,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Accuracy at matched clean accuracy", _matched_table(main, models), ""),
             ("Scrambled and displaced parts", _scrambled_table(main, models), ""),
             ("Calibration", _calibration_table(main, models), ""),
-            ("Equivariance probe", _probe_table(main, models), ""),
+            ("Linear decodability of the transform", _probe_table(main, models, manifest), ""),
             ("Per-factor sweeps", _sweeps_table(main, models), ""),
             ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
             ("Reconstructions", recon, recon_sentence),
@@ -1145,7 +1295,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
                        if with_figures else [])
 
     tables_dir = run_dir / "tables"
-    scoreboard = _claims_table(board)
+    scoreboard = _claims_table(board, displaced_control(main))
     written_tables = {scoreboard.name} | {t.name for _, t, _ in sections if t is not None}
     _remove_stale(tables_dir, [f"{n}.tex" for n in TABLE_NAMES if n not in written_tables])
     if with_figures:

@@ -16,7 +16,10 @@ squares 0.001) and ``EPS`` make the paired differences exact:
   ratio maxpool / capsnet is 10 ** (0.2 / 0.26 - 0.1 / (C_S[s] - 0.8)), below 1 on every seed:
   the ConvNet needs fewer images, contradicted;
 - C3 on scramble-g2 at n = 1000: capsnet 0.70 + DELTA[s], maxpool 0.80: -0.100 [-0.120, -0.080],
-  contradicted (scramble-g3 and n = 100 hold values that would say otherwise).
+  contradicted (scramble-g3 and n = 100 hold values that would say otherwise);
+- its control on the displaced set at n = 1000: capsnet 0.90 + DELTA[s], maxpool 0.85: +0.050
+  [0.05 - 0.019632, 0.05 + 0.019632] = [0.030, 0.070] (n = 100 holds 0.50, which would say
+  otherwise).
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ import pandas as pd
 import pytest
 
 from bench import figures
-from bench.report import build_report, claims, claims_frame, read_cells, read_metrics
+from bench.report import (
+    build_report,
+    claims,
+    claims_frame,
+    displaced_control,
+    read_cells,
+    read_metrics,
+)
 
 SIZES = (100, 1000)
 SEEDS = (0, 1, 2, 3, 4)
@@ -69,6 +79,9 @@ def constructed_run(root: Path, models=tuple(CLEAN), profile_models=None) -> Pat
                 add(model, n, seed, "scramble-g2", "auroc_mahalanobis", g2)
                 add(model, n, seed, "scramble-g3", "auroc_mahalanobis",
                     0.95 if model == "capsnet" else 0.60)
+                displaced = {"capsnet": 0.90 + DELTA[seed], "convnet-maxpool": 0.85,
+                             "convnet-k9": 0.80}[model]
+                add(model, n, seed, "displaced", "auroc_mahalanobis", displaced if large else 0.50)
                 cells.append(dict(setup="affnist", model=model, n=n, seed=seed, steps=500,
                                   converged=True, val_improvement=0.001,
                                   labelled_images=n + 500, train_seconds=1.0, eval_seconds=1.0))
@@ -137,12 +150,35 @@ def test_c2_ratio_by_hand(hand):
 def test_c3_smallest_grid_at_the_largest_n(hand):
     c3 = _board(hand)["C3"]
     assert "scramble-g2" in c3.effect
+    assert c3.effect.startswith("AUROC intact vs scramble-g2 by feature density "
+                                "(class-conditional Mahalanobis; flags any distortion)")
     assert c3.interval.estimate == pytest.approx(-0.10, abs=1e-12)
     assert (c3.interval.low, c3.interval.high) == pytest.approx((-0.10 - HALF, -0.10 + HALF))
     row = _scoreboard_rows(hand)["C3"]
     assert row[2] == "-0.100 [-0.120, -0.080]" and row[5] == "contradicted"
     assert row[4] == ("at the largest n; n = 1,000; width 1/8; 500 steps; 1,500 labelled "
                       "images; 5 paired seeds")
+
+
+def test_displaced_control_by_hand(hand):
+    md = (hand / "report.md").read_text()
+    body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in body.splitlines() if line.startswith("Control for C3")]
+    assert len(lines) == 1
+    line = lines[0]
+    assert "capsnet − convnet-maxpool, on the displaced set" in line
+    assert "(n = 1,000; 5 paired seeds): +0.050 [0.030, 0.070]" in line
+    assert "mean AUROC capsnet 0.900, convnet-maxpool 0.850" in line
+    assert "on scramble-g2: 0.700 and 0.800 at n = 1,000" in line
+    assert "not specifically part arrangement" in line and "flip rate" in line
+    # right under the scoreboard's rows, before the other notes
+    after_rows = body.split("\n| C4 ", 1)[1].split("\n", 1)[1].lstrip("\n")
+    assert after_rows.startswith("Control for C3")
+    assert "Signs: each effect is signed so that a positive value" in body
+    # the same code path as C3: the paired t interval on the per-seed differences
+    main = read_metrics(hand)
+    assert displaced_control(main) == line
+    assert displaced_control(main[main["test_set"] != "displaced"]) is None  # no set, no line
 
 
 def test_c4_interval_containing_zero_is_inconclusive(hand):
@@ -164,7 +200,7 @@ def test_matched_table_by_hand(hand):
                               for line in body.splitlines() if line.startswith("| ")) }
     assert [rows[m][2] for m in CLEAN] == ["90.50"] * 3  # c*
     assert rows["capsnet"][4] == f"80.50 [{80.5 - 100 * HALF:.2f}, {80.5 + 100 * HALF:.2f}]"
-    assert rows["convnet-maxpool"][4] == "70.50 [70.50, 70.50]"  # no spread: zero width
+    assert rows["convnet-maxpool"][4] == "70.50 (all seeds equal)"  # no spread: zero width
     assert rows["convnet-maxpool"][5] == f"-10.00 [{-10 - 100 * HALF:.2f}, {-10 + 100 * HALF:.2f}]"
     assert rows["capsnet"][5] == "—"
 
@@ -188,6 +224,11 @@ def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
             (scale * c.interval.estimate, scale * c.interval.low, scale * c.interval.high))
         assert row.xmin < min(row.low, row.null) and row.xmax > max(row.high, row.null)
         assert row.verdict == c.verdict
+    sides = {r.claim.split()[0]: (r.below, r.above) for r in drawn.itertuples()}
+    assert sides == {"C1": ("convnet-maxpool better", "capsnet better"),
+                     "C2": ("convnet-maxpool needs fewer", "capsnet needs fewer"),
+                     "C3": ("convnet-maxpool separates better", "capsnet separates better"),
+                     "C4": ("capsnet better", "convnet-k9 better")}
     assert (hand / "figures" / "claims.png").is_file()
     tex = (hand / "tables" / "claims.tex").read_text()
     assert "Verdicts: A claim is supported" in tex and all(ord(ch) < 128 for ch in tex)

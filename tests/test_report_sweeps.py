@@ -86,6 +86,21 @@ def test_throughput_table_has_peak_inference_memory(run):
                 "Peak infer. mem (MB)") == "390"
 
 
+def test_throughput_table_has_params_without_decoder(run):
+    md = (run / "report.md").read_text()
+    # The CapsNet's decoder at a 40x40 input (the fixture's throughput rows): 160 -> 512 -> 1024
+    # -> 1600, weights and biases: 160*512+512 + 512*1024+1024 + 1024*1600+1600 = 2,247,744.
+    decoder = 160 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 1600 + 1600
+    assert decoder == 2_247_744
+    caps = _row(md, "Throughput", "capsnet")
+    assert _col(md, "Throughput", caps, "Params") == "8,215,570"  # the fixture's count
+    assert _col(md, "Throughput", caps, "Params w/o decoder") == f"{8_215_570 - decoder:,}"
+    for model in ("baseline-cnn", "convnet-maxpool", "convnet-k9"):  # no decoder: equal
+        row = _row(md, "Throughput", model)
+        assert (_col(md, "Throughput", row, "Params w/o decoder")
+                == _col(md, "Throughput", row, "Params"))
+
+
 def test_sweep_figure_draws_fitting_accuracy_and_hollow_non_converged(run, tmp_path):
     df = pd.read_csv(run / "metrics.csv")
     main = df[df.setup == "affnist"]

@@ -154,7 +154,7 @@ def test_table_text():
     assert row[5] == f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
     mean, low, high = t_interval(PART["head-dynamic"])
     assert row[6] == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
-    assert table.rows[3][6] == "0.900 [0.900, 0.900]"  # head-em: no spread
+    assert table.rows[3][6] == "0.900 (all seeds equal)"  # head-em: no spread
 
 
 def test_target_fallback_and_upper_bound():
