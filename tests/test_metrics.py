@@ -22,7 +22,7 @@ from bench.metrics import (
 
 def test_docstring_examples_run():
     result = doctest.testmod(bench.metrics)
-    assert result.failed == 0 and result.attempted >= 4
+    assert result.failed == 0 and result.attempted >= 2  # auroc and ece
 
 
 # --------------------------------------------------------------------------------------------
