@@ -383,17 +383,22 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
         predict_s[name] = time.perf_counter() - t
     t = time.perf_counter()
     held_images, held_labels = heldout_split(spec, data_dir, download)
-    held = predict(model, held_images, device)
+    # A cell trained on the whole training split (the paper's MNIST table: n = 60,000, no
+    # validation) leaves no held-out image: no temperature and no density score for it.
+    held = predict(model, held_images, device) if len(held_images) else None
     predict_s["heldout"] = time.perf_counter() - t
     t_metrics = time.perf_counter()
     with _one_thread():  # see _one_thread: small matrices
-        temperature = metrics.fit_temperature(held.logits.double().numpy(), held_labels.numpy())
-        means, precision = metrics.mahalanobis_fit(held.representation.double().numpy(),
-                                                   held_labels.numpy())
-        for name, p in preds.items():
-            if name == CLEAN.name or is_scrambled(name):
-                p.density = torch.from_numpy(metrics.mahalanobis_score(
-                    p.representation.double().numpy(), means, precision))
+        temperature = None
+        if held is not None:
+            temperature = metrics.fit_temperature(held.logits.double().numpy(),
+                                                  held_labels.numpy())
+            means, precision = metrics.mahalanobis_fit(held.representation.double().numpy(),
+                                                       held_labels.numpy())
+            for name, p in preds.items():
+                if name == CLEAN.name or is_scrambled(name):
+                    p.density = torch.from_numpy(metrics.mahalanobis_score(
+                        p.representation.double().numpy(), means, precision))
         clean = sets.get(CLEAN.name)
         if clean is not None:  # MNIST test index -> row of the clean set, as one lookup tensor
             sources = clean.params["source"].long()
@@ -422,7 +427,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
                                 None if intact is None else clean.labels[idx])
             if name == CLEAN.name:
                 rows.append({"test_set": name, "factor_value": math.nan, "metric": "temperature",
-                             "value": temperature})
+                             "value": math.nan if temperature is None else temperature})
                 class_means = class_mean_images(cfg.dataset, cfg.canvas, data_dir, download)
                 rows += reconstruction_rows(preds[name], ts.images.cpu(), class_means)
 

@@ -159,6 +159,9 @@ def test_heldout_split_is_the_validation_set_and_never_training_images():
     assert not set(train_idx.tolist()) & set(val_idx.tolist())
     train_set = {bytes(images[i].numpy()) for i in train_idx0.tolist()}
     assert not any(bytes(im.numpy()) in train_set for im in x0)
+    # a cell trained on all 60,000 images (the paper's MNIST table) leaves none to hold out
+    x_all, y_all = heldout_split({**spec, "n": 60_000, "train": {"val_size": 0}}, limit=50)
+    assert len(x_all) == 0 and len(y_all) == 0
 
 
 def test_predict_on_a_convnet_keeps_its_features_and_softmax():
