@@ -12,6 +12,7 @@ from bench.data.mnist import load_split
 from bench.evaluate import load_model
 from bench.models.registry import count_parameters, create_model
 from bench.train import train_cell, weights_hash
+from tests.overfit import fit_until_perfect
 
 
 def _meta(name: str, input_size: int = 28, width: float = 1.0):
@@ -75,21 +76,7 @@ def test_overfits_64_training_images():
     x, y = to_float(images[:64]), labels[:64]
     torch.manual_seed(0)
     model = create_model("efficient-capsnet", input_size=28, width=0.25)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    accuracy = 0.0
-    for step in range(1, 201):
-        model.train()
-        out = model(x, y)
-        loss = model.loss(out, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).logits.argmax(1) == y).float().mean().item()
-            if accuracy == 1.0:
-                break
+    accuracy, step = fit_until_perfect(model, x, y, lr=3e-3, max_steps=200)
     assert accuracy == 1.0, f"{accuracy:.3f} after {step} steps"
 
 

@@ -14,6 +14,7 @@ from bench.flops import flops_per_image
 from bench.models.heads import HEADS, MARGIN_RAMP_STEPS, PARAM_TOLERANCE, head_parameter_table
 from bench.models.registry import create_model, model_names
 from bench.train import train_cell, weights_hash
+from tests.overfit import fit_until_perfect
 
 NAMES = [f"head-{h}" for h in HEADS]
 CAPSULE = ["head-dynamic", "head-em", "head-self", "head-attention"]
@@ -126,19 +127,5 @@ def test_each_head_overfits_64_training_images(name):
     x, y = to_float(images[:64]), labels[:64]
     torch.manual_seed(0)
     model = create_model(name, input_size=28, width=0.125)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    accuracy = 0.0
-    for step in range(1, 301):
-        model.train()
-        out = model(x, y)
-        loss = model.loss(out, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).logits.argmax(1) == y).float().mean().item()
-            if accuracy == 1.0:
-                break
+    accuracy, step = fit_until_perfect(model, x, y, lr=3e-3, max_steps=300)
     assert accuracy == 1.0, f"{name}: {accuracy:.3f} after {step} steps"

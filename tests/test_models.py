@@ -12,6 +12,7 @@ from bench.errors import BenchError
 from bench.flops import flops_per_image
 from bench.models.convnet_maxpool import TOLERANCE
 from bench.models.registry import count_parameters, create_model, model_names
+from tests.overfit import fit_until_perfect
 
 MAIN = ["capsnet", "baseline-cnn", "convnet-maxpool", "convnet-k9"]
 CAPSNETS = ["capsnet", "capsnet-r1", "capsnet-r1-norecon", "capsnet-r3-norecon"]
@@ -97,21 +98,7 @@ def test_each_model_overfits_64_training_images(name):
     x, y = to_float(images[:64]), labels[:64]
     torch.manual_seed(0)
     model = create_model(name, input_size=28, width=width)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    accuracy = 0.0
-    for step in range(1, 201):
-        model.train()
-        out = model(x, y)
-        loss = model.loss(out, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x).logits.argmax(1) == y).float().mean().item()
-            if accuracy == 1.0:
-                break
+    accuracy, step = fit_until_perfect(model, x, y, lr=1e-3, max_steps=200)
     assert accuracy == 1.0, f"{name}: {accuracy:.3f} after {step} steps"
 
 

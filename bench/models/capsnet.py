@@ -50,7 +50,15 @@ from torch import nn
 
 from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 
-__all__ = ["RECON_WEIGHT", "RELEASED_RECON_WEIGHT", "CapsNet", "dynamic_routing", "margin_loss", "squash"]
+__all__ = [
+    "RECON_WEIGHT",
+    "RELEASED_RECON_WEIGHT",
+    "CapsNet",
+    "dynamic_routing",
+    "margin_loss",
+    "reconstruction_decoder",
+    "squash",
+]
 
 RECON_WEIGHT = 0.0005  # Section 4.1: "scale down this reconstruction loss by 0.0005"
 # The released code's balance against Eq. 4 as printed: 0.0005 x 20 (see the module docstring).
@@ -196,6 +204,19 @@ def margin_loss(
     return (present + absent).sum(dim=1).mean()
 
 
+def reconstruction_decoder(in_features: int, pixels: int) -> nn.Sequential:
+    """The decoder of Section 4.1, Fig. 2: the masked class capsules ``(B, in_features)`` ->
+    FC 512 ReLU -> FC 1024 ReLU -> FC ``pixels`` sigmoid."""
+    return nn.Sequential(
+        nn.Linear(in_features, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, 1024),
+        nn.ReLU(inplace=True),
+        nn.Linear(1024, pixels),
+        nn.Sigmoid(),
+    )
+
+
 class CapsNet(nn.Module):
     """The three-layer CapsNet of Fig. 1 with the decoder of Fig. 2 (optional).
 
@@ -240,14 +261,7 @@ class CapsNet(nn.Module):
         self.W = nn.Parameter(torch.empty(self.num_primary, primary_dim, NUM_CLASSES * digit_dim))
         nn.init.trunc_normal_(self.W, std=0.1, a=-0.2, b=0.2)
         self.decoder = (
-            nn.Sequential(
-                nn.Linear(NUM_CLASSES * digit_dim, 512),
-                nn.ReLU(inplace=True),
-                nn.Linear(512, 1024),
-                nn.ReLU(inplace=True),
-                nn.Linear(1024, input_size * input_size),
-                nn.Sigmoid(),
-            )
+            reconstruction_decoder(NUM_CLASSES * digit_dim, input_size * input_size)
             if reconstruction
             else None
         )

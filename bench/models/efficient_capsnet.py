@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.capsnet import margin_loss
+from bench.models.capsnet import margin_loss, reconstruction_decoder
 from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 from bench.models.routing import efficient_squash, float32_routing, self_attention_routing
 
@@ -96,14 +96,7 @@ class EfficientCapsNet(nn.Module):
         self.W = nn.Parameter(torch.empty(NUM_CLASSES, self.num_primary, PRIMARY_DIM * CLASS_DIM))
         self.log_priors = nn.Parameter(torch.zeros(NUM_CLASSES, self.num_primary))
         self.decoder = (
-            nn.Sequential(
-                nn.Linear(NUM_CLASSES * CLASS_DIM, 512),
-                nn.ReLU(inplace=True),
-                nn.Linear(512, 1024),
-                nn.ReLU(inplace=True),
-                nn.Linear(1024, input_size * input_size),
-                nn.Sigmoid(),
-            )
+            reconstruction_decoder(NUM_CLASSES * CLASS_DIM, input_size * input_size)
             if reconstruction
             else None
         )
