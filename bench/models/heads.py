@@ -9,8 +9,11 @@ head.
 Backbone (our choice: small, with batch normalisation as in SR-CapsNet's and Efficient-CapsNet's
 convolutional stems, and a stride-4 output so that the capsule heads route a few hundred
 children): conv 5x5 (64, pad 2) BN ReLU -> conv 3x3 (128, stride 2, pad 1) BN ReLU -> conv 3x3
-(128, stride 2, pad 1) BN ReLU, at width 1. It maps 28x28 to a 7x7 grid and 40x40 to 10x10 grid;
-``width`` scales its channels.
+(128, stride 2, pad 1) BN ReLU -> two conv 3x3 (128, pad 1) BN ReLU, at width 1. It maps 28x28 to a
+7x7 grid and 40x40 to 10x10 grid; ``width`` scales its channels. Each grid cell sees 27x27 pixels,
+a whole MNIST digit (20x20 in its 28x28 image). Without the last two convolutions (11x11 pixels,
+a stroke) the global-pooling heads reached only 55-88 % clean accuracy at n = 3,000 after 600 steps
+(width 1/4, learning rate 1e-3 or 3e-3, one seed); with them 96-97 % (3e-3).
 
 Heads (``head-*``):
 
@@ -45,8 +48,9 @@ No head has a reconstruction decoder. :func:`head_parameter_table` reports every
 the pooling heads have far fewer than the capsule heads and the fc head's count grows with the grid,
 so the heads are NOT matched in parameters: total parameters at 28x28, width 1 differ from
 ``head-dynamic``'s by up to :data:`PARAM_TOLERANCE` (checked in tests/test_heads.py, which prints
-the table); the capsule heads are within 3% of each other. At 40x40 the fc head has 36% more than
-``head-dynamic`` (the flattened 10x10 grid), outside the tolerance: a stated mismatch.
+the table; measured: pooling heads -6.2 %, fc +4.9 %); the capsule heads are within 3% of each
+other. At 40x40 the fc head has 16.7 % more than ``head-dynamic`` (the flattened 10x10 grid),
+outside the tolerance: a stated mismatch.
 """
 
 from __future__ import annotations
@@ -86,24 +90,20 @@ PRIMARY_TYPES = 16  # at width 1, as coder3000/SR-CapsNet's SmallNet (num_caps =
 
 
 class Backbone(nn.Module):
-    """conv5x5(c1) BN ReLU -> conv3x3/2(c2) BN ReLU -> conv3x3/2(c2) BN ReLU; ``(B, c2, g, g)``."""
+    """conv5x5(c1) -> conv3x3/2(c2) -> conv3x3/2(c2) -> 2 x conv3x3(c2), each with BN and ReLU;
+    ``(B, c2, g, g)``."""
 
     def __init__(self, input_size: int, width: float):
         super().__init__()
         c1, c2 = scaled(64, width), scaled(128, width)
         self.channels = c2
         self.grid = ((input_size + 1) // 2 + 1) // 2  # two stride-2 3x3 convs with padding 1
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, c1, 5, padding=2, bias=False),
-            nn.BatchNorm2d(c1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(inplace=True),
-        )
+        layers: list[nn.Module] = []
+        for c_in, c_out, k, stride in [(1, c1, 5, 1), (c1, c2, 3, 2), (c2, c2, 3, 2),
+                                       (c2, c2, 3, 1), (c2, c2, 3, 1)]:
+            layers += [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.layers = nn.Sequential(*layers)
         for m in self.layers.modules():  # He initialisation for the ReLU stack, as ConvClassifier
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")

@@ -119,22 +119,25 @@ def em_routing(
             f"expected votes (B, I, J, H) and a_in (B, I), got {tuple(votes.shape)}, {tuple(a_in.shape)}"
         )
     b, i, j, h = votes.shape
-    r = votes.new_full((b, i, j), 1.0 / j)
+    # Computed parent-major, (B, J, I, H): the sums over children are then batched matrix
+    # products over contiguous rows (a no-copy view for votes made parent-major, as the heads do).
+    v = votes.transpose(1, 2).contiguous()
+    r = votes.new_full((b, j, i), 1.0 / j)  # R_ij, stored (B, J, I)
     a_out = mu = sigma_sq = votes  # overwritten by the first M-step
     for t, lam in enumerate(em_inverse_temperatures(iterations, final_lambda)):
         # M-step
-        ra = r * a_in.unsqueeze(-1)  # (B, I, J)
-        r_sum = ra.sum(dim=1)  # (B, J)
-        coeff = (ra / (r_sum.unsqueeze(1) + EM_EPS)).unsqueeze(-1)  # (B, I, J, 1)
-        mu = (coeff * votes).sum(dim=1)  # (B, J, H)
-        sigma_sq = (coeff * (votes - mu.unsqueeze(1)).pow(2)).sum(dim=1) + EM_EPS  # (B, J, H)
+        ra = r * a_in.unsqueeze(1)  # (B, J, I)
+        r_sum = ra.sum(dim=2)  # (B, J)
+        coeff = (ra / (r_sum.unsqueeze(2) + EM_EPS)).unsqueeze(2)  # (B, J, 1, I)
+        mu = (coeff @ v).squeeze(2)  # (B, J, H)
+        sq = (v - mu.unsqueeze(2)).pow(2)  # (B, J, I, H): used again by the E-step
+        sigma_sq = (coeff @ sq).squeeze(2) + EM_EPS  # (B, J, H)
         cost = (beta_u.unsqueeze(-1) + 0.5 * torch.log(sigma_sq)) * r_sum.unsqueeze(-1)
         a_out = torch.sigmoid(lam * (beta_a - cost.sum(dim=-1)))  # (B, J)
-        if t + 1 < iterations:  # E-step
-            log_p = -0.5 * (_LOG_2PI + torch.log(sigma_sq)).sum(dim=-1).unsqueeze(1) - (
-                (votes - mu.unsqueeze(1)).pow(2) / (2.0 * sigma_sq.unsqueeze(1))
-            ).sum(dim=-1)  # (B, I, J)
-            r = torch.softmax(torch.log(a_out).unsqueeze(1) + log_p, dim=-1)
+        if t + 1 < iterations:  # E-step, with this M-step's mu and sigma
+            log_p = -0.5 * (_LOG_2PI + torch.log(sigma_sq)).sum(dim=-1).unsqueeze(2) - (
+                sq @ (0.5 / sigma_sq).unsqueeze(3)).squeeze(3)  # (B, J, I)
+            r = torch.softmax(torch.log(a_out).unsqueeze(2) + log_p, dim=1)  # over the parents
     return a_out, mu, sigma_sq
 
 
