@@ -85,6 +85,16 @@ PALETTE: dict[str, str] = {
     "baseline-cnn": "#D55E00",
     "convnet-maxpool": "#E69F00",
     "convnet-k9": "#009E73",
+    # The heads of bench/models/heads.py (the routing profile), distinct among themselves:
+    # Okabe-Ito (and Tol green), pooling warm, routing cool. They share colours with the models above, which a
+    # packaged profile never draws in the same figure.
+    "head-maxpool": "#E69F00",
+    "head-avgpool": "#D55E00",
+    "head-fc": "#CC79A7",
+    "head-dynamic": "#0072B2",
+    "head-em": "#009E73",
+    "head-self": "#56B4E9",
+    "head-attention": "#117733",
 }
 _FALLBACK = ("#000000", "#7F7F7F", "#8C564B", "#BCBD22", "#17BECF", "#332288", "#44AA99")
 

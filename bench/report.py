@@ -533,7 +533,7 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "CapsNet at the same clean accuracy (the counter-claim of Gu, Tresp & Hu 2021 "
             "holds)", 0.0, "pp"),
             K9, REFERENCE, other),
-    ] + ([Claim(**routing_report.routing_claim(main, key="C5", scale=ctx.scale))]
+    ] + ([Claim(**routing_report.routing_claim(main, key="C5", scale=ctx.scale, cells=cells))]
          if any(str(m).startswith("head-") for m in main["model"]) else [])
 
 
@@ -578,7 +578,8 @@ SIGN_NOTE = (
     f"claim's direction: C1 and C3 are {REFERENCE} {MINUS} {MAXPOOL}, C2 is {MAXPOOL} ÷ "
     f"{REFERENCE}, C4 is {K9} {MINUS} {REFERENCE}. The tables below write model {MINUS} "
     f"{REFERENCE} (model ÷ {REFERENCE} for ratios), so C1 appears in the matched-accuracy table "
-    "with the opposite sign.")
+    f"with the opposite sign. C5 (runs with routing heads) is routing head {MINUS} pooling head: "
+    "positive means the routing head keeps more.")
 
 
 def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
@@ -1283,6 +1284,12 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         if rt is not None:
             sections.append((routing_report.TITLE, Table("routing", rt.title, rt.header, rt.rows,
                                                          rt.align, [NOTE_MEAN, *rt.notes]), ""))
+            a, b = routing_report.chosen_pair(main, cells)
+            pt = routing_report.pairs_table(main, (a, b) if a and b else None)
+            if pt is not None:
+                sections.append(("Routing vs pooling: every pair", Table(
+                    "routing_pairs", "Routing vs pooling, every pair of heads (the C5 reading "
+                    "for each).", pt[0], pt[1], "lrrlr", pt[2]), ""))
     mnist = _mnist_table(df)
     if mnist is not None:
         sections.append(("The paper's MNIST table", mnist, ""))

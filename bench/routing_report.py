@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from bench import figures, readout, stats
+from bench.cells import AFFNIST_SETUP
 from bench.data.testsets import AFFNIST_STYLE, CLEAN
 from bench.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.stats import Interval
@@ -53,7 +54,6 @@ from bench.stats import Interval
 __all__ = [
     "POOLING_HEADS",
     "ROUTING_HEADS",
-    "HEAD_COLORS",
     "TITLE",
     "FIGURE_STEM",
     "FIGURE_CAPTION",
@@ -71,13 +71,6 @@ __all__ = [
 # nothing and is counted with the pooling heads (our choice, as in SR-CapsNet's comparison).
 POOLING_HEADS = ("head-maxpool", "head-avgpool", "head-fc")
 ROUTING_HEADS = ("head-dynamic", "head-em", "head-self", "head-attention")
-# One colour per head, distinct within the figure (bench.figures.PALETTE does not know the heads;
-# its hashed fallback can give two heads one colour): Okabe-Ito, pooling warm, routing cool.
-HEAD_COLORS = {
-    "head-maxpool": "#E69F00", "head-avgpool": "#D55E00", "head-fc": "#CC79A7",
-    "head-dynamic": "#0072B2", "head-em": "#009E73", "head-self": "#56B4E9",
-    "head-attention": "#332288",
-}
 TITLE = "Routing vs pooling, same backbone"
 FIGURE_STEM = "routing"
 FIGURE_CAPTION = (
@@ -90,10 +83,11 @@ FIGURE_CAPTION = (
 SCOREBOARD_RULE = (
     "C5 (runs with routing heads only): of the heads on one shared backbone "
     "(bench/models/heads.py), the routing head and the pooling head (max pool, average pool or "
-    "flatten, then linear) with the highest mean clean accuracy at the largest n every head "
-    "shares (chosen on clean accuracy only, never on the effect), compared on their "
-    "affNIST-style accuracy at the highest clean accuracy both reach on every seed, read as in "
-    "C1; the interval is that of the two heads chosen and does not allow for the choice.")
+    "flatten, then linear) with the highest mean validation accuracy at the largest n every "
+    "head shares (held-out training images; chosen on clean accuracy only, never on the "
+    "effect), compared on their affNIST-style accuracy at the highest clean accuracy both reach "
+    "on every seed, read as in C1; the interval is that of the two heads chosen and does not "
+    "allow for the choice: the routing section lists every routing-pooling pair.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,21 +111,70 @@ def largest_n(main: pd.DataFrame, heads: Sequence[str]) -> dict[str, int]:
     return {m: (max(common) if common else max(s)) for m, s in sizes.items()}
 
 
-def best_head(main: pd.DataFrame, heads: Sequence[str], at_n: dict[str, int]) -> str | None:
-    """The head of ``heads`` with the highest mean clean accuracy over seeds at its n in
-    ``at_n``; ties go to the head listed first; None when no head has one.
-
-    The criterion is clean accuracy only, never the affNIST-style accuracy that the scoreboard
-    compares, so the choice does not favour either side of that comparison.
-    """
-    best, best_acc = None, -math.inf
+def validation_accuracy(cells: pd.DataFrame | None, heads: Sequence[str],
+                        at_n: dict[str, int]) -> dict[str, float]:
+    """Per head, the mean over seeds of the final validation accuracy (``cells.csv``:
+    ``final_val_accuracy``, held-out training images, never a test set) at its n in ``at_n``;
+    heads without one are left out. Empty when ``cells`` is None or has no such column."""
+    if cells is None or "final_val_accuracy" not in cells.columns:
+        return {}
+    out = {}
     for m in heads:
         if m not in at_n:
             continue
-        v = readout.by_seed(readout.rows(main, m, CLEAN.name, "accuracy", at_n[m]))
-        if v and (acc := float(np.mean(list(v.values())))) > best_acc:
+        v = cells[(cells["model"] == m) & (cells["n"].astype(int) == at_n[m])]
+        if "setup" in v.columns:
+            v = v[v["setup"] == AFFNIST_SETUP]
+        v = pd.to_numeric(v["final_val_accuracy"], errors="coerce").dropna()
+        if not v.empty:
+            out[m] = float(v.mean())
+    return out
+
+
+def best_head(main: pd.DataFrame, heads: Sequence[str], at_n: dict[str, int],
+              validation: dict[str, float] | None = None) -> str | None:
+    """The head of ``heads`` with the highest mean validation accuracy over seeds at its n in
+    ``at_n`` when ``validation`` (:func:`validation_accuracy`) has every such head, else the
+    highest mean clean test accuracy; ties go to the head listed first; None when no head has
+    one.
+
+    The criterion is never the affNIST-style accuracy that the scoreboard compares, so the
+    choice does not favour either side of that comparison; validation images are preferred
+    because they are not the test digits the effect is read on.
+    """
+    candidates = [m for m in heads if m in at_n]
+    use_val = bool(validation) and all(m in validation for m in candidates)
+    best, best_acc = None, -math.inf
+    for m in candidates:
+        if use_val:
+            acc = validation[m]
+        else:
+            v = readout.by_seed(readout.rows(main, m, CLEAN.name, "accuracy", at_n[m]))
+            if not v:
+                continue
+            acc = float(np.mean(list(v.values())))
+        if acc > best_acc:
             best, best_acc = m, acc
     return best
+
+
+def overlapping(per_model: dict[str, readout.Curves]) -> tuple[list[str], float | None]:
+    """The heads left out so that the others share a matched clean accuracy, and that c*.
+
+    :func:`bench.readout.c_star` of all heads, or, when their clean-accuracy ranges do not all
+    overlap, of the heads left after dropping, one at a time, the head whose best seed-wise top
+    clean accuracy is lowest (a head that did not train on some seed). Returns (dropped heads,
+    c* or None)."""
+    kept = dict(per_model)
+    dropped: list[str] = []
+    while kept:
+        c = readout.c_star(kept.values())
+        if c is not None or len(kept) <= 2:
+            return dropped, c
+        worst = min(kept, key=lambda m: min(float(cl.max()) for cl, _ in kept[m].values()))
+        dropped.append(worst)
+        del kept[worst]
+    return dropped, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,8 +251,9 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
     at_n = largest_n(main, heads)
     per_model = {m: readout.curves(main, m) for m in heads}
     per_model = {m: c for m, c in per_model.items() if c}
-    cs = readout.c_star(per_model.values())
-    per_seed = {m: readout.matched(c, cs) for m, c in per_model.items()} if cs is not None else {}
+    left_out, cs = overlapping(per_model)
+    per_seed = ({m: readout.matched(c, cs) for m, c in per_model.items() if m not in left_out}
+                if cs is not None else {})
     part_rows = main[main["metric"] == PART_SCORE]
     part_set = readout.smallest_scramble(part_rows["test_set"])
     target, need = _table_target(main, heads, targets)
@@ -268,7 +312,10 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
         f"Clean, {shown} and AUROC columns: at the largest n every head shares ({n_label}). "
         f"c*: the highest clean accuracy that every head reaches on every seed; each seed's "
         f"{shown} accuracy is read at c* along its curve of increasing n (linear interpolation "
-        "between sizes), as in the matched-accuracy table."
+        "between sizes), as for claim C1."
+        + (f" Left out of c* (—): {', '.join(left_out)}, whose clean accuracy on some seed "
+           "stays below every other head's range (see the convergence table)."
+           if left_out and cs is not None else "")
         + ("" if cs is not None else " —: the heads' clean accuracies do not all overlap, so "
            "there is no common c*."),
     ]
@@ -288,8 +335,10 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
                  "(bench/models/heads.py).")
     align = "llr" + "r" * (len(header) - 3)
     return RoutingTable(
-        title=f"{TITLE}: every head on one shared backbone, so a difference is the head's. "
-              "Mean over seeds [95% Student-t interval].",
+        title=f"{TITLE}: every head on one shared backbone and one training budget, so a "
+              "difference is the head's (its routing or pooling, its parameters, which differ, "
+              "see the throughput table, and its loss: margin, spread or cross-entropy). Mean "
+              "over seeds [95% Student-t interval].",
         header=header, rows=rows, align=align, notes=notes, values=pd.DataFrame(values),
         c_star=cs, target=target, part_set=part_set, per_seed=per_seed)
 
@@ -301,17 +350,86 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
 Scale = Callable[..., str]  # (models, sizes, seeds, k, lead=...) -> str, as bench.report's
 
 
+def pair_effect(main: pd.DataFrame, a: str, b: str
+                ) -> tuple[float | None, Interval | None, dict[int, Any], dict[int, Any]]:
+    """``a`` minus ``b`` on affNIST-style accuracy at their matched clean accuracy, paired over
+    the seeds both have: (c*, interval or None, per-seed curves of a, of b). c* is
+    :func:`bench.readout.c_star` of the two heads; the interval is
+    :func:`stats.paired_difference` of the per-seed readings (:func:`bench.readout.matched`)."""
+    ca, cb = readout.curves(main, a), readout.curves(main, b)
+    common = sorted(set(ca) & set(cb))
+    ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
+    if not common:
+        return None, None, ca, cb
+    c = readout.c_star([ca, cb])
+    if c is None:
+        return None, None, ca, cb
+    return c, stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c)), ca, cb
+
+
+def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
+                ) -> tuple[list[str], list[list[str]], list[str]] | None:
+    """Every routing head against every pooling head, as the C5 row reads its chosen pair:
+    (header, rows, notes), or None without both kinds. Per pair: c*, the paired difference at
+    c* with its interval and verdict, and the paired difference at the largest n both have
+    (no matching). Shows how much the scoreboard's row depends on which heads are "best"."""
+    pooling, routing = head_groups(main["model"])
+    if not pooling or not routing:
+        return None
+    rows = []
+    for a in routing:
+        for b in pooling:
+            c, iv, _, _ = pair_effect(main, a, b)
+            at_n = largest_n(main, [a, b])
+            va = readout.by_seed(readout.rows(main, a, AFFNIST_STYLE.name, "accuracy", at_n.get(a)))
+            vb = readout.by_seed(readout.rows(main, b, AFFNIST_STYLE.name, "accuracy", at_n.get(b)))
+            both = sorted(set(va) & set(vb))
+            raw = (stats.paired_difference({s: va[s] for s in both}, {s: vb[s] for s in both})
+                   if len(both) >= 1 and at_n.get(a) == at_n.get(b) else None)
+            mark = " (C5)" if chosen == (a, b) else ""
+            rows.append([f"{a} {MINUS} {b}{mark}", f"{100 * c:.2f}" if c is not None else "—",
+                         readout.iv(iv, 100) if iv is not None else "—",
+                         stats.verdict(iv, 0.0) if iv is not None else "—",
+                         readout.iv(raw, 100) if raw is not None else "—"])
+    shown = AFFNIST_STYLE.display
+    header = ["Routing head − pooling head", "c* (%)", f"{shown} at c* (pp)", "Verdict",
+              f"{shown} at the largest n (pp)"]
+    notes = [f"Every routing head against every pooling head, read as the C5 row reads its pair: "
+             f"c* is the highest clean accuracy both heads reach on every seed, each seed's "
+             f"{shown} accuracy is read there (linear in n between sizes), and the difference is "
+             "paired over seeds (Student t, 95%; the interpolation's error is not in it). The "
+             "last column compares the heads at the largest n without matching clean accuracy. "
+             "The scoreboard's row is one of these pairs, chosen on validation accuracy; a "
+             "verdict that changes along a row or column means the C5 verdict depends on that "
+             "choice. —: no clean accuracy common to both heads on every seed."]
+    return header, rows, notes
+
+
+def chosen_pair(main: pd.DataFrame, cells: pd.DataFrame | None = None
+                ) -> tuple[str | None, str | None]:
+    """(best routing head, best pooling head) by :func:`best_head` at the largest n every head
+    shares, with the validation accuracies of ``cells`` when it has them all."""
+    pooling, routing = head_groups(main["model"])
+    at_n = largest_n(main, pooling + routing)
+    val = validation_accuracy(cells, pooling + routing, at_n)
+    if not all(m in val for m in at_n):  # one criterion for both groups
+        val = {}
+    return best_head(main, routing, at_n, val), best_head(main, pooling, at_n, val)
+
+
 def routing_claim(main: pd.DataFrame, *, key: str = "C5",
-                  scale: Scale | None = None) -> dict[str, Any]:
+                  scale: Scale | None = None, cells: pd.DataFrame | None = None
+                  ) -> dict[str, Any]:
     """The scoreboard row: best routing head minus best pooling head, affNIST-style accuracy at
     matched clean accuracy, paired over seeds.
 
-    "Best" in each group (our choice): the head with the highest mean clean accuracy over seeds
-    at the largest n every head shares (:func:`best_head`, ties to the head listed first in
-    :data:`ROUTING_HEADS` / :data:`POOLING_HEADS`). It is chosen on clean accuracy alone, not on
-    the affNIST-style accuracy compared, so the choice cannot favour either side of the effect.
-    The interval does not allow for the choice (it is the paired Student-t interval of the two
-    heads chosen, over the seeds both have), as the report's other rows are of one fixed pair.
+    "Best" in each group (our choice): the head with the highest mean validation accuracy over
+    seeds at the largest n every head shares (``cells``; without it, the highest mean clean test
+    accuracy), ties to the head listed first in :data:`ROUTING_HEADS` / :data:`POOLING_HEADS`
+    (:func:`best_head`). It is chosen on clean accuracy alone, not on the affNIST-style
+    accuracy compared, so the choice cannot favour either side of the effect. The interval does
+    not allow for the choice (it is the paired Student-t interval of the two heads chosen, over
+    the seeds both have); :func:`pairs_table` shows every other pair.
 
     The effect is measured as claim C1: c* is the highest clean accuracy both chosen heads reach
     on every seed they share (:func:`bench.readout.c_star`), each seed's affNIST-style accuracy
@@ -324,6 +442,7 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         key: the row's key on the scoreboard.
         scale: ``bench.report._Context.scale`` (the "Measured at" text: width, steps, seeds,
             convergence); None gives "along the n-curve; n = ...; k paired seeds".
+        cells: ``cells.csv`` (its ``final_val_accuracy`` chooses the heads), if any.
 
     Returns:
         the fields of ``bench.report.Claim``: key, name, effect, meaning, null (0.0), unit
@@ -338,7 +457,7 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         "meaning": f"the best capsule routing head keeps more {shown} accuracy than the best "
                    "pooling head on the same backbone at the same clean accuracy, i.e. the "
                    "routing itself helps (Hahn et al. 2019; against Gu, Tresp & Hu 2021); best "
-                   "= highest mean clean accuracy at the largest n",
+                   "= highest mean validation accuracy at the largest n",
         "null": 0.0, "unit": "pp", "interval": None, "scale": "", "reason": "",
     }
     pooling, routing = head_groups(main["model"])
@@ -347,25 +466,21 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         out["reason"] = (f"{NOT_MEASURED} (no {' and no '.join(missing)} head with results in "
                          "this run)")
         return out
-    at_n = largest_n(main, pooling + routing)
-    a, b = best_head(main, routing, at_n), best_head(main, pooling, at_n)
+    a, b = chosen_pair(main, cells)
     if a is None or b is None:
         out["reason"] = f"{NOT_MEASURED} (no clean accuracy of a routing and a pooling head)"
         return out
     out["effect"] = out["effect"].replace("best routing head", f"best routing head ({a})").replace(
         "best pooling head", f"best pooling head ({b})")
-    ca, cb = readout.curves(main, a), readout.curves(main, b)
-    common = sorted(set(ca) & set(cb))
+    c, iv, ca, cb = pair_effect(main, a, b)
+    common = sorted(ca)
     if not common:
         out["reason"] = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
         return out
-    ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
-    c = readout.c_star([ca, cb])
-    if c is None:
+    if c is None or iv is None:
         out["reason"] = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                          "every seed)")
         return out
-    iv = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
     out["interval"] = iv
     out["effect"] = out["effect"].replace("c*", f"c* = {100 * c:.2f}%")
     sizes = set(readout.curve_sizes(main, a)) | set(readout.curve_sizes(main, b))
@@ -420,7 +535,7 @@ def routing_figure(table: RoutingTable, stem: str | os.PathLike) -> pd.DataFrame
         for m in order:
             r = v[v["head"] == m].iloc[0]
             est, low, high = 100 * r["estimate"], 100 * r["low"], 100 * r["high"]
-            color = HEAD_COLORS.get(m) or figures.model_color(m)
+            color = figures.model_color(m)
             if np.isfinite(low) and np.isfinite(high):
                 ax.errorbar([est], [ys[m]], xerr=[[est - low], [high - est]], fmt="o",
                             color=color, ecolor=color, elinewidth=1.2, capsize=2.5,

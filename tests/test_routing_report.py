@@ -170,18 +170,69 @@ def test_target_fallback_and_upper_bound():
     assert table.target is None and table.header[-1] == "AUROC density (scramble-g2)"
 
 
-def test_no_heads_and_no_common_c_star():
+def test_no_heads_and_a_head_left_out_of_c_star():
     df = frame()
     assert rr.routing_table(df.assign(model="capsnet")) is None
-    # head-em's clean accuracies all below 0.79: no clean accuracy every head reaches
+    # head-em's clean accuracies lowered by 0.2 (0.60-0.71): below every other head's range
     low = df.copy()
     em = (low["model"] == "head-em") & (low["test_set"] == "clean")
     low.loc[em, "value"] = low.loc[em, "value"] - 0.2
     table = rr.routing_table(low, targets=(0.85,))
-    assert table.c_star is None
-    assert {r[5] for r in table.rows} == {"—"}
+    # without head-em, c* is the lowest top of the others: head-avgpool, seed 0, 0.94
+    assert table.c_star == pytest.approx(0.94)
+    rows = {r[0]: r for r in table.rows}
+    assert rows["head-em"][5] == "—" and rows["head-maxpool"][5] != "—"
+    assert "Left out of c* (—): head-em," in table.notes[0]
+    # head-dynamic, seed 0, at 0.94 by hand: 0.40 + (0.14 / 0.17) * 0.34 = 0.68
+    assert table.per_seed["head-dynamic"][0] == pytest.approx(0.68)
+    # two heads whose ranges do not overlap: no c* at all
+    two = low[low["model"].isin(["head-em", "head-maxpool"])]
+    t2 = rr.routing_table(two)
+    assert t2.c_star is None and {r[5] for r in t2.rows} == {"—"}
     with pytest.raises(ValueError):
-        rr.routing_figure(table, "unused")
+        rr.routing_figure(t2, "unused")
+
+
+def _cells(val: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([dict(setup="affnist", model=m, n=n, seed=s, final_val_accuracy=v)
+                         for m, v in val.items() for n in SIZES for s in SEEDS])
+
+
+def test_claim_chooses_the_heads_on_validation_accuracy():
+    # validation accuracy favours head-em and head-avgpool, clean test accuracy head-dynamic and
+    # head-maxpool (test_claim): with every head in cells.csv the validation images decide
+    val = {"head-maxpool": 0.90, "head-avgpool": 0.95, "head-dynamic": 0.90, "head-em": 0.97}
+    row = rr.routing_claim(frame(), cells=_cells(val))
+    assert "(head-em)" in row["effect"] and "(head-avgpool)" in row["effect"]
+    assert rr.chosen_pair(frame(), _cells(val)) == ("head-em", "head-avgpool")
+    # a head without a validation accuracy: back to clean test accuracy for every head
+    del val["head-maxpool"]
+    assert rr.chosen_pair(frame(), _cells(val)) == ("head-dynamic", "head-maxpool")
+    assert rr.chosen_pair(frame(), None) == ("head-dynamic", "head-maxpool")
+
+
+def _text(mean: float, low: float, high: float) -> str:
+    return f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def test_pairs_table_against_the_hand_formula():
+    header, rows, notes = rr.pairs_table(frame("supported"), ("head-dynamic", "head-maxpool"))
+    assert len(rows) == 2 * 2 and len(header) == 5 and notes
+    by = {r[0]: r for r in rows}
+    r = by[f"head-dynamic {rr.MINUS} head-maxpool (C5)"]
+    # c* of the pair: head-maxpool's top on seed 0, 0.96; hand-read differences, scipy t
+    assert r[1] == "96.00"
+    d = [at("head-dynamic", s, 0.96) - at("head-maxpool", s, 0.96) for s in SEEDS]
+    assert r[2].replace(rr.MINUS, "-") == _text(*t_interval(d))
+    assert r[3] == "supported"
+    # at the largest n without matching: (0.74, 0.75, 0.76) - 0.70
+    assert r[4].replace(rr.MINUS, "-") == _text(*t_interval([0.04, 0.05, 0.06]))
+    # the pair head-em - head-avgpool: c* is the lowest top of both, head-em's on seed 0, 0.90
+    r = by[f"head-em {rr.MINUS} head-avgpool"]
+    assert r[1] == "90.00"
+    d = [at("head-em", s, 0.90) - at("head-avgpool", s, 0.90) for s in SEEDS]
+    assert r[2].replace(rr.MINUS, "-") == _text(*t_interval(d))
+    assert rr.pairs_table(frame(heads=("head-dynamic", "head-em"))) is None
 
 
 def test_head_names_are_the_models():
