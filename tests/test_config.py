@@ -6,7 +6,10 @@ from bench.config import Profile, TrainConfig, load_profile, profile_names
 from bench.errors import BenchError
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+PACKAGED = ["smoke", "quick", "paper", "routing", "efficient", "efficient-paper"]
+
+
+@pytest.mark.parametrize("name", PACKAGED)
 def test_packaged_profiles_load(name):
     p = load_profile(name)
     assert isinstance(p, Profile) and p.name == name
@@ -14,10 +17,10 @@ def test_packaged_profiles_load(name):
 
 
 def test_profile_names_lists_packaged():
-    assert {"smoke", "quick", "paper"} <= set(profile_names())
+    assert set(PACKAGED) <= set(profile_names())
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("name", PACKAGED)
 def test_every_profile_trains_every_n_equally_long(name):
     """Training length must not be confounded with training-set size: one budget per setup."""
     from bench.cells import cells, spec_for

@@ -111,3 +111,13 @@ def test_the_efficient_profile_trains_it_at_width_1_and_on_28x28_mnist():
     assert profile.models == ("efficient-capsnet",) and profile.model.width == 1.0
     assert profile.mnist_table is not None and profile.mnist_table.models == ("efficient-capsnet",)
     assert (profile.train.lr, profile.train.batch_size) == (5e-4, 16)
+
+
+def test_the_efficient_paper_profile_has_the_released_settings():
+    # EscVM/Efficient-CapsNet's released config: Adam 5e-4, batch 16, x0.97 per epoch, 150 epochs
+    profile = load_profile("efficient-paper")
+    assert profile.mnist_table is not None and profile.mnist_table.models == ("efficient-capsnet",)
+    t = profile.train
+    assert (t.lr, t.batch_size, t.lr_decay, t.lr_schedule) == (5e-4, 16, 0.97, "exponential")
+    assert t.decay_steps * 16 == 60_000  # one epoch of MNIST's training split
+    assert t.steps * 16 == 150 * 60_000
