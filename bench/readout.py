@@ -163,6 +163,7 @@ class Needed:
 
     values: dict[int, float | None]
     at_first: set[int]  # seeds that reached it at the smallest n (the size is an upper bound)
+    sizes: tuple[float, float] | None = None  # the smallest and largest n trained
 
     @property
     def missing(self) -> int:
@@ -171,7 +172,7 @@ class Needed:
     def subset(self, seeds: Iterable[int]) -> Needed:
         seeds = set(seeds)
         return Needed({s: v for s, v in self.values.items() if s in seeds},
-                      self.at_first & seeds)
+                      self.at_first & seeds, self.sizes)
 
 
 def needed(main: pd.DataFrame, model: str, target: float) -> Needed:
@@ -180,6 +181,8 @@ def needed(main: pd.DataFrame, model: str, target: float) -> Needed:
     c = wide(main, model, CLEAN.name)
     values: dict[int, float | None] = {}
     at_first: set[int] = set()
+    trained = c.columns.to_numpy(dtype=float)
+    sizes = (float(trained.min()), float(trained.max())) if trained.size else None
     for seed in c.index:
         row = c.loc[seed]
         row = row[np.isfinite(row.to_numpy(dtype=float))]
@@ -189,7 +192,7 @@ def needed(main: pd.DataFrame, model: str, target: float) -> Needed:
         values[int(seed)] = stats.n_to_target(row.index.to_numpy(dtype=float), acc, target)
         if acc[0] >= target:
             at_first.add(int(seed))
-    return Needed(values, at_first)
+    return Needed(values, at_first, sizes)
 
 
 def smallest_scramble(test_sets: Iterable[str]) -> str | None:
@@ -256,8 +259,9 @@ def iv_int(interval: Interval) -> str:
 
 def needed_text(nd: Needed) -> str:
     """The training images needed over seeds: the geometric mean with its interval
-    (:func:`bench.stats.geometric_interval`), ``‡`` when some seed reached the target at the
-    smallest n; "≤ n" when every seed did; "not reached (k of S seeds)"."""
+    (:func:`bench.stats.geometric_interval`, clipped to the sizes trained, ``†`` when clipped),
+    ``‡`` when some seed reached the target at the smallest n; "≤ n" when every seed did; "not
+    reached (k of S seeds)"."""
     total = len(nd.values)
     if total == 0:
         return "—"
@@ -266,7 +270,8 @@ def needed_text(nd: Needed) -> str:
     values = [v for v in nd.values.values() if v is not None]
     if len(nd.at_first) == total:
         return f"≤ {integer(max(values))}"
-    return iv_int(stats.geometric_interval(values)) + (BOUNDED if nd.at_first else "")
+    g = stats.geometric_interval(values, bounds=nd.sizes)
+    return iv_int(g) + (CLIPPED if g.clipped else "") + (BOUNDED if nd.at_first else "")
 
 
 def n_range(sizes: Iterable[float]) -> str:

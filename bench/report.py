@@ -923,8 +923,9 @@ def _data_efficiency_table(main: pd.DataFrame, models: list[str],
              "before; geometric mean over seeds [95% Student-t interval on log n, "
              f"exponentiated]; not reached (k of S seeds): k seeds never reached it by the "
              f"largest n; {BOUNDED} or ≤: reached at the smallest n, where the size is only an "
-             "upper bound. The intervals cover seed-to-seed variation only: the error of "
-             "interpolating between the sizes trained is not in them.",
+             f"upper bound; {CLIPPED}: the interval clipped to the sizes trained (no size "
+             "outside them was measured). The intervals cover seed-to-seed variation only: the "
+             "error of interpolating between the sizes trained is not in them.",
              "Claim C2 uses the highest of the profile's targets that both models reach on every "
              "seed: a fixed rule, so the target it reports depends on this run's results."]
     if ref:

@@ -327,8 +327,10 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
         notes.append(f"n for {100 * target:g}% clean: the highest profile target that every head "
                      "reaches on every seed (the lowest target when none is); per seed, the first "
                      "size that reaches it, linear in log n from the size before; geometric mean "
-                     f"[95% interval on log n, exponentiated]; {BOUNDED} or ≤: reached at the "
-                     "smallest n, where the size is only an upper bound.")
+                     f"[95% interval on log n, exponentiated, {readout.CLIPPED} when clipped to "
+                     f"the sizes trained]; {BOUNDED} or ≤: reached at the smallest n, where the "
+                     "size is only an upper bound; the interpolation's error is not in the "
+                     "interval.")
     notes.append("Kind: pooling heads (global max pool, global average pool, flatten; each then "
                  "a linear layer) and capsule routing heads (dynamic, EM, self-routing, "
                  "Efficient-CapsNet self-attention), all on the same backbone "

@@ -29,6 +29,7 @@ clipping), so that a band equals the interval printed in the table for the same 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -270,7 +271,8 @@ def paired_difference(
     return _clipped_interval(d, level, bounds, "paired Student t on a - b", extra)
 
 
-def geometric_interval(values: Mapping[int, float] | Sequence[float], level: float = 0.95) -> Interval:
+def geometric_interval(values: Mapping[int, float] | Sequence[float], level: float = 0.95,
+                       bounds: tuple[float, float] | None = None) -> Interval:
     """Geometric mean over seeds with the Student-t interval on the log scale, exponentiated.
 
     ``exp(mean(log x) +- t_{(1+level)/2, k-1} * sd(log x) / sqrt(k))``: for positive quantities
@@ -279,7 +281,9 @@ def geometric_interval(values: Mapping[int, float] | Sequence[float], level: flo
 
     Special cases: None and NaN values are dropped (a seed that never reached a target has no
     size; ``method`` does not hide it: n counts only the values used); one value: that value with a
-    NaN interval.
+    NaN interval. ``bounds``: the interval is clipped to it (e.g. the smallest and largest n
+    trained, outside which a size was not measured) with ``clipped=True``, as in
+    :func:`mean_interval`.
 
     Raises:
         BenchError: a value <= 0 (no logarithm) or infinite, or a level outside (0, 1).
@@ -294,7 +298,14 @@ def geometric_interval(values: Mapping[int, float] | Sequence[float], level: flo
     if (x <= 0).any():
         raise BenchError(f"geometric_interval: expected positive values, found {x[x <= 0][0]:g}")
     extra = f" ({_seeds(n_none)} without a value dropped)" if n_none else ""
-    return _log_interval(x, level, "log values", extra)
+    iv = _log_interval(x, level, "log values", extra)
+    if bounds is None or not (np.isfinite(iv.low) and np.isfinite(iv.high)):
+        return iv
+    low, high = max(iv.low, bounds[0]), min(iv.high, bounds[1])
+    if (low, high) == (iv.low, iv.high):
+        return iv
+    return dataclasses.replace(iv, low=low, high=high, clipped=True,
+                               method=f"{iv.method}, clipped to [{bounds[0]:g}, {bounds[1]:g}]")
 
 
 def ratio_interval(

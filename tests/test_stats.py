@@ -290,6 +290,34 @@ def test_geometric_interval_by_hand_and_against_scipy():
     assert iv.n == 3 and not iv.clipped
 
 
+def test_geometric_interval_clipped_to_the_sizes_trained():
+    # the hand-worked case above, [71.49, 2238.0], trained at n = 100..1,000: both ends clipped
+    iv = geometric_interval([200, 400, 800], bounds=(100.0, 1000.0))
+    assert iv.estimate == pytest.approx(400.0)
+    assert (iv.low, iv.high) == (100.0, 1000.0) and iv.clipped and "clipped" in iv.method
+    # inside the bounds: unchanged and not marked
+    wide = geometric_interval([200, 400, 800], bounds=(50.0, 3000.0))
+    assert not wide.clipped and wide.high == pytest.approx(2238.0, abs=1.0)
+    # one value has no interval to clip
+    assert not geometric_interval([300.0], bounds=(100.0, 200.0)).clipped
+
+
+def test_needed_text_marks_a_clipped_interval():
+    from bench import readout
+
+    nd = readout.Needed({0: 200.0, 1: 400.0, 2: 800.0}, set(), (100.0, 1000.0))
+    assert readout.needed_text(nd) == f"400 [100, 1,000]{readout.CLIPPED}"
+    assert readout.needed_text(readout.Needed(nd.values, set(), (50.0, 3000.0))) == "400 [71, 2,238]"
+    # needed() records the sizes the frame trained
+    rows = [dict(model="m", n=n, seed=s, test_set="clean", factor_value=float("nan"),
+                 metric="accuracy", value=a)
+            for s in (0, 1) for n, a in ((100, 0.5), (1000, 0.9 + 0.01 * s))]
+    import pandas as pd
+
+    got = readout.needed(pd.DataFrame(rows), "m", 0.85)
+    assert got.sizes == (100.0, 1000.0) and got.values[0] is not None
+
+
 def test_geometric_interval_mapping_with_none_and_level():
     values = {0: 150.0, 1: 420.0, 2: None, 3: 900.0, 4: 310.0}
     x = np.array([150.0, 420.0, 900.0, 310.0])
