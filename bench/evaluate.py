@@ -68,9 +68,16 @@ class Predictions:
 
     @property
     def softmax_scores(self) -> bool:
-        """Whether the scores are the softmax of the logits (the ConvNets), not lengths."""
-        return self.logits is not None and bool(torch.allclose(
-            self.scores, torch.softmax(self.logits.double(), 1).float(), atol=1e-4))
+        """Whether the scores are the softmax of unnormalised logits (the ConvNets): not capsule
+        lengths, and not log-probabilities (head-self's logits are log a with sum a = 1, whose
+        logsumexp, the energy, is 0 for every input and whose maximum ranks as the max score)."""
+        if self.logits is None:
+            return False
+        z = self.logits.double()
+        normalised = bool(torch.allclose(torch.logsumexp(z, 1), torch.zeros(()).double(),
+                                         atol=1e-6))
+        return not normalised and bool(torch.allclose(
+            self.scores, torch.softmax(z, 1).float(), atol=1e-4))
 
 
 @torch.inference_mode()

@@ -176,6 +176,20 @@ def test_predict_on_a_convnet_keeps_its_features_and_softmax():
     assert torch.allclose(p.scores, torch.softmax(p.logits, 1), atol=1e-6)
 
 
+def test_self_routing_log_probabilities_are_not_softmax_logits():
+    """head-self's logits are log a with sum a = 1: softmax(log a) = a, yet the energy
+    logsumexp(log a) = 0 for every input, so no max-logit or energy score is computed for it."""
+    from bench.evaluate import predict
+    from bench.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("head-self", input_size=28, width=0.25).eval()
+    p = predict(model, torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8), torch.device("cpu"))
+    assert torch.allclose(torch.logsumexp(p.logits.double(), 1), torch.zeros(4).double(),
+                          atol=1e-6)
+    assert not p.softmax_scores
+
+
 def test_confident_on_intact_and_unsure_on_scrambled_gives_auroc_one():
     """A stub sure of every intact digit (score 0.9) and unsure of every scrambled one (0.3):
     intact is the positive class, so the AUROC of the confidence is 1, not 0."""
