@@ -47,7 +47,7 @@ import pandas as pd
 
 from bench import figures, readout, stats
 from bench.cells import AFFNIST_SETUP
-from bench.data.testsets import AFFNIST_STYLE, CLEAN
+from bench.data.testsets import AFFNIST_STYLE, CLEAN, DISPLACED
 from bench.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.stats import Interval
 
@@ -189,9 +189,10 @@ class RoutingTable:
     Attributes:
         title, header, rows (preformatted strings), align (one of l/r/c per column), notes.
         values: tidy numbers, one row per (head, quantity) with columns head, group ("pooling" or
-            "routing"), quantity ("clean", "affnist", "matched", "part", "n_target"), n (the
-            size, NaN for quantities read along n), estimate, low, high, n_seeds, clipped; in
-            fractions (accuracies, AUROC) or images (n_target); NaN where not computed.
+            "routing"), quantity ("clean", "affnist", "matched", "part", "part_displaced",
+            "n_target"), n (the size, NaN for quantities read along n), estimate, low, high,
+            n_seeds, clipped; in fractions (accuracies, AUROC) or images (n_target); NaN where not
+            computed.
         c_star: the matched clean accuracy of the "matched" column (None: not computed).
         target: the clean-accuracy target of the "n to target" column (None: no targets).
         part_set: the scrambled set of the part-arrangement column (None: no such rows).
@@ -256,6 +257,7 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
                 if cs is not None else {})
     part_rows = main[main["metric"] == PART_SCORE]
     part_set = readout.smallest_scramble(part_rows["test_set"])
+    control = part_set is not None and bool((part_rows["test_set"] == DISPLACED.name).any())
     target, need = _table_target(main, heads, targets)
 
     values: list[dict[str, Any]] = []
@@ -289,6 +291,9 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
         if part_set is not None:
             part = put(m, "part", nn, at_largest(part_rows, m, part_set))
             row.append(readout.iv(part, 1, 3))
+        if control:
+            row.append(readout.iv(put(m, "part_displaced", nn,
+                                      at_largest(part_rows, m, DISPLACED.name)), 1, 3))
         if target is not None:
             nd = need[m]
             done = [v for v in nd.values.values() if v is not None]
@@ -306,6 +311,8 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
               f"{shown} acc. at c* = {cs_text} (%)"]
     if part_set is not None:
         header.append(f"AUROC density ({part_set})")
+    if control:
+        header.append(f"AUROC density ({DISPLACED.name}, control)")
     if target is not None:
         header.append(f"n for {100 * target:g}% clean")
     notes = [
@@ -322,7 +329,10 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
     if part_set is not None:
         notes.append(f"AUROC density: telling intact (positive) from scrambled digits of "
                      f"{part_set} by minus the class-conditional Mahalanobis distance of the "
-                     "head's features (the C3 score); 0.5 is chance.")
+                     "head's features (the C3 score); 0.5 is chance."
+                     + (f" Control: the same score on the {DISPLACED.name} set (parts moved "
+                        "apart, arrangement kept); a score as high there as on the scrambled set "
+                        "detects distortion, not part arrangement." if control else ""))
     if target is not None:
         notes.append(f"n for {100 * target:g}% clean: the highest profile target that every head "
                      "reaches on every seed (the lowest target when none is); per seed, the first "

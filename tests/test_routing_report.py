@@ -170,6 +170,21 @@ def test_target_fallback_and_upper_bound():
     assert table.target is None and table.header[-1] == "AUROC density (scramble-g2)"
 
 
+def test_displaced_control_column_by_hand():
+    # the displaced set's density AUROC at n = 1,000: 0.90, 0.92, 0.94 for every head
+    df = frame()
+    extra = [dict(setup="affnist", model=m, n=1000, seed=s, test_set="displaced",
+                  factor_value=math.nan, metric="auroc_mahalanobis", value=0.90 + 0.02 * s)
+             for m in TOP for s in SEEDS]
+    table = rr.routing_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
+    assert table.header[-1] == "AUROC density (displaced, control)"
+    mean, low, high = t_interval([0.90, 0.92, 0.94])
+    assert all(r[-1] == f"{mean:.3f} [{low:.3f}, {high:.3f}]" for r in table.rows)
+    assert "Control: the same score on the displaced set" in " ".join(table.notes)
+    # without displaced rows there is no such column
+    assert "control" not in rr.routing_table(df).header[-1]
+
+
 def test_no_heads_and_a_head_left_out_of_c_star():
     df = frame()
     assert rr.routing_table(df.assign(model="capsnet")) is None
