@@ -40,7 +40,12 @@ __all__ = [
 ]
 
 # Our choice: the variance floor and denominator guard of EM routing (the paper states none).
-EM_EPS = 1e-6
+# With 1e-6 the EM head failed to train on 3 of the routing profile's 9 cells: one class's votes
+# collapsed to a tiny variance, its cost (0.5 log sigma^2, summed over 16 entries and weighted by
+# the data assigned to it) became so negative that its activation sat at 1.0 for every input and
+# its sigmoid's gradient vanished. With 1e-3 the two failed n = 3,000 cells (seeds 0 and 2)
+# reached 95.5 and 96.7 % validation accuracy (800 steps, lr 3e-3, width 1/4).
+EM_EPS = 1e-3
 # The final inverse temperature, from the authors' reply on OpenReview (forum HJWLfGWRb), as used
 # by coder3000/SR-CapsNet (modules.py, EmRouting2d: final_lambda=1e-2).
 EM_FINAL_LAMBDA = 0.01
