@@ -86,8 +86,8 @@ PALETTE: dict[str, str] = {
     "convnet-maxpool": "#E69F00",
     "convnet-k9": "#009E73",
     # The heads of bench/models/heads.py (the routing profile), distinct among themselves:
-    # Okabe-Ito (and Tol green), pooling warm, routing cool. They share colours with the models above, which a
-    # packaged profile never draws in the same figure.
+    # Okabe-Ito (and Tol green), pooling warm, routing cool. They share colours with the models
+    # above, which a packaged profile never draws in the same figure.
     "head-maxpool": "#E69F00",
     "head-avgpool": "#D55E00",
     "head-fc": "#CC79A7",

@@ -131,30 +131,29 @@ def validation_accuracy(cells: pd.DataFrame | None, heads: Sequence[str],
     return out
 
 
-def best_head(main: pd.DataFrame, heads: Sequence[str], at_n: dict[str, int],
-              validation: dict[str, float] | None = None) -> str | None:
-    """The head of ``heads`` with the highest mean validation accuracy over seeds at its n in
-    ``at_n`` when ``validation`` (:func:`validation_accuracy`) has every such head, else the
-    highest mean clean test accuracy; ties go to the head listed first; None when no head has
-    one.
+def clean_accuracy(main: pd.DataFrame, heads: Sequence[str],
+                   at_n: dict[str, int]) -> dict[str, float]:
+    """Per head, the mean over seeds of the clean test accuracy at its n in ``at_n``; heads
+    without one are left out."""
+    out = {}
+    for m in heads:
+        if m in at_n and (v := readout.by_seed(readout.rows(main, m, CLEAN.name, "accuracy",
+                                                             at_n[m]))):
+            out[m] = float(np.mean(list(v.values())))
+    return out
+
+
+def best_head(heads: Sequence[str], accuracy: dict[str, float]) -> str | None:
+    """The head of ``heads`` with the highest ``accuracy`` (:func:`validation_accuracy` or
+    :func:`clean_accuracy`); ties go to the head listed first; None when no head has one.
 
     The criterion is never the affNIST-style accuracy that the scoreboard compares, so the
-    choice does not favour either side of that comparison; validation images are preferred
-    because they are not the test digits the effect is read on.
+    choice does not favour either side of that comparison.
     """
-    candidates = [m for m in heads if m in at_n]
-    use_val = bool(validation) and all(m in validation for m in candidates)
     best, best_acc = None, -math.inf
-    for m in candidates:
-        if use_val:
-            acc = validation[m]
-        else:
-            v = readout.by_seed(readout.rows(main, m, CLEAN.name, "accuracy", at_n[m]))
-            if not v:
-                continue
-            acc = float(np.mean(list(v.values())))
-        if acc > best_acc:
-            best, best_acc = m, acc
+    for m in heads:
+        if m in accuracy and accuracy[m] > best_acc:
+            best, best_acc = m, accuracy[m]
     return best
 
 
@@ -363,20 +362,19 @@ Scale = Callable[..., str]  # (models, sizes, seeds, k, lead=...) -> str, as ben
 
 
 def pair_effect(main: pd.DataFrame, a: str, b: str
-                ) -> tuple[float | None, Interval | None, dict[int, Any], dict[int, Any]]:
+                ) -> tuple[list[int], float | None, Interval | None]:
     """``a`` minus ``b`` on affNIST-style accuracy at their matched clean accuracy, paired over
-    the seeds both have: (c*, interval or None, per-seed curves of a, of b). c* is
-    :func:`bench.readout.c_star` of the two heads; the interval is
-    :func:`stats.paired_difference` of the per-seed readings (:func:`bench.readout.matched`)."""
+    the seeds both have: (those seeds, c*, interval); c* and the interval are None when there is
+    no seed or no common clean accuracy. c* is :func:`bench.readout.c_star` of the two heads;
+    the interval is :func:`stats.paired_difference` of the per-seed readings
+    (:func:`bench.readout.matched`)."""
     ca, cb = readout.curves(main, a), readout.curves(main, b)
     common = sorted(set(ca) & set(cb))
     ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
-    if not common:
-        return None, None, ca, cb
-    c = readout.c_star([ca, cb])
+    c = readout.c_star([ca, cb]) if common else None
     if c is None:
-        return None, None, ca, cb
-    return c, stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c)), ca, cb
+        return common, None, None
+    return common, c, stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
 
 
 def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
@@ -391,7 +389,7 @@ def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
     rows = []
     for a in routing:
         for b in pooling:
-            c, iv, _, _ = pair_effect(main, a, b)
+            _, c, iv = pair_effect(main, a, b)
             at_n = largest_n(main, [a, b])
             va = readout.by_seed(readout.rows(main, a, AFFNIST_STYLE.name, "accuracy", at_n.get(a)))
             vb = readout.by_seed(readout.rows(main, b, AFFNIST_STYLE.name, "accuracy", at_n.get(b)))
@@ -423,10 +421,12 @@ def chosen_pair(main: pd.DataFrame, cells: pd.DataFrame | None = None
     shares, with the validation accuracies of ``cells`` when it has them all."""
     pooling, routing = head_groups(main["model"])
     at_n = largest_n(main, pooling + routing)
-    val = validation_accuracy(cells, pooling + routing, at_n)
-    if not all(m in val for m in at_n):  # one criterion for both groups
-        val = {}
-    return best_head(main, routing, at_n, val), best_head(main, pooling, at_n, val)
+    acc = validation_accuracy(cells, pooling + routing, at_n)
+    # one criterion for both groups: validation images (not the test digits the effect is read
+    # on) when every head has them, else the clean test accuracy
+    if not acc or not all(m in acc for m in at_n):
+        acc = clean_accuracy(main, pooling + routing, at_n)
+    return best_head(routing, acc), best_head(pooling, acc)
 
 
 def routing_claim(main: pd.DataFrame, *, key: str = "C5",
@@ -484,8 +484,7 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         return out
     out["effect"] = out["effect"].replace("best routing head", f"best routing head ({a})").replace(
         "best pooling head", f"best pooling head ({b})")
-    c, iv, ca, cb = pair_effect(main, a, b)
-    common = sorted(ca)
+    common, c, iv = pair_effect(main, a, b)
     if not common:
         out["reason"] = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
         return out

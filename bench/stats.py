@@ -163,15 +163,20 @@ def _clipped_interval(
     if k == 1:
         return _no_interval(float(x[0]), 1, extra)
     mean, low, high = _t_interval(x, level)
-    method = f"{name}{_level_note(level)} over {_seeds(k)}{extra}"
-    clipped = False
-    if bounds is not None:
-        lo_b, hi_b = bounds
-        if low < lo_b or high > hi_b:
-            clipped = True
-            low, high = max(low, lo_b), min(high, hi_b)
-            method += f", clipped to [{lo_b:g}, {hi_b:g}]"
-    return Interval(mean, low, high, k, method, clipped)
+    return _clip(Interval(mean, low, high, k, f"{name}{_level_note(level)} over {_seeds(k)}{extra}"),
+                 bounds)
+
+
+def _clip(iv: Interval, bounds: tuple[float, float] | None) -> Interval:
+    """``iv`` with its ends clipped to ``bounds`` (``clipped=True`` and ", clipped to [a, b]" in
+    ``method`` when either moved); unchanged without bounds or a finite interval."""
+    if bounds is None or not (np.isfinite(iv.low) and np.isfinite(iv.high)):
+        return iv
+    lo_b, hi_b = bounds
+    if iv.low >= lo_b and iv.high <= hi_b:
+        return iv
+    return dataclasses.replace(iv, low=max(iv.low, lo_b), high=min(iv.high, hi_b), clipped=True,
+                               method=f"{iv.method}, clipped to [{lo_b:g}, {hi_b:g}]")
 
 
 def _check_bounds(x: np.ndarray, bounds: tuple[float, float] | None, who: str) -> None:
@@ -298,14 +303,7 @@ def geometric_interval(values: Mapping[int, float] | Sequence[float], level: flo
     if (x <= 0).any():
         raise BenchError(f"geometric_interval: expected positive values, found {x[x <= 0][0]:g}")
     extra = f" ({_seeds(n_none)} without a value dropped)" if n_none else ""
-    iv = _log_interval(x, level, "log values", extra)
-    if bounds is None or not (np.isfinite(iv.low) and np.isfinite(iv.high)):
-        return iv
-    low, high = max(iv.low, bounds[0]), min(iv.high, bounds[1])
-    if (low, high) == (iv.low, iv.high):
-        return iv
-    return dataclasses.replace(iv, low=low, high=high, clipped=True,
-                               method=f"{iv.method}, clipped to [{bounds[0]:g}, {bounds[1]:g}]")
+    return _clip(_log_interval(x, level, "log values", extra), bounds)
 
 
 def ratio_interval(
