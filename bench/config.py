@@ -116,6 +116,9 @@ class TrainConfig:
     # A cell has converged when its validation accuracy at the end of the budget is less than
     # this much (a fraction: 0.002 = 0.2 points) above its accuracy at 3/4 of the budget.
     converged_gain: float = 0.002
+    # The family-wise error of the run's convergence tests (bench.train.FAMILYWISE_RULE): the
+    # chance that any truly converged cell of the run is reported as still improving.
+    converged_alpha: float = 0.05
     deterministic: bool = True
     bf16: bool = False  # autocast on CUDA only
     channels_last: bool = True  # channels-last memory format for the convolutions (CPU and CUDA)
@@ -297,6 +300,8 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("batch_size", "lr, min_steps and eval_every must be positive")
         if obj.steps < 0:
             raise bad("steps", f"must be >= 0 (0: the epochs rule), got {obj.steps}")
+        if not 0 < obj.converged_alpha < 1:
+            raise bad("converged_alpha", f"must be in (0, 1), got {obj.converged_alpha}")
         if obj.lr_schedule not in ("exponential", "cosine"):
             raise bad("lr_schedule", f"must be exponential or cosine, got {obj.lr_schedule!r}")
         if obj.select not in ("best_val", "last"):

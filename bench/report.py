@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +41,7 @@ import pandas as pd
 
 from bench import figures, readout, routing_report, stats
 from bench.cells import AFFNIST_SETUP
-from bench.config import PAPER_MNIST_ERRORS, Profile
+from bench.config import PAPER_MNIST_ERRORS, Profile, TrainConfig
 from bench.data.testsets import (
     AFFNIST_REAL,
     AFFNIST_STYLE,
@@ -1005,19 +1005,35 @@ def _mnist_table(df: pd.DataFrame) -> Table | None:
                  "published one.", header, rows, "lrrrrr", [NOTE_MEAN])
 
 
-def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
-                                                      set[tuple[str, str, int, int]]]:
+def _convergence(cells: pd.DataFrame | None, train_cfg: Mapping[str, Any] | None = None,
+                 ) -> tuple[list[str], Table | None, set[tuple[str, str, int, int]]]:
     """The Run section's convergence line, the table of cells that did not converge, and their
-    keys (setup, model, n, seed)."""
+    keys (setup, model, n, seed). ``train_cfg``: the run's ``[train]`` values (its convergence
+    thresholds; TrainConfig's defaults when absent)."""
+    defaults = TrainConfig()
+    train_cfg = train_cfg or {}
+    gain = 100 * float(train_cfg.get("converged_gain", defaults.converged_gain))
+    alpha = 100 * float(train_cfg.get("converged_alpha", defaults.converged_alpha))
     if cells is None:
         return ["- convergence not recorded (no `cells.csv`)"], None, set()
     flags = [_flag(f) for f in cells["converged"]]
     known = [f for f in flags if f is not None]
     if not known:
         return ["- convergence not recorded (`cells.csv` has no `converged` values)"], None, set()
-    line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: "
-            "validation accuracy gained over the last quarter of the budget below 0.2 points or "
-            "below two paired standard errors: no evidence of further improvement)")
+    familywise = "val_improvement_p" in cells and cells["val_improvement_p"].notna().any()
+    if familywise:
+        alone = [_flag(f) for f in cells["converged_cell"]]
+        line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: no "
+                "evidence of further improvement across the run; each cell's validation gain "
+                "over the last quarter of the budget tested by the one-sided exact sign test on "
+                "its validation images, Holm's correction over the run's cells at family-wise "
+                f"error {alpha:g} %, and a cell counted as still improving only when also rejected "
+                f"and its gain is at least {gain:g} points). Each cell alone, at two paired standard errors "
+                f"without the correction: {sum(a is True for a in alone)} of {len(alone)}")
+    else:
+        line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: "
+                f"validation accuracy gained over the last quarter of the budget below {gain:g} "
+                "points or below two paired standard errors: no evidence of further improvement)")
     if len(known) < len(flags):
         line += f"; {len(flags) - len(known)} not recorded"
     bad = cells[[f is False for f in flags]].sort_values(["setup", "model", "n", "seed"])
@@ -1028,11 +1044,20 @@ def _convergence(cells: pd.DataFrame | None) -> tuple[list[str], Table | None,
     bad = bad.assign(_o=bad["model"].map(order)).sort_values(["setup", "_o", "n", "seed"])
     rows = [[str(r.setup), str(r.model), readout.integer(r.n), str(int(r.seed)),
              readout.integer(r.steps), _num(100 * r.val_improvement, 2)] for r in bad.itertuples()]
-    table = Table("convergence", "Cells that did not converge: their validation accuracy gained at "
-                  "least 0.2 points and more than two paired standard errors over the last "
-                  "quarter of the budget (hollow markers in the data-efficiency figures).",
-                  ["Setup", "Model", "n", "Seed", "Steps", "Validation gain, last quarter (pp)"],
-                  rows, "llrrrr")
+    header = ["Setup", "Model", "n", "Seed", "Steps", "Validation gain, last quarter (pp)"]
+    if familywise:
+        caption = (f"Cells that did not converge: their validation accuracy gained at least "
+                   f"{gain:g} points over the last quarter of the budget and Holm's procedure over "
+                   f"the run's cells rejects 'no improvement' (family-wise error {alpha:g} %; hollow "
+                   "markers in the data-efficiency figures). p: the cell's one-sided exact sign test.")
+        header.append("p (sign test)")
+        for row, r in zip(rows, bad.itertuples(), strict=True):
+            row.append(f"{r.val_improvement_p:.2g}")
+    else:
+        caption = (f"Cells that did not converge: their validation accuracy gained at least "
+                   f"{gain:g} points and more than two paired standard errors over the last quarter of the "
+                   "budget (hollow markers in the data-efficiency figures).")
+    table = Table("convergence", caption, header, rows, "llrrrr" + ("r" if familywise else ""))
     return [line], table, keys
 
 
@@ -1258,7 +1283,8 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     models = figures.model_order(main["model"])
     targets = _targets(manifest, notes)
     board = claims(main, targets, manifest=manifest, cells=cells)
-    convergence, convergence_table, not_converged = _convergence(cells)
+    train_cfg = (((manifest or {}).get("profile") or {}).get("config") or {}).get("train") or {}
+    convergence, convergence_table, not_converged = _convergence(cells, train_cfg)
 
     sections: list[tuple[str, Table | None, str]] = []
     if convergence_table is not None:

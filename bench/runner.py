@@ -58,6 +58,7 @@ from bench.io import (
     write_parquet,
 )
 from bench.runtime import environment, set_deterministic
+from bench.train import familywise_convergence
 
 # The stages in the order they run, one line each (``python -m bench run --help`` prints them).
 STAGE_HELP = {
@@ -323,7 +324,11 @@ def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
                 and (best_capsnet is None or (c.n, -c.seed) > best_capsnet[:2])):
             best_capsnet = (c.n, -c.seed, files.examples)
     if cell_rows:
-        write_csv(run_dir / "cells.csv", pd.DataFrame(cell_rows))
+        table = pd.DataFrame(cell_rows)
+        # "converged" across the run (Holm over its cells); "converged_cell": each cell alone.
+        table["converged"] = familywise_convergence(table, profile.train.converged_gain,
+                                                    profile.train.converged_alpha)
+        write_csv(run_dir / "cells.csv", table)
     if not frames:
         return 0
     write_csv(run_dir / "metrics.csv", pd.concat(frames, ignore_index=True))
@@ -345,7 +350,12 @@ def _cell_row(c: Cell, files: CellFiles) -> dict[str, Any]:
         "setup": c.setup, "model": c.model, "n": c.n, "seed": c.seed,
         "steps": t.get("steps"), "selection": t.get("selection", "best_val"),
         "checkpoint_step": t.get("checkpoint_step", t.get("best_step")),
-        "converged": t.get("converged"), "val_improvement": t.get("val_improvement"),
+        "converged": t.get("converged"), "converged_cell": t.get("converged"),
+        "val_improvement": t.get("val_improvement"),
+        "val_improvement_se": t.get("val_improvement_se"),
+        "val_turned_right": t.get("val_turned_right"),
+        "val_turned_wrong": t.get("val_turned_wrong"),
+        "val_improvement_p": t.get("val_improvement_p"),
         "final_val_accuracy": t.get("final_val_accuracy"),
         "labelled_images": t.get("labelled_images"),
         "train_seconds": sum(v for v in timing.values() if isinstance(v, (int, float))) or None,

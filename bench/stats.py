@@ -22,6 +22,9 @@ test-set noise and miss the seed-to-seed spread. With the usual 3-5 seeds the t 
   to the allowed range, and ``Interval.clipped`` marks it (the report should show the mark: such an
   interval rests on a normal approximation that is poor there).
 - Verdicts come from the interval alone (:data:`VERDICT_RULE`, :func:`verdict`): no p-values.
+- Whether the cells of a run converged is a test, not an estimate: one exact sign test per cell
+  on its validation images (:func:`sign_test_p`), with Holm's correction over the run's cells
+  (:func:`holm`), so that "every cell converged" is not rejected by chance alone.
 
 Figures: the bands drawn around curves must come from :func:`mean_interval` (same level, same
 clipping), so that a band equals the interval printed in the table for the same cell.
@@ -442,3 +445,43 @@ def verdict(interval: Interval, null: float = 0.0) -> str:
     if high < null:
         return "contradicted"
     return "inconclusive"
+
+
+# --------------------------------------------------------------------------------------------
+# convergence across a run's cells
+
+
+def sign_test_p(gained: int, lost: int) -> float:
+    """One-sided exact sign test (McNemar's exact test) that a model improved on a fixed set.
+
+    ``gained``: images that turned right between two evaluations of the same images, ``lost``:
+    images that turned wrong. Under "no improvement" each of the ``gained + lost`` discordant
+    images is as likely to go either way, so ``gained ~ Binomial(gained + lost, 1/2)`` and the
+    p-value is P(X >= gained) (McNemar 1947, "Note on the sampling error of the difference between
+    correlated proportions"; the exact form is the binomial sign test). 1.0 when no image changed.
+    """
+    if gained < 0 or lost < 0:
+        raise BenchError(f"sign_test_p: counts must be >= 0, got gained={gained}, lost={lost}")
+    if gained + lost == 0:
+        return 1.0
+    return float(_st.binom.sf(gained - 1, gained + lost, 0.5))
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
+    """Holm's step-down procedure: which hypotheses to reject with family-wise error <= ``alpha``.
+
+    Sort the m p-values ascending; reject the k-th smallest while p_(k) <= alpha / (m - k + 1)
+    (k = 1..m) and stop at the first that fails (Holm 1979, "A simple sequentially rejective
+    multiple test procedure", Scand. J. Statist. 6:65-70). Returns a boolean array in the input's
+    order; NaN p-values are never rejected and do not count in m.
+    """
+    _check_level(1.0 - alpha, "holm")
+    p = np.asarray(pvalues, dtype=float)
+    reject = np.zeros(p.shape, dtype=bool)
+    known = np.flatnonzero(~np.isnan(p))
+    m = known.size
+    for k, idx in enumerate(known[np.argsort(p[known], kind="stable")]):
+        if p[idx] > alpha / (m - k):
+            break
+        reject[idx] = True
+    return reject

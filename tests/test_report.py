@@ -628,3 +628,23 @@ def test_captions_of_calibration_data_efficiency_and_confidence(run):
     assert "compared only with each other: raw scores are not comparable across families" in figs
     assert "Signs: each effect is signed so that a positive value" in _section(
         md, "Claims scoreboard")
+
+
+def test_convergence_line_and_table_under_the_familywise_rule(tmp_path):
+    """With per-cell sign-test p-values in ``cells.csv`` the Run section states both counts: the
+    family-wise ``converged`` column and the per-cell ``converged_cell`` one, and the table of
+    cells that did not converge shows each one's p-value."""
+    run = write_run(tmp_path, omit=["confidences.parquet", "throughput.csv", "examples.pt"])
+    cells = pd.read_csv(run / "cells.csv")
+    cells["converged_cell"] = cells["converged"]
+    cells.loc[cells.index[:3], "converged_cell"] = False  # flagged alone, not across the run
+    cells["val_improvement_p"] = np.where(cells["converged"], 0.01, 1e-6)
+    cells.to_csv(run / "cells.csv", index=False)
+    build_report(run, with_figures=False)
+    run_section = _section((run / "report.md").read_text(), "Run")
+    ok, alone = int(cells["converged"].sum()), int(cells["converged_cell"].sum())
+    assert f"- convergence: {ok} of {len(cells)} cells converged" in run_section
+    assert "Holm's correction" in run_section and "family-wise error 5 %" in run_section
+    assert f"without the correction: {alone} of {len(cells)}" in run_section
+    tex = (run / "tables" / "convergence.tex").read_text()
+    assert "p (sign test)" in tex and "1e-06" in tex

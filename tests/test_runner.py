@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -40,6 +41,15 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
     assert {"clean", "affnist", "scramble-g2", "sweep-rotation"} <= set(metrics["test_set"])
     assert set(metrics.columns) >= {"setup", "model", "n", "seed", "test_set", "factor_value",
                                     "metric", "value"}
+    # cells.csv: the last-quarter gain (from two validation accuracies) is the net count of the
+    # validation images that turned right over the same interval.
+    cells = pd.read_csv(run_dir / "cells.csv")
+    val = tiny.train.val_size
+    counted = cells.dropna(subset=["val_turned_right", "val_turned_wrong"])
+    assert len(counted) == len(cells)
+    net = (counted["val_turned_right"] - counted["val_turned_wrong"]) / val
+    assert np.allclose(net, counted["val_improvement"], atol=1e-9)
+    assert set(cells.columns) >= {"converged", "converged_cell"}
     # Resume: nothing is retrained, results are identical.
     markers = sorted(run_dir.glob("cells/*/*/*/train.json"))
     assert len(markers) == len(the_plan.cells(tiny))

@@ -16,11 +16,13 @@ from bench.stats import (
     VERDICT_RULE,
     Interval,
     geometric_interval,
+    holm,
     matched_accuracy,
     mean_interval,
     n_to_target,
     paired_difference,
     ratio_interval,
+    sign_test_p,
     verdict,
 )
 
@@ -440,3 +442,49 @@ def test_verdict_rule_is_one_sentence():
     assert VERDICT_RULE.count(". ") == 0 and VERDICT_RULE.endswith(".")
     assert "supported" in VERDICT_RULE and "contradicted" in VERDICT_RULE
     assert "inconclusive" in VERDICT_RULE
+
+
+# ---- convergence across a run's cells ------------------------------------------------------
+
+
+@pytest.mark.parametrize("gained, lost", [(0, 0), (5, 0), (15, 10), (10, 15), (40, 20), (1, 1)])
+def test_sign_test_p_equals_scipy_binomtest(gained, lost):
+    expected = 1.0 if gained + lost == 0 else stats.binomtest(
+        gained, gained + lost, 0.5, alternative="greater").pvalue
+    assert sign_test_p(gained, lost) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sign_test_p_hand_worked():
+    # 5 turned right, none wrong: P(X >= 5 | 5, 1/2) = 1/32
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32)
+    # 2 right, 1 wrong: P(X >= 2 | 3, 1/2) = (3 + 1) / 8
+    assert sign_test_p(2, 1) == pytest.approx(0.5)
+    with pytest.raises(BenchError, match="counts must be >= 0"):
+        sign_test_p(-1, 3)
+
+
+def test_holm_hand_worked():
+    """m = 4 at alpha 0.05: thresholds 0.0125, 0.0167, 0.025, 0.05 for the sorted p-values.
+    0.01 <= 0.0125 and 0.015 <= 0.0167 are rejected; 0.03 > 0.025 stops the procedure, so 0.04
+    is kept although it is below 0.05 (Bonferroni would reject only 0.01)."""
+    reject = holm([0.04, 0.01, 0.03, 0.015], alpha=0.05)
+    assert reject.tolist() == [False, True, False, True]
+
+
+def _holm_literal(p, alpha):
+    """Holm (1979) as adjusted p-values: p_adj(k) = max_{j<=k} min(1, (m - j + 1) p_(j))."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    m, running, adjusted = len(p), 0.0, [0.0] * len(p)
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        adjusted[i] = running
+    return [a <= alpha for a in adjusted]
+
+
+def test_holm_equals_adjusted_p_values_and_skips_nan():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        p = list(rng.uniform(0, 0.06, size=int(rng.integers(1, 12))) ** 2)
+        assert holm(p, 0.05).tolist() == _holm_literal(p, 0.05)
+    reject = holm([float("nan"), 0.02, 0.03], 0.05)  # m = 2: 0.02 <= 0.025, 0.03 <= 0.05
+    assert reject.tolist() == [False, True, True]

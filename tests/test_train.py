@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from bench.cells import TrainSpec
 from bench.cli import main
@@ -17,6 +19,7 @@ from bench.evaluate import load_model
 from bench.io import read_json
 from bench.train import (
     convergence,
+    familywise_convergence,
     learning_rate,
     step_budget,
     train_cell,
@@ -254,6 +257,40 @@ def test_convergence_within_noise_of_the_validation_set():
     after[900:905] = True  # 5 turned right, none wrong
     converged, gain, se = convergence(history, 8, 0.002, before, after)
     assert se == pytest.approx(math.sqrt(5) / 1000) and not converged
+
+
+def _cell(right, wrong, images=1500, own=True):
+    return {"val_turned_right": right, "val_turned_wrong": wrong,
+            "val_improvement": (right - wrong) / images, "converged": own}
+
+
+def test_familywise_convergence_on_a_constructed_run():
+    """45 cells. 43 each gained 24 images and lost 10 (+0.93 point on 1,500): alone each is
+    significant (P(X >= 24 | 34, 1/2) = 0.012 by scipy's binomtest, beyond two paired standard
+    errors: 14 > 2 sqrt(34)), but 0.012 is far above Holm's first threshold 0.05 / 45 = 0.0011,
+    so none is rejected. One cell gained 40 and lost 5 (p = 3.9e-8 < 0.0011): still improving.
+    One gained 15 and lost none on 10,000 images (p = 3.1e-5 < 0.05 / 44), a gain of 0.15 point:
+    below the 0.2-point threshold, converged. One older cell without counts keeps its flag."""
+    p_small = stats.binomtest(24, 34, 0.5, alternative="greater").pvalue
+    assert 0.0011 < p_small < 0.0228  # significant alone at 2 SE, not after Holm
+    rows = [_cell(24, 10) for _ in range(42)] + [_cell(40, 5), _cell(15, 0, images=10_000)]
+    rows.append({"val_turned_right": None, "val_turned_wrong": None, "val_improvement": 0.02,
+                 "converged": False})
+    out = familywise_convergence(pd.DataFrame(rows), gain=0.002, alpha=0.05)
+    assert out[:42] == [True] * 42
+    assert out[42] is False and out[43] is True and out[44] is False
+    alone = [convergence([[6, 1, 0.5], [8, 1, 0.5 + r["val_improvement"]]], 8, 0.002,
+                         *_before_after(24, 10))[0] for r in rows[:1]]
+    assert alone == [False]  # the per-cell rule alone flags the same cell
+
+
+def _before_after(right, wrong, images=1500):
+    before = torch.zeros(images, dtype=torch.bool)
+    before[: images // 2] = True
+    after = before.clone()
+    after[images // 2: images // 2 + right] = True
+    after[:wrong] = False
+    return before, after
 
 
 def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
