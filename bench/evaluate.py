@@ -28,6 +28,7 @@ from bench.data.testsets import CLEAN, set_kind
 from bench.errors import BenchError
 from bench.io import CellFiles, load_torch, read_json, stable_hash
 from bench.models.registry import create_model
+from bench.runtime import keep_freed_memory
 from bench.train import EVAL_BATCH
 
 N_EXAMPLES = 8
@@ -381,6 +382,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     if files.eval_summary.is_file() and read_json(files.eval_summary).get("key") == key:
         return read_json(files.eval_summary)
 
+    keep_freed_memory()
     model, spec = _load(files, device)
     t_sets = time.perf_counter()
     preds, predict_s = {}, {}

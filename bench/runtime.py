@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 import subprocess
@@ -30,6 +32,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise BenchError(f"unknown device '{name}' (expected auto, cpu or cuda[:N])")
     return torch.device(name)
+
+
+# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit: 4 MiB * sizeof(long) (mallopt(3))
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed memory for large CPU tensors instead of returning it.
+
+    By default glibc serves blocks above a (dynamic) threshold with fresh ``mmap`` pages and gives
+    them back on ``free``, so every training step pays page faults (the kernel zeroes each new 4 KiB
+    page) for its large temporaries. Raising the mmap threshold to glibc's ceiling and the trim
+    threshold far above a step's needs keeps them in the heap (mallopt(3)). Our choice, measured:
+    a width-1/8 CapsNet cell trained about 15 % faster on 2 cores, the ConvNets unchanged; the
+    arithmetic is the same. Idempotent; does nothing (False) off glibc or with
+    ``BENCH_MALLOC_TUNING=0``.
+    """
+    if os.environ.get("BENCH_MALLOC_TUNING", "1") == "0" or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and mallopt(_M_TRIM_THRESHOLD, 1 << 30) and mallopt(_M_TOP_PAD, 64 << 20))
 
 
 def set_deterministic(flag: bool = True) -> None:

@@ -50,7 +50,7 @@ from bench.data.mnist import MNIST_COUNTS, load_split
 from bench.errors import BenchError
 from bench.io import CellFiles, derive_seed, load_torch, read_json, sha256_tensor, stable_hash
 from bench.models.registry import count_parameters, create_model
-from bench.runtime import device_name, set_deterministic
+from bench.runtime import device_name, keep_freed_memory, set_deterministic
 from bench.stats import holm, sign_test_p
 
 __all__ = [
@@ -304,6 +304,7 @@ def train_cell(
         return read_json(files.train_summary)
     device = torch.device(device)
     set_deterministic(spec.train.deterministic)
+    keep_freed_memory()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         summary = _train(spec, files, device, data_dir, progress, download, on_step)

@@ -2,9 +2,10 @@
 
 A step is the trainer's own (:func:`bench.train.optimizer_step`: forward, the model's loss,
 backward, Adam) with the trainer's defaults (``TrainConfig``: fused Adam, channels-last model and
-inputs, fp32 on the CPU), on random inputs, for every model of the default profile at two sizes:
-width 1/8 on the 40x40 canvas (the smoke and quick profiles) and width 1 on 28x28 (the paper's
-MNIST size), batch 32. Images/s (batch over the median round) go to ``extra_info``.
+inputs, fp32 on the CPU; glibc malloc keeping freed memory, :func:`bench.runtime.keep_freed_memory`),
+on random inputs, for every model of the default profile at two sizes: width 1/8 on the 40x40
+canvas (the smoke and quick profiles) and width 1 on 28x28 (the paper's MNIST size), batch 32.
+Images/s (batch over the median round) go to ``extra_info``.
 
 Nothing here asserts a time: timings belong to benchmarks. Recorded beside them, our targets for
 the full-size CapsNet at 28x28, batch 32 on the 2-core CI machine: >= 15 images/s
@@ -22,6 +23,7 @@ import torch
 
 from bench.cells import TrainSpec
 from bench.config import Profile, TrainConfig
+from bench.runtime import keep_freed_memory
 from bench.train import build_model, optimizer_step
 
 MODELS = Profile().models  # capsnet, baseline-cnn, convnet-maxpool, convnet-k9
@@ -35,6 +37,7 @@ TRAIN = TrainConfig()  # the trainer's defaults
 def _train_step(name: str, input_size: int, width: float, batch: int):
     """The model (seeded as the trainer builds it), one training step as the trainer runs it, and
     the step's inputs."""
+    keep_freed_memory()  # as the trainer does
     model = build_model(TrainSpec(name, n=0, seed=0, canvas=input_size, width=width))
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 1, input_size, input_size, generator=gen)
