@@ -596,8 +596,8 @@ def confidence_scrambled(confidences: pd.DataFrame, stem: str | os.PathLike) -> 
     ``confidences``: rows of one setup with columns model, n, seed, test_set, confidence, intact;
     for each perturbed set (``scramble-*``, ``displaced``) the rows with ``intact`` True are the
     intact counterparts. Each model at its largest n, seeds pooled; violins cut at the data range.
-    The scores are raw (capsule length or softmax maximum): each model's two halves are
-    compared with each other only, never across families.
+    The scores are raw (capsule length, softmax maximum or a head's class activation): each
+    model's two halves are compared with each other only, never across families.
     """
     scrambled = sets_where(confidences["test_set"].unique(), lambda k: k.scrambled)
     d = confidences[confidences["test_set"].isin(scrambled)]

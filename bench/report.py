@@ -549,7 +549,8 @@ SCOREBOARD_RULES = [
     "C3 compares the AUROC of telling intact from scrambled digits (intact = positive) by a "
     "label-free feature-density score defined the same way for every family: minus the "
     "smallest class-conditional Mahalanobis distance of the model's representation (CapsNet: "
-    "the 10 x 16 DigitCaps output; ConvNets: the penultimate features), class means and one "
+    "the 10 x 16 DigitCaps output; ConvNets: the penultimate features; backbone heads: the "
+    "pooled or flattened features, or a routing head's winning 16-D pose), class means and one "
     "shared Ledoit-Wolf covariance fitted on the cell's held-out validation images, on the "
     "scrambled set with the smallest grid at the largest n. Our choice: not the confidence "
     "(a capsule length is not a probability, a softmax maximum is) nor a reconstruction "
@@ -752,14 +753,14 @@ def _scrambled_table(main: pd.DataFrame, models: list[str]) -> Table | None:
                  "when scrambled or displaced; flip rate: digits whose predicted class changes. "
                  "AUROC of telling intact (positive) from perturbed digits: density = minus the "
                  "class-conditional Mahalanobis distance of the model's representation (every "
-                 "model; the C3 score); own score = the max score (capsule length or softmax "
-                 "maximum, a ranking within a model only); max logit and energy (logsumexp) for "
-                 "softmax models; recon. = minus the reconstruction error (CapsNets). Raw "
-                 "confidences are not compared across families. The displaced set (parts moved "
-                 "apart, arrangement kept) is the control: an AUROC as high there as on a "
-                 "scrambled set means the score detects distortion, not specifically part "
-                 "arrangement; kept if intact correct and flip rate are the behavioural "
-                 "read-outs.", header, rows,
+                 "model; the C3 score); own score = the max score (capsule length, softmax "
+                 "maximum or a head's class activation, a ranking within a model only); max "
+                 "logit and energy (logsumexp) for softmax models; recon. = minus the "
+                 "reconstruction error (CapsNets). Raw confidences are not compared across "
+                 "families. The displaced set (parts moved apart, arrangement kept) is the "
+                 "control: an AUROC as high there as on a scrambled set means the score "
+                 "detects distortion, not specifically part arrangement; kept if intact correct "
+                 "and flip rate are the behavioural read-outs.", header, rows,
                  "ll" + "r" * len(cols), [NOTE_MEAN])
 
 
@@ -839,7 +840,8 @@ def _probe_table(main: pd.DataFrame, models: list[str], manifest: dict | None = 
     images = _sweep_images(manifest, sets)
     return Table("probe", "Linear decodability of the transform: R² of a ridge read-out of "
                  "each transformation's magnitude from the model's representation (CapsNet: the "
-                 "whole 10 x 16 DigitCaps output; ConvNets: penultimate features), predicted "
+                 "whole 10 x 16 DigitCaps output; ConvNets: penultimate features; backbone heads: "
+                 "pooled or flattened features, or a routing head's winning pose), predicted "
                  "for digits held out of the fit (5 folds by source digit) with the ridge "
                  "penalty chosen by an inner cross-validation over digits, so that features "
                  "without information score about 0 whatever their dimension; at the largest n "
@@ -1179,7 +1181,8 @@ FIGURE_CAPTIONS = {
                             "comparable across families.",
     "reliability": "Reliability diagram of the clean test set at each model's largest n, seeds "
                    "pooled: accuracy against mean confidence in 15 equal-width bins, of the raw "
-                   "max score (left; capsule length or softmax maximum) and after temperature "
+                   "max score (left; capsule length, softmax maximum or a head's class activation) "
+                   "and after temperature "
                    "scaling fitted on held-out validation images (right); marker area grows "
                    "with the bin's count; dashed: perfect calibration.",
     "throughput": "Training and inference throughput (images/s).",
