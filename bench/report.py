@@ -326,7 +326,12 @@ class _Context:
             flags = [_flag(f) for f in cells["converged"]]
             bad = sum(f is False for f in flags)
             unknown = sum(f is None for f in flags)
-            if bad:
+            alone = (sum(_flag(f) is False for f in cells["converged_cell"])
+                     if "converged_cell" in cells else bad)
+            if alone != bad:
+                parts.append(f"{alone} of {len(flags)} cells still improving by the per-cell "
+                             f"test, {bad} across the run")
+            elif bad:
                 parts.append(f"{bad} of {len(flags)} cells not converged")
             if unknown:
                 parts.append(f"convergence of {unknown} of {len(flags)} cells not recorded")
@@ -1025,13 +1030,16 @@ def _convergence(cells: pd.DataFrame | None, train_cfg: Mapping[str, Any] | None
     familywise = "val_improvement_p" in cells and cells["val_improvement_p"].notna().any()
     if familywise:
         alone = [_flag(f) for f in cells["converged_cell"]]
-        line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: no "
-                "evidence of further improvement across the run; each cell's validation gain "
-                "over the last quarter of the budget tested by the one-sided exact sign test on "
-                "its validation images, Holm's correction over the run's cells at family-wise "
-                f"error {alpha:g} %, and a cell counted as still improving only when also rejected "
-                f"and its gain is at least {gain:g} points). Each cell alone, at two paired standard errors "
-                f"without the correction: {sum(a is True for a in alone)} of {len(alone)}")
+        line = (f"- convergence (no detectable improvement, which is not proof of a plateau): "
+                f"{sum(a is True for a in alone)} of {len(alone)} cells by the per-cell test "
+                f"(`converged_cell`: validation gain over the last quarter of the budget below "
+                f"{gain:g} points or below two paired standard errors); {sum(known)} of "
+                f"{len(flags)} across the run (`converged`: each cell's one-sided exact sign test "
+                f"on its validation images, Holm's correction over the run's cells at family-wise "
+                f"error {alpha:g} %, still improving when rejected and the gain is at least "
+                f"{gain:g} points; this guards against flagging converged cells by chance, not "
+                "against missing small improvements)")
+        line += _pooled_gain(cells)
     else:
         line = (f"- convergence: {sum(known)} of {len(flags)} cells converged (`cells.csv`: "
                 f"validation accuracy gained over the last quarter of the budget below {gain:g} "
@@ -1061,6 +1069,21 @@ def _convergence(cells: pd.DataFrame | None, train_cfg: Mapping[str, Any] | None
                    "budget (hollow markers in the data-efficiency figures).")
     table = Table("convergence", caption, header, rows, "llrrrr" + ("r" if familywise else ""))
     return [line], table, keys
+
+
+def _pooled_gain(cells: pd.DataFrame) -> str:
+    """The whole run's last-quarter validation evidence: discordant images summed over the cells
+    and the mean gain per cell with its t-interval over cells (a run that is still improving as a
+    whole shows it here even when no single cell is significant)."""
+    counted = cells.dropna(subset=["val_turned_right", "val_turned_wrong", "val_improvement"])
+    if len(counted) < 2:
+        return ""
+    right, wrong = int(counted["val_turned_right"].sum()), int(counted["val_turned_wrong"].sum())
+    iv = stats.mean_interval(100 * counted["val_improvement"].to_numpy(float), bounds=None)
+    return (f". Pooled over the {len(counted)} cells: {right:,} validation images turned right "
+            f"and {wrong:,} wrong over the last quarter (sign test p = "
+            f"{stats.sign_test_p(right, wrong):.2g}); mean gain per cell "
+            f"{iv.estimate:+.2f} [{iv.low:.2f}, {iv.high:.2f}] points (95 % t-interval over cells)")
 
 
 def _decoder_params(model: str, input_size: Any, width: Any) -> int | None:

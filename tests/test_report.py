@@ -631,20 +631,33 @@ def test_captions_of_calibration_data_efficiency_and_confidence(run):
 
 
 def test_convergence_line_and_table_under_the_familywise_rule(tmp_path):
-    """With per-cell sign-test p-values in ``cells.csv`` the Run section states both counts: the
-    family-wise ``converged`` column and the per-cell ``converged_cell`` one, and the table of
-    cells that did not converge shows each one's p-value."""
+    """With per-cell sign-test p-values in ``cells.csv`` the Run section states both counts (the
+    per-cell ``converged_cell`` first, then the run-level ``converged``) and the pooled evidence:
+    the summed turned-right / turned-wrong counts with their sign test (scipy's binomtest) and
+    the mean gain per cell with its t-interval over cells (scipy); the table of cells that did not
+    converge shows each one's p-value."""
     run = write_run(tmp_path, omit=["confidences.parquet", "throughput.csv", "examples.pt"])
     cells = pd.read_csv(run / "cells.csv")
     cells["converged_cell"] = cells["converged"]
     cells.loc[cells.index[:3], "converged_cell"] = False  # flagged alone, not across the run
     cells["val_improvement_p"] = np.where(cells["converged"], 0.01, 1e-6)
+    rng = np.random.default_rng(0)
+    cells["val_turned_right"] = rng.integers(0, 30, len(cells))
+    cells["val_turned_wrong"] = rng.integers(0, 30, len(cells))
     cells.to_csv(run / "cells.csv", index=False)
     build_report(run, with_figures=False)
-    run_section = _section((run / "report.md").read_text(), "Run")
+    md = (run / "report.md").read_text()
+    run_section = _section(md, "Run")
     ok, alone = int(cells["converged"].sum()), int(cells["converged_cell"].sum())
-    assert f"- convergence: {ok} of {len(cells)} cells converged" in run_section
-    assert "Holm's correction" in run_section and "family-wise error 5 %" in run_section
-    assert f"without the correction: {alone} of {len(cells)}" in run_section
+    assert f"{alone} of {len(cells)} cells by the per-cell test" in run_section
+    assert f"{ok} of {len(cells)} across the run" in run_section
+    assert "family-wise error 5 %" in run_section
+    right, wrong = int(cells["val_turned_right"].sum()), int(cells["val_turned_wrong"].sum())
+    p = stats.binomtest(right, right + wrong, 0.5, alternative="greater").pvalue
+    assert (f"{right:,} validation images turned right and {wrong:,} wrong over the last quarter "
+            f"(sign test p = {p:.2g})") in run_section
+    gains = 100 * cells["val_improvement"].to_numpy(float)
+    ci = stats.t.interval(0.95, len(gains) - 1, loc=gains.mean(), scale=stats.sem(gains))
+    assert f"mean gain per cell {gains.mean():+.2f} [{ci[0]:.2f}, {ci[1]:.2f}] points" in run_section
     tex = (run / "tables" / "convergence.tex").read_text()
     assert "p (sign test)" in tex and "1e-06" in tex
