@@ -46,10 +46,10 @@ def keep_freed_memory() -> bool:
     By default glibc serves blocks above a (dynamic) threshold with fresh ``mmap`` pages and gives
     them back on ``free``, so every training step pays page faults (the kernel zeroes each new 4 KiB
     page) for its large temporaries. Raising the mmap threshold to glibc's ceiling and the trim
-    threshold far above a step's needs keeps them in the heap (mallopt(3)). Our choice, measured:
-    a width-1/8 CapsNet cell trained about 15 % faster on 2 cores, the ConvNets unchanged; the
-    arithmetic is the same. Idempotent; does nothing (False) off glibc or with
-    ``BENCH_MALLOC_TUNING=0``.
+    threshold far above a step's needs keeps them in the heap (mallopt(3)). Our choice, measured
+    on 2 cores in three alternating pairs: a width-1/8 CapsNet cell about 5 % faster (median
+    ratio 0.95), a ConvNet cell within noise; the arithmetic is the same. Idempotent; does
+    nothing (False) off glibc or with ``BENCH_MALLOC_TUNING=0``.
     """
     if os.environ.get("BENCH_MALLOC_TUNING", "1") == "0" or platform.system() != "Linux":
         return False
@@ -129,5 +129,6 @@ def environment(device: torch.device | str) -> dict[str, str]:
         "device_name": device_name(device),
         "cpu": cpu_identity(),
         "git_commit": git_commit(),
+        "malloc_keeps_freed_memory": str(keep_freed_memory()),
         **{f"version_{k}": v for k, v in versions().items()},
     }
