@@ -116,7 +116,7 @@ class TrainConfig:
     # A cell has converged when its validation accuracy at the end of the budget is less than
     # this much (a fraction: 0.002 = 0.2 points) above its accuracy at 3/4 of the budget.
     converged_gain: float = 0.002
-    # The family-wise error of the run's convergence tests (bench.train.FAMILYWISE_RULE): the
+    # The family-wise error of the run's convergence tests (bench.train.familywise_convergence): the
     # chance that any truly converged cell of the run is reported as still improving.
     converged_alpha: float = 0.05
     deterministic: bool = True

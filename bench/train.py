@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -136,29 +137,19 @@ def discordant(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int]:
     return int((~before & after).sum()), int((before & ~after).sum())
 
 
-FAMILYWISE_RULE = (
-    "converged: no evidence of further improvement across the run. Each cell's gain over the "
-    "last quarter of the budget is tested by the one-sided exact sign test on its validation "
-    "images (the images that turned right vs those that turned wrong); a cell did not converge "
-    "when Holm's procedure over the run's cells rejects 'no improvement' at family-wise error "
-    "{alpha:g} and its gain is at least {gain:g}"
-)
-
-
 def familywise_convergence(cells: pd.DataFrame, gain: float, alpha: float) -> list[bool | None]:
-    """:data:`FAMILYWISE_RULE` over a run's cells (rows of ``cells.csv``).
+    """Convergence across a run's cells (rows of ``cells.csv``): a cell did not converge when
+    Holm's procedure over the run's cells (:func:`bench.stats.holm`, family-wise error ``alpha``)
+    rejects "no improvement" by its one-sided exact sign test (``val_improvement_p``, recorded
+    by the trainer) and its last-quarter gain ``val_improvement`` is at least ``gain``.
 
-    Uses the columns ``val_improvement``, ``val_turned_right`` and ``val_turned_wrong``. With one
-    test per cell at a fixed level, a run of many truly converged cells would report some as
-    still improving by chance (at 2 standard errors about 2.3 % each: 0.977^45 = 35 % that all
+    With one test per cell at a fixed level, a run of many truly converged cells would report some
+    as still improving by chance (at 2 standard errors about 2.3 % each: 0.977^45 = 35 % that all
     45 pass); Holm's procedure keeps the chance of any such false alarm in the run at ``alpha``.
-    A cell without the counts (trained by an older version) keeps its own ``converged`` value.
+    A cell without a p-value (trained by an older version) keeps its own ``converged`` value.
     """
-    pvals = []
-    for r in cells.itertuples():
-        right, wrong = getattr(r, "val_turned_right", None), getattr(r, "val_turned_wrong", None)
-        known = not (pd.isna(right) or pd.isna(wrong) or pd.isna(r.val_improvement))
-        pvals.append(sign_test_p(int(right), int(wrong)) if known else math.nan)
+    pvals = (pd.to_numeric(cells["val_improvement_p"], errors="coerce").to_numpy(float)
+             if "val_improvement_p" in cells else np.full(len(cells), np.nan))
     reject = holm(pvals, alpha)
     out: list[bool | None] = []
     for p, rej, r in zip(pvals, reject, cells.itertuples(), strict=True):

@@ -260,7 +260,9 @@ def test_convergence_within_noise_of_the_validation_set():
 
 
 def _cell(right, wrong, images=1500, own=True):
-    return {"val_turned_right": right, "val_turned_wrong": wrong,
+    """A cells.csv row; its p-value by scipy's exact binomial test, as the trainer records it."""
+    p = stats.binomtest(right, right + wrong, 0.5, alternative="greater").pvalue
+    return {"val_turned_right": right, "val_turned_wrong": wrong, "val_improvement_p": p,
             "val_improvement": (right - wrong) / images, "converged": own}
 
 
@@ -274,8 +276,8 @@ def test_familywise_convergence_on_a_constructed_run():
     p_small = stats.binomtest(24, 34, 0.5, alternative="greater").pvalue
     assert 0.0011 < p_small < 0.0228  # significant alone at 2 SE, not after Holm
     rows = [_cell(24, 10) for _ in range(42)] + [_cell(40, 5), _cell(15, 0, images=10_000)]
-    rows.append({"val_turned_right": None, "val_turned_wrong": None, "val_improvement": 0.02,
-                 "converged": False})
+    rows.append({"val_turned_right": None, "val_turned_wrong": None, "val_improvement_p": None,
+                 "val_improvement": 0.02, "converged": False})
     out = familywise_convergence(pd.DataFrame(rows), gain=0.002, alpha=0.05)
     assert out[:42] == [True] * 42
     assert out[42] is False and out[43] is True and out[44] is False
