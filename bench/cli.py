@@ -26,7 +26,7 @@ EXAMPLE = "python -m bench run all            # the quick profile end to end (ab
 def _data(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench.cells import RESULTS_DIR
+    from bench.cell.plan import RESULTS_DIR
     from bench.config import load_profile
     from bench.data.sheets import contact_sheet
     from bench.data.testsets import build_test_sets
@@ -87,10 +87,10 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.cells import AFFNIST_SETUP, Cell, cell_dir, default_run_dir, spec_for
+    from bench.cell.plan import AFFNIST_SETUP, Cell, cell_dir, default_run_dir, spec_for
     from bench.config import load_profile
     from bench.models.registry import create_model
-    from bench.runner import CellTask, DataSource, run_cell
+    from bench.runner.cell import CellTask, DataSource, run_cell
     from bench.runtime import resolve_device
 
     profile = load_profile(args.profile, args.overrides)
@@ -118,8 +118,8 @@ def _throughput(args: argparse.Namespace) -> int:
     import json
     import math
 
+    from bench.cell.throughput import measure
     from bench.runtime import resolve_device
-    from bench.throughput import measure
 
     device = resolve_device(args.device)
     row = measure(args.model, args.input_size, args.batch, args.width, device,
@@ -145,10 +145,11 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.cells import default_run_dir
+    from bench.cell.plan import default_run_dir
     from bench.config import load_profile_with_executor
-    from bench.executor import load_executor_config
-    from bench.runner import STAGE_ORDER, run
+    from bench.runner.executor import load_executor_config
+    from bench.runner.stages import run
+    from bench.runner.todo import STAGE_ORDER
     from bench.runtime import resolve_device
 
     profile, table = load_profile_with_executor(args.profile, args.overrides)
@@ -182,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench.report import build_report
+    from bench.report.build import build_report
 
     run_dir = Path(args.run_dir)
     build_report(run_dir)
@@ -191,7 +192,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from bench import check
+    from bench.tools import check
 
     run_dir, baseline = Path(args.run_dir), Path(args.baseline)
     if args.update_baseline:
@@ -217,7 +218,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _gpu_check(args: argparse.Namespace) -> int:
-    from bench.gpu_check import run_gpu_check
+    from bench.tools.gpu_check import run_gpu_check
 
     return run_gpu_check(Path(args.out), args.quick, args.budget_s, args.device)
 
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from bench.runner import STAGE_HELP, STAGE_ORDER
+    from bench.runner.todo import STAGE_HELP, STAGE_ORDER
 
     stage_lines = "\n".join(f"  {k:<11} {v}" for k, v in STAGE_HELP.items())
     p = _command(sub, "run", _run,

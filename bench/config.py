@@ -102,7 +102,7 @@ class TrainConfig:
     # every cell ends its budget at a small learning rate whatever the budget.
     lr_schedule: str = "exponential"
     batch_size: int = 128
-    # The step budget (bench.train.step_budget): `steps` for every n when > 0 (a profile's cells
+    # The step budget (bench.cell.train.step_budget): `steps` for every n when > 0 (a profile's cells
     # then all train equally long); otherwise max(min_steps, epochs * n / batch_size) <= max_steps.
     steps: int = 0
     epochs: float = 50.0
@@ -116,7 +116,8 @@ class TrainConfig:
     # A cell has converged when its validation accuracy at the end of the budget is less than
     # this much (a fraction: 0.002 = 0.2 points) above its accuracy at 3/4 of the budget.
     converged_gain: float = 0.002
-    # The family-wise error of the run's convergence tests (bench.train.familywise_convergence): the
+    # The family-wise error of the run's convergence tests
+    # (bench.cell.convergence.familywise_convergence): the
     # chance that any truly converged cell of the run is reported as still improving.
     converged_alpha: float = 0.05
     deterministic: bool = True

@@ -6,7 +6,7 @@ one definition of each number. The definitions follow the papers the benchmark t
 
 - accuracy and error (Sabour et al. 2017, Table 1 reports the test *error* in %): the mean of
   ``pred == label`` and one minus it, computed where the predictions are
-  (:func:`bench.evaluate.set_metrics`), so they have no function here.
+  (:func:`bench.cell.evaluate.set_metrics`), so they have no function here.
 - AUROC: the Mann-Whitney U statistic divided by ``n_pos * n_neg`` (Hanley & McNeil, 1982),
   ties counted half, so a detector that cannot tell the two sets apart scores exactly 0.5.
 - ECE: Guo et al. (2017), "On Calibration of Modern Neural Networks", Eq. (3), with M = 15
@@ -156,7 +156,7 @@ def _ridge_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
     ``y_hat = B V diag(1 / (l + a)) V^T A^T y``; otherwise (dual form) ``A A^T = U diag(l) U^T``
     and ``y_hat = B A^T U diag(1 / (l + a)) U^T y``. Both equal ``B (A^T A + a I)^{-1} A^T y``.
     The linear algebra runs in torch (float64), so that its thread count is torch's
-    (:func:`bench.evaluate.evaluate_cell` runs the metrics on one thread).
+    (:func:`bench.cell.evaluate.evaluate_cell` runs the metrics on one thread).
     """
     import torch
 

@@ -7,6 +7,7 @@ import functools
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -132,3 +133,8 @@ def environment(device: torch.device | str) -> dict[str, str]:
         "malloc_keeps_freed_memory": str(keep_freed_memory()),
         **{f"version_{k}": v for k, v in versions().items()},
     }
+
+
+def say(msg: str) -> None:
+    """One line of progress to standard error, flushed (standard output stays for results)."""
+    print(msg, file=sys.stderr, flush=True)

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.check import compare, metric_key, snapshot
 from bench.cli import _check as cli_check
 from bench.errors import BenchError
 from bench.io import read_json, sha256_tensor, write_json
+from bench.tools.check import compare, metric_key, snapshot
 
 ENV = {"device": "cpu", "version_torch": "2.14.1", "version_kornia": "0.9.0"}
 

@@ -32,15 +32,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import figures
-from bench.report import (
-    build_report,
-    claims,
-    claims_frame,
-    displaced_control,
-    read_cells,
-    read_metrics,
-)
+from bench.report import figures
+from bench.report.build import build_report
+from bench.report.claims import displaced_control
+from bench.report.read import read_cells, read_metrics
+from bench.report.scoreboard import claims, claims_frame
 
 SIZES = (100, 1000)
 SEEDS = (0, 1, 2, 3, 4)

@@ -22,8 +22,8 @@ def test_profile_names_lists_packaged():
 @pytest.mark.parametrize("name", PACKAGED)
 def test_every_profile_trains_every_n_equally_long(name):
     """Training length must not be confounded with training-set size: one budget per setup."""
-    from bench.cells import cells, spec_for
-    from bench.train import step_budget
+    from bench.cell.plan import cells, spec_for
+    from bench.cell.train import step_budget
 
     p = load_profile(name)
     budgets: dict[str, set[int]] = {}
@@ -87,7 +87,7 @@ def test_missing_file(tmp_path):
 
 def test_step_budget():
     t = TrainConfig(batch_size=100, epochs=10, min_steps=50, max_steps=500)
-    from bench.train import step_budget
+    from bench.cell.train import step_budget
 
     assert step_budget(t, 100) == 50  # min_steps dominates
     assert step_budget(t, 1000) == 100  # 10 epochs of 1000 images in batches of 100

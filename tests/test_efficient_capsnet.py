@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.cells import TrainSpec
+from bench.cell.evaluate import load_model
+from bench.cell.plan import TrainSpec
+from bench.cell.train import train_cell, weights_hash
 from bench.config import TrainConfig, load_profile
 from bench.data.canvas import to_float
 from bench.data.mnist import load_split
-from bench.evaluate import load_model
 from bench.models.registry import count_parameters, create_model
-from bench.train import train_cell, weights_hash
 from tests.overfit import fit_until_perfect
 
 
@@ -95,7 +95,7 @@ def test_reconstruction_weight_is_the_released_0_392_per_pixel():
     "name", ["efficient-capsnet", pytest.param("efficient-capsnet-norecon", marks=pytest.mark.slow)]
 )
 def test_the_trainer_trains_and_hashes_it(name, tmp_path):
-    """bench.train (channels_last, deterministic, the weights hash) for a few steps."""
+    """bench.cell.train (channels_last, deterministic, the weights hash) for a few steps."""
     cfg = TrainConfig(steps=4, val_size=64, eval_every=2, batch_size=16, select="last",
                       lr_schedule="cosine")
     summary = train_cell(TrainSpec(name, 100, 0, width=0.125, train=cfg), tmp_path, "cpu",

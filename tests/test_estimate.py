@@ -1,13 +1,13 @@
-"""``bench.estimate``: a profile's wall time from measured rates, against totals worked by hand."""
+"""``bench.runner.estimate``: a profile's wall time from measured rates, against totals worked by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.cells import Cell
+from bench.cell.plan import Cell
 from bench.config import DataConfig, MnistTableConfig, Profile, ThroughputConfig, TrainConfig
 from bench.errors import BenchError
-from bench.estimate import (
+from bench.runner.estimate import (
     estimate_from_measurements,
     estimate_profile,
     format_duration,

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from bench.evaluate import Predictions, class_mean_images, reconstruction_rows
+from bench.cell.evaluate import Predictions, class_mean_images, reconstruction_rows
 
 
 def test_reconstruction_rows_by_hand():

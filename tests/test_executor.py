@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.executor import ExecutorConfig, load_executor_config, run_cells
+from bench.runner.executor import ExecutorConfig, load_executor_config, run_cells
 from tests.slurm.cells import run_cell
 
 

@@ -10,18 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import gpu_check
 from bench.cli import main
 from bench.config import load_profile
 from bench.errors import BenchError
-from bench.gpu_check import (
-    SECTIONS,
-    CheckSettings,
-    GpuCheck,
-    _deadline,
-    _OutOfTime,
-    run_gpu_check,
-)
+from bench.tools import gpu_check
+from bench.tools.gpu_check import SECTIONS, CheckSettings, GpuCheck, _deadline, _OutOfTime, run_gpu_check
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.cells import TrainSpec
+from bench.cell.evaluate import load_model
+from bench.cell.plan import TrainSpec
+from bench.cell.train import train_cell, weights_hash
 from bench.config import TrainConfig, load_profile
 from bench.data.canvas import to_float
 from bench.data.mnist import load_split
-from bench.evaluate import load_model
 from bench.flops import flops_per_image
 from bench.models.heads import HEADS, MARGIN_RAMP_STEPS, PARAM_TOLERANCE, head_parameter_table
 from bench.models.registry import create_model, model_names
-from bench.train import train_cell, weights_hash
 from tests.overfit import fit_until_perfect
 
 NAMES = [f"head-{h}" for h in HEADS]
@@ -82,7 +82,7 @@ def test_parameter_counts_are_reported_and_within_the_stated_tolerance():
     "name", [n if n == "head-em" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
 )
 def test_the_trainer_trains_and_hashes_every_head(name, tmp_path):
-    """bench.train (channels_last, deterministic, the weights hash) for a few steps: 5-15 s a head
+    """bench.cell.train (channels_last, deterministic, the weights hash) for a few steps: 5-15 s a head
     on shared cores, so only head-em (batch norm, linear primary capsules, the step buffer) runs
     by default."""
     cfg = TrainConfig(steps=4, val_size=64, eval_every=2, batch_size=16, select="last",

@@ -22,7 +22,10 @@ def _imports() -> dict[str, set[str]]:
                 names = [a.name for a in node.names]
             else:
                 continue
-            edges[m] |= {n for n in names if n in mods and n != m}
+            # A submodule's import of its own package (``from bench.report import figures``
+            # inside bench.report.build) is no cycle: Python initialises a package before any of
+            # its submodules, so the edge that counts is the one to the sibling module.
+            edges[m] |= {n for n in names if n in mods and n != m and not m.startswith(n + ".")}
     return edges
 
 
@@ -60,6 +63,6 @@ def test_no_import_cycle_in_the_package():
 
 def test_stages_do_not_import_the_runner_or_the_cli():
     edges = _imports()
-    for stage in ("bench.train", "bench.evaluate", "bench.throughput", "bench.report",
-                  "bench.cells", "bench.check", "bench.gpu_check"):
-        assert not edges[stage] & {"bench.runner", "bench.cli"}, stage
+    for stage in ("bench.cell.train", "bench.cell.evaluate", "bench.cell.throughput", "bench.report.build",
+                  "bench.cell.plan", "bench.tools.check", "bench.tools.gpu_check"):
+        assert not edges[stage] & {"bench.runner.stages", "bench.cli"}, stage

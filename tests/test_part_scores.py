@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.evaluate import Predictions, set_metrics
+from bench.cell.evaluate import Predictions, set_metrics
 from bench.metrics import auroc, ledoit_wolf, mahalanobis_fit, mahalanobis_score
 
 
@@ -125,7 +125,7 @@ def test_calibrated_ece_rows_on_the_clean_set():
 
 
 def test_predict_records_the_whole_digitcaps_output():
-    from bench.evaluate import predict
+    from bench.cell.evaluate import predict
     from bench.models.registry import create_model
 
     torch.manual_seed(0)
@@ -143,9 +143,9 @@ def test_predict_records_the_whole_digitcaps_output():
 
 
 def test_heldout_split_is_the_validation_set_and_never_training_images():
+    from bench.cell.evaluate import heldout_split
+    from bench.cell.train import training_subset
     from bench.data.mnist import load_split
-    from bench.evaluate import heldout_split
-    from bench.train import training_subset
 
     images, labels = load_split("train")
     spec = {"n": 100, "seed": 1, "canvas": 28, "dataset": "mnist", "train": {"val_size": 300}}
@@ -165,7 +165,7 @@ def test_heldout_split_is_the_validation_set_and_never_training_images():
 
 
 def test_predict_on_a_convnet_keeps_its_features_and_softmax():
-    from bench.evaluate import predict
+    from bench.cell.evaluate import predict
     from bench.models.registry import create_model
 
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_predict_on_a_convnet_keeps_its_features_and_softmax():
 def test_self_routing_log_probabilities_are_not_softmax_logits():
     """head-self's logits are log a with sum a = 1: softmax(log a) = a, yet the energy
     logsumexp(log a) = 0 for every input, so no max-logit or energy score is computed for it."""
-    from bench.evaluate import predict
+    from bench.cell.evaluate import predict
     from bench.models.registry import create_model
 
     torch.manual_seed(0)

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import runner
 from bench.cli import _check as cli_check
 from bench.config import load_profile
 from bench.errors import BenchError
 from bench.models import capsnet as capsnet_module
+from bench.runner import stages as runner
 
 TINY = """
 models = ["capsnet"]

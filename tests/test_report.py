@@ -18,11 +18,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import figures, readout
 from bench.cli import main as cli_main
 from bench.config import PAPER_MNIST_ERRORS
 from bench.errors import BenchError
-from bench.report import _reading, _tex, build_report
+from bench.report import figures, readout
+from bench.report.build import build_report
+from bench.report.sections import _reading
+from bench.report.table import _tex
 from bench.stats import Interval
 from tests.fixtures_results import (
     FAILED_FIT,

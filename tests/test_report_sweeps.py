@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import figures
-from bench.report import build_report
+from bench.report import figures
+from bench.report.build import build_report
 from tests.fixtures_results import (
     AFFNIST_K,
     CROPPED,

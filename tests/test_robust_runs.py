@@ -24,14 +24,18 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cells as the_plan
 from bench import io as bio
-from bench import runner
+from bench.cell import plan as the_plan
+from bench.cell.files import CellFiles, file_record
 from bench.cli import main
 from bench.config import load_profile
 from bench.errors import BenchError
-from bench.estimate import CELL_OVERHEAD_S, REPORT_S
-from bench.io import CellFiles, FileLock, StaleLockWarning
+from bench.locks import FileLock, StaleLockWarning
+from bench.runner import cell as runner_cell
+from bench.runner import collect as runner_collect
+from bench.runner import stages as runner
+from bench.runner import todo
+from bench.runner.estimate import CELL_OVERHEAD_S, REPORT_S
 from tests.tiny_profile import TINY as TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +65,8 @@ def tiny(tiny_path):
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     """A fresh test-set cache per test, and no sets remembered by an earlier test's process
-    (evaluation keeps the sets it loaded: ``bench.evaluate._test_sets``)."""
-    from bench import evaluate
+    (evaluation keeps the sets it loaded: ``bench.cell.evaluate._test_sets``)."""
+    from bench.cell import evaluate
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     evaluate._test_sets.cache_clear()
@@ -92,7 +96,7 @@ def _stub_rates(calls: list):
     def fake(profile, device, keys, generation):
         keys = set(keys)
         calls.append((keys, generation))
-        return runner.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys},
+        return todo.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys},
                                     1000.0 if generation else 0.0, 0.0)
 
     return fake
@@ -110,7 +114,7 @@ def _leftovers(folder: Path) -> list[Path]:
 
 def test_the_plan_counts_cells_to_train_evaluate_and_reuse(tiny, tmp_path):
     run_dir = tmp_path / "run"
-    plan = runner.plan_run(tiny, runner.STAGE_ORDER, run_dir, CPU)
+    plan = todo.plan_run(tiny, todo.STAGE_ORDER, run_dir, CPU)
     assert (len(plan.train), len(plan.evaluate), len(plan.reuse)) == (4, 0, 0)
     assert plan.sets_build == {"affnist": SET_NAMES} and plan.sets_cached == {"affnist": []}
     assert plan.throughput and plan.report
@@ -118,23 +122,23 @@ def test_the_plan_counts_cells_to_train_evaluate_and_reuse(tiny, tmp_path):
 
     first, second, *_ = the_plan.cells(tiny)
     for cell, stages in ((first, CELL_STAGES), (second, ("train",))):
-        runner.run_cell(runner.CellTask(tiny, cell, str(_files(tiny, run_dir, cell).folder), "cpu",
+        runner_cell.run_cell(runner_cell.CellTask(tiny, cell, str(_files(tiny, run_dir, cell).folder), "cpu",
                                         stages, progress=False))
-    plan = runner.plan_run(tiny, runner.STAGE_ORDER, run_dir, CPU)
+    plan = todo.plan_run(tiny, todo.STAGE_ORDER, run_dir, CPU)
     assert plan.reuse == [first] and plan.evaluate == [second]
     assert plan.train == the_plan.cells(tiny)[2:]
     assert plan.sets_build == {"affnist": []} and plan.sets_cached == {"affnist": SET_NAMES}
     # Training alone: both trained cells are finished for it.
-    plan = runner.plan_run(tiny, ("train",), run_dir, CPU)
+    plan = todo.plan_run(tiny, ("train",), run_dir, CPU)
     assert (len(plan.train), len(plan.evaluate), len(plan.reuse)) == (2, 0, 2)
     assert plan.sets_build == {} and not plan.throughput
 
 
 def test_the_estimate_of_the_work_left_is_worked_by_hand(tiny, tmp_path):
-    plan = runner.plan_run(tiny, runner.STAGE_ORDER, tmp_path / "run", CPU)
+    plan = todo.plan_run(tiny, todo.STAGE_ORDER, tmp_path / "run", CPU)
     keys = {("affnist", "capsnet"), ("affnist", "convnet-maxpool")}
-    rates = runner.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys}, 1000.0)
-    est = runner.estimate_run(tiny, plan, CPU, rates=rates)
+    rates = todo.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys}, 1000.0)
+    est = todo.estimate_run(tiny, plan, CPU, rates=rates)
     # Per cell: train 4 x 8 / 80 = 0.4; validation 2 x 16 / 160 = 0.2; evaluation 168 / 160.
     assert est["train_s"] == pytest.approx(4 * 0.4)
     assert est["val_s"] == pytest.approx(4 * 0.2)
@@ -148,7 +152,7 @@ def test_the_estimate_of_the_work_left_is_worked_by_hand(tiny, tmp_path):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_path, tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(runner, "measure_rates", _stub_rates(calls))
+    monkeypatch.setattr(todo, "measure_rates", _stub_rates(calls))
     out = tmp_path / "run"
     rc = main(["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out),
                "--dry-run"])
@@ -163,7 +167,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_path, tmp_path, monkeyp
 
 def test_max_hours_stops_before_training_with_a_one_line_error(tiny_path, tmp_path, monkeypatch,
                                                                capsys):
-    monkeypatch.setattr(runner, "measure_rates", _stub_rates([]))
+    monkeypatch.setattr(todo, "measure_rates", _stub_rates([]))
     out = tmp_path / "run"
     total = 4 * (0.4 + 0.2 + CELL_OVERHEAD_S)  # as above
     argv = ["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out)]
@@ -179,9 +183,9 @@ def test_max_hours_stops_before_training_with_a_one_line_error(tiny_path, tmp_pa
 def test_finished_cells_cost_nothing_in_the_estimate(tiny, tmp_path):
     run_dir = tmp_path / "run"
     _run_cells(tiny, run_dir)
-    plan = runner.plan_run(tiny, runner.STAGE_ORDER, run_dir, CPU)
+    plan = todo.plan_run(tiny, todo.STAGE_ORDER, run_dir, CPU)
     assert (len(plan.train), len(plan.evaluate), len(plan.reuse)) == (0, 0, 4)
-    est = runner.estimate_run(tiny, plan, CPU, rates=runner.MeasuredRates(
+    est = todo.estimate_run(tiny, plan, CPU, rates=todo.MeasuredRates(
         {("affnist", m): 80.0 for m in tiny.models}, {("affnist", m): 160.0 for m in tiny.models},
         1000.0))
     assert est["cells"] == 0 and est["train_s"] == est["eval_s"] == est["data_s"] == 0
@@ -246,16 +250,17 @@ def test_a_held_lock_is_refreshed_and_exclusive(tmp_path):
 def test_a_run_skips_a_cell_held_elsewhere_then_waits_for_it(tiny, tmp_path, monkeypatch):
     """A live holder's cell is skipped in the sweep; once released it is run by this run."""
     monkeypatch.setattr(runner, "CELL_WAIT_POLL_S", 0.1)
+    monkeypatch.setattr(runner_cell, "CELL_WAIT_POLL_S", 0.1)
     run_dir = tmp_path / "run"
     held = the_plan.cells(tiny)[0]
     other = FileLock(_files(tiny, run_dir, held).lock, label="another run")
     assert other.try_acquire() is None
     seen = []
-    real = runner.run_cell
+    real = runner_cell.run_cell
 
     def spy(task):
         result = real(task)
-        seen.append((task.cell, runner.RUNNING_ELSEWHERE in result))
+        seen.append((task.cell, runner_cell.RUNNING_ELSEWHERE in result))
         if len(seen) == len(the_plan.cells(tiny)):  # the sweep is through: the other run finishes
             threading.Timer(0.3, other.release).start()
         return result
@@ -360,7 +365,7 @@ def test_collect_leaves_a_damaged_cell_out_with_a_warning(tiny, tmp_path):
     files = _files(tiny, run_dir, cell)
     files.eval_summary.write_text("{not json")
     with pytest.warns(UserWarning, match=f"{cell.label} left out.*{files.eval_summary.name}"):
-        runner.collect(tiny, run_dir, "cpu")
+        runner_collect.collect(tiny, run_dir, "cpu")
     assert cell.model not in set(pd.read_csv(run_dir / "metrics.csv")
                                  .query(f"n == {cell.n}")["model"])
 
@@ -374,7 +379,7 @@ def test_checksums_are_recorded_for_every_file_of_a_finished_cell(tiny, tmp_path
              "eval.json"}
     assert set(recorded) == names
     for name in names:
-        assert recorded[name] == bio.file_record(files.folder / name)
+        assert recorded[name] == file_record(files.folder / name)
     assert json.loads(files.train_summary.read_text())["files"] == {
         "checkpoint.pt": recorded["checkpoint.pt"]}
 
@@ -401,7 +406,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_finished_cells_are_reused(
         tiny_path, tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     first = _files(tiny, out, the_plan.cells(tiny)[0])
-    monkeypatch.setattr(runner, "measure_rates", _stub_rates([]))
+    monkeypatch.setattr(todo, "measure_rates", _stub_rates([]))
     _enospc_after(monkeypatch, {first.folder})
     argv = ["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out)]
     assert main(argv) == 2
@@ -422,7 +427,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_finished_cells_are_reused(
 
 def _disk_full_cell(task: str) -> dict:
     """A cell function whose write fails for lack of space (module-level: workers import it)."""
-    raise runner.DiskFullStop(str(bio.DiskFullError(f"/full/{task}/state.pt", 1234)))
+    raise runner_cell.DiskFullStop(str(bio.DiskFullError(f"/full/{task}/state.pt", 1234)))
 
 
 @pytest.mark.parametrize("max_parallel", [1, 2])
@@ -431,11 +436,11 @@ def test_a_full_disk_stops_the_executor_not_just_one_cell(tmp_path, max_parallel
     instead of being recorded as one failed cell among others."""
     import pickle
 
-    from bench.executor import ExecutorConfig, run_cells
+    from bench.runner.executor import ExecutorConfig, run_cells
 
     full = bio.DiskFullError(tmp_path / "x.pt", 1234)
     assert str(pickle.loads(pickle.dumps(full))) == str(full)  # crosses process boundaries
-    with pytest.raises(runner.DiskFullStop, match=r"writing /full/.*/state.pt \(1,234 bytes\)"):
+    with pytest.raises(runner_cell.DiskFullStop, match=r"writing /full/.*/state.pt \(1,234 bytes\)"):
         run_cells(_disk_full_cell, ["a", "b"], ["a", "b"], ExecutorConfig(max_parallel=max_parallel),
                   tmp_path / "logs", progress=False)
 
@@ -455,7 +460,7 @@ def test_a_real_full_disk_on_a_small_tmpfs(tiny, tmp_path, monkeypatch):
     _tmpfs(disk, "192m")
     try:
         run_dir = disk / "run"
-        real = runner.run_cell
+        real = runner_cell.run_cell
         done = []
 
         def fill_after_first(task):

@@ -1,4 +1,4 @@
-"""bench.routing_report on a constructed metrics frame whose every number is worked out by hand.
+"""bench.report.routing on a constructed metrics frame whose every number is worked out by hand.
 
 Four heads (two pooling, two routing), sizes 100 and 1,000, seeds 0-2. Clean accuracy at n = 100
 is 0.80 + 0.01 s for every head; at n = 1,000 it is TOP[head] + 0.005 s (seed s). affNIST-style
@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from bench import readout, stats
-from bench import routing_report as rr
+from bench import stats
+from bench.report import readout
+from bench.report import routing as rr
 
 SIZES = (100, 1000)
 SEEDS = (0, 1, 2)

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cells as the_plan
-from bench import runner
+from bench.cell import plan as the_plan
 from bench.config import load_profile
+from bench.runner import cell as runner_cell
+from bench.runner import stages as runner
+from bench.runner import todo
 from tests.tiny_profile import TINY
 
 
@@ -20,7 +22,7 @@ def tiny(tmp_path):
     return load_profile(str(f))
 
 
-def _run(profile, run_dir, stages=runner.STAGE_ORDER, cache=None):
+def _run(profile, run_dir, stages=todo.STAGE_ORDER, cache=None):
     return runner.run(profile, stages, run_dir, torch.device("cpu"), progress=False)
 
 
@@ -61,7 +63,7 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
 
 def test_interrupted_run_keeps_finished_cells_and_resumes(tiny, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    real = runner.run_cell
+    real = runner_cell.run_cell
     calls = []
 
     def flaky(task):
@@ -102,7 +104,7 @@ def test_eval_stage_without_training_is_an_error(tmp_path):
 ])
 def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
     """`--download` is handed to the training's data loading (a fresh machine has no data)."""
-    import bench.train as train
+    import bench.cell.train as train
     from bench.cli import main
     from bench.errors import BenchError
 
@@ -113,10 +115,10 @@ def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
         raise BenchError("stop here: the flag was seen")
 
     def no_timing(profile, device, keys, generation):  # the estimate printed first: not tested here
-        return runner.MeasuredRates({k: 1.0 for k in keys}, {k: 1.0 for k in keys}, 1.0)
+        return todo.MeasuredRates({k: 1.0 for k in keys}, {k: 1.0 for k in keys}, 1.0)
 
     monkeypatch.setattr(train, "load_split", fake_load_split)
-    monkeypatch.setattr(runner, "measure_rates", no_timing)
+    monkeypatch.setattr(todo, "measure_rates", no_timing)
     rc = main([*argv, "--device", "cpu", "--out", str(tmp_path), "--download",
                "--data-dir", str(tmp_path / "data")])
     assert rc == 2  # the stub stopped the cell
@@ -125,7 +127,7 @@ def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
 
 def test_the_cache_key_covers_the_weight_code_and_nothing_else(tmp_path):
     """A printed message does not move the key; a seed function or the trainer does."""
-    from bench.cells import TRAIN_CODE, source_hash
+    from bench.cell.plan import TRAIN_CODE, source_hash
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "net.py").write_text("W = 1\n")
@@ -148,4 +150,57 @@ def test_the_cache_key_covers_the_weight_code_and_nothing_else(tmp_path):
     (tmp_path / "models" / "net.py").write_text("W = 2\n")
     assert source_hash(tmp_path, parts) != key
     # The real key names the trainer, the models and the seed function.
-    assert {"train.py", "models", "io.py:derive_seed"} <= set(TRAIN_CODE)
+    assert {"cell/train.py", "models", "io.py:derive_seed"} <= set(TRAIN_CODE)
+
+
+def _copy_weight_code(dest):
+    """The package's files named by TRAIN_CODE, copied under ``dest`` (same relative paths)."""
+    import shutil
+
+    from bench.cell.plan import PACKAGE_DIR, TRAIN_CODE
+
+    for part in TRAIN_CODE:
+        rel = part.partition(":")[0]
+        src = PACKAGE_DIR / rel
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / rel)
+    return dest
+
+
+def test_a_docstring_or_a_message_of_the_trainer_keeps_the_cell_key(tmp_path):
+    """Only a docstring, a comment or an error message of bench/cell/train.py edited: the cache
+    key (the hash every cell folder's name carries) is the one of the package as it is; a changed
+    constant of the trainer changes it."""
+    from bench.cell.plan import PACKAGE_DIR, TRAIN_CODE, code_hash, source_hash
+
+    assert source_hash(PACKAGE_DIR, TRAIN_CODE) == code_hash()
+    root = _copy_weight_code(tmp_path / "bench")
+    trainer = root / "cell" / "train.py"
+    text = trainer.read_text()
+    assert source_hash(root, TRAIN_CODE) == code_hash()
+
+    doc = '"""Optimisation steps for a training set of ``n`` images'
+    assert doc in text
+    edited = text.replace(doc, '"""How many optimisation steps (edited docstring) for ``n`` images', 1)
+    edited = edited.replace("MIN_LR = 1e-6", "# a new comment line\nMIN_LR = 1e-6", 1)
+    msg = 'raise BenchError("the cosine learning-rate schedule needs the step budget")'
+    assert msg in edited
+    edited = edited.replace(msg, 'raise BenchError("a cosine schedule needs a step budget")', 1)
+    trainer.write_text(edited)
+    assert source_hash(root, TRAIN_CODE) == code_hash()
+
+    trainer.write_text(edited.replace("MIN_LR = 1e-6", "MIN_LR = 1e-7", 1))
+    assert source_hash(root, TRAIN_CODE) != code_hash()
+
+
+def test_the_convergence_rules_are_outside_the_cell_key(tmp_path):
+    """The convergence rules (bench/cell/convergence.py) are not part of the key: copying the
+    weight code without them hashes the same as the package."""
+    from bench.cell.plan import TRAIN_CODE, code_hash, source_hash
+
+    root = _copy_weight_code(tmp_path / "bench")
+    assert not (root / "cell" / "convergence.py").exists()
+    assert source_hash(root, TRAIN_CODE) == code_hash()

@@ -130,7 +130,7 @@ def test_contact_sheet_titles_follow_the_kind():
 
 
 def _preds(pred: list[int], conf: float = 0.8, recon: bool = False):
-    from bench.evaluate import Predictions
+    from bench.cell.evaluate import Predictions
 
     n = len(pred)
     scores = torch.full((n, 10), (1 - conf) / 9)
@@ -140,7 +140,7 @@ def _preds(pred: list[int], conf: float = 0.8, recon: bool = False):
 
 
 def _rows(name, preds, labels, params=None, intact=None):
-    from bench.evaluate import set_metrics
+    from bench.cell.evaluate import set_metrics
 
     rows = set_metrics(name, preds, torch.tensor(labels), params or {}, intact)
     return {(r["metric"], None if math.isnan(r["factor_value"]) else r["factor_value"]): r["value"]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bench.errors import BenchError
-from bench.executor import ExecutorConfig, run_cells
+from bench.runner.executor import ExecutorConfig, run_cells
 from tests.slurm.cells import run_cell
 from tests.slurm.cluster import ClusterError, LocalSlurm, missing_binaries
 
@@ -211,12 +211,12 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 @pytest.mark.timeout(900)
 def test_smoke_sweep_equals_local_bit_for_bit(slurm_cluster, tmp_path, capsys):
-    """The lead's runner (bench.runner.run): the data, train and eval stages of a tiny smoke
+    """The lead's runner (bench.runner.stages): the data, train and eval stages of a tiny smoke
     sweep through the slurm executor give bit-identical results to the local executor."""
     if os.environ.get("CI"):
-        import bench.runner as runner  # in CI a missing runner is a failure, not a skip
+        import bench.runner.stages as runner  # in CI a missing runner is a failure, not a skip
     else:
-        runner = pytest.importorskip("bench.runner")
+        runner = pytest.importorskip("bench.runner.stages")
     import torch
 
     from bench.config import load_profile

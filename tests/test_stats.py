@@ -305,7 +305,7 @@ def test_geometric_interval_clipped_to_the_sizes_trained():
 
 
 def test_needed_text_marks_a_clipped_interval():
-    from bench import readout
+    from bench.report import readout
 
     nd = readout.Needed({0: 200.0, 1: 400.0, 2: 800.0}, set(), (100.0, 1000.0))
     assert readout.needed_text(nd) == f"400 [100, 1,000]{readout.CLIPPED}"

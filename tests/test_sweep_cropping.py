@@ -12,8 +12,8 @@ import math
 
 import torch
 
+from bench.cell.evaluate import Predictions, set_metrics
 from bench.data import affine
-from bench.evaluate import Predictions, set_metrics
 
 CANVAS = 40
 N_DOTS, N_WIDE = 5, 3

@@ -235,7 +235,7 @@ def test_cuda_generation_close_to_cpu(sets, tmp_path):
 
 
 def test_cli_data(tmp_path, monkeypatch, capsys):
-    import bench.cells as cells
+    import bench.cell.plan as cells
     import bench.models.registry as registry
     import bench.runtime as runtime
     from bench.cli import main

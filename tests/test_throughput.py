@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench import throughput
+from bench.cell import throughput
+from bench.cell.throughput import allocator_peak_mb, matmul_rate, measure, timed
 from bench.cli import main
 from bench.flops import flops_per_image
 from bench.models.registry import Output, count_parameters, create_model
-from bench.throughput import allocator_peak_mb, matmul_rate, measure, timed
 
 KEYS = ("params", "flops_per_image", "flops_train_per_image", "train_images_per_s",
         "infer_images_per_s", "latency_b1_ms", "peak_mem_mb", "peak_mem_kind", "tflops_train",

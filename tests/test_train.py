@@ -10,22 +10,15 @@ import pytest
 import torch
 from scipy import stats
 
-from bench.cells import TrainSpec
+from bench.cell.convergence import convergence, familywise_convergence
+from bench.cell.evaluate import load_model
+from bench.cell.plan import TrainSpec
+from bench.cell.train import learning_rate, step_budget, train_cell, training_subset, weights_hash
 from bench.cli import main
 from bench.config import TrainConfig
 from bench.data.mnist import load_split
 from bench.errors import BenchError
-from bench.evaluate import load_model
 from bench.io import read_json
-from bench.train import (
-    convergence,
-    familywise_convergence,
-    learning_rate,
-    step_budget,
-    train_cell,
-    training_subset,
-    weights_hash,
-)
 
 TINY = TrainConfig(batch_size=16, epochs=1.0, min_steps=12, max_steps=12, val_size=64,
                    eval_every=4)
@@ -306,9 +299,9 @@ def test_last_checkpoint_selection_uses_no_validation_labels(tmp_path):
 
 
 def test_profile_reconstruction_weight_reaches_every_capsnet_with_a_decoder():
-    from bench.cells import Cell, spec_for
+    from bench.cell.plan import Cell, spec_for
+    from bench.cell.train import build_model
     from bench.config import load_profile
-    from bench.train import build_model
 
     profile = load_profile("smoke", ["model.recon_weight=0.01", "model.width=0.0625"])
     for name, expected in [("capsnet", 0.01), ("capsnet-r1-norecon", None), ("convnet-k9", None)]:

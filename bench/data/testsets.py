@@ -23,7 +23,7 @@ training); :data:`SET_KINDS` and :func:`set_kind` say what each name means:
 
 The names are identities, never to be renamed: each seeds its set's generator, keys the cache
 and fills the ``test_set`` column of ``metrics.csv`` (and so the committed baselines). Note that
-the *setup* called ``affnist`` (:mod:`bench.cells`) is another thing: the 40x40
+the *setup* called ``affnist`` (:mod:`bench.cell.plan`) is another thing: the 40x40
 training/evaluation configuration, whose name is kept because it enters every cell's seed.
 
 Every set derived from MNIST carries ``params["source"]``, the index into the MNIST test split,
@@ -32,7 +32,7 @@ CPU generator seeded by ``derive_seed(set_name, seed)``: adding a set never chan
 
 Cache: ``datasets/cache/<name>-<spec hash>.pt`` and a JSON manifest beside it (spec, seed,
 count, sha256 of the tensors, versions, device). A set missing from the cache is built under a
-lock file ``<name>-<spec hash>.lock`` (:class:`bench.io.FileLock`): a process that finds another
+lock file ``<name>-<spec hash>.lock`` (:class:`bench.locks.FileLock`): a process that finds another
 one building it waits, then loads the other's result, so no set is built twice at once and none
 is read half-written (files are moved into place whole, the manifest last). The spec covers
 everything that changes the pixels: the source digits' checksum, sizes, ranges, grids, seed, the
@@ -60,17 +60,8 @@ from bench.data import affine, scramble
 from bench.data.canvas import place
 from bench.data.mnist import MNIST_COUNTS
 from bench.errors import BenchError
-from bench.io import (
-    FileLock,
-    derive_seed,
-    describe_holder,
-    load_torch,
-    read_json,
-    save_torch,
-    sha256_tensor,
-    stable_hash,
-    write_json,
-)
+from bench.io import derive_seed, load_torch, read_json, save_torch, sha256_tensor, stable_hash, write_json
+from bench.locks import FileLock, describe_holder
 
 __all__ = [
     "AFFNIST_REAL",
@@ -131,7 +122,7 @@ class SetKind:
 
     Names: the set ``affnist`` (:data:`AFFNIST_STYLE`) is the affNIST-style set, our generation
     following affNIST; ``affnist-real`` (:data:`AFFNIST_REAL`) is the official affNIST test
-    files. Neither is the *setup* ``affnist`` of :mod:`bench.cells`, the 40x40 training and
+    files. Neither is the *setup* ``affnist`` of :mod:`bench.cell.plan`, the 40x40 training and
     evaluation configuration, whose name is kept because it enters every cell's seed. Set names
     are never renamed either: they seed the generators and fill the committed baselines.
     """

@@ -1,6 +1,6 @@
 """Training-step speed of every main model (pytest-benchmark; run with ``-m bench --benchmark-enable``).
 
-A step is the trainer's own (:func:`bench.train.optimizer_step`: forward, the model's loss,
+A step is the trainer's own (:func:`bench.cell.train.optimizer_step`: forward, the model's loss,
 backward, Adam) with the trainer's defaults (``TrainConfig``: fused Adam, channels-last model and
 inputs, fp32 on the CPU; glibc malloc keeping freed memory, :func:`bench.runtime.keep_freed_memory`),
 on random inputs, for every model of the default profile at two sizes: width 1/8 on the 40x40
@@ -21,10 +21,10 @@ import time
 import pytest
 import torch
 
-from bench.cells import TrainSpec
+from bench.cell.plan import TrainSpec
+from bench.cell.train import build_model, optimizer_step
 from bench.config import Profile, TrainConfig
 from bench.runtime import keep_freed_memory
-from bench.train import build_model, optimizer_step
 
 MODELS = Profile().models  # capsnet, baseline-cnn, convnet-maxpool, convnet-k9
 SIZES = [(0.125, 40), (1.0, 28)]  # (width, input size)

@@ -135,8 +135,8 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def rerun_cell_matches(run_dir: Path, data_dir: str | None = None) -> tuple[bool, str]:
     """Retrain the run's first cell in a temporary folder; weights must match bit for bit."""
-    from bench.cells import Cell, cell_dir, spec_for
-    from bench.train import train_cell
+    from bench.cell.plan import Cell, cell_dir, spec_for
+    from bench.cell.train import train_cell
 
     manifest = read_json(Path(run_dir) / "manifest.json")
     profile = _profile_from_manifest(manifest)

@@ -2,7 +2,7 @@
 
 The metrics themselves are pure functions in :mod:`bench.metrics`; this module runs the model
 (batched, on the device, in inference mode), pairs scrambled digits with their intact originals
-through ``params["source"]``, and hands the cell's results to :class:`bench.io.CellFiles`,
+through ``params["source"]``, and hands the cell's results to :class:`bench.cell.files.CellFiles`,
 which writes them atomically.
 """
 
@@ -22,14 +22,15 @@ import pandas as pd
 import torch
 
 from bench import metrics
-from bench.cells import Cell, code_hash
+from bench.cell.files import CellFiles
+from bench.cell.plan import Cell, code_hash
+from bench.cell.train import EVAL_BATCH
 from bench.config import DataConfig
 from bench.data.testsets import CLEAN, set_kind
 from bench.errors import BenchError
-from bench.io import CellFiles, load_torch, read_json, stable_hash
+from bench.io import load_torch, read_json, stable_hash
 from bench.models.registry import create_model
 from bench.runtime import keep_freed_memory
-from bench.train import EVAL_BATCH
 
 N_EXAMPLES = 8
 RELIABILITY_BINS = 15  # the bins of metrics.ece
@@ -301,7 +302,7 @@ def _subset(preds: Predictions, idx: torch.Tensor) -> Predictions:
 
 
 def eval_key(checksums: dict[str, str]) -> str:
-    return stable_hash(code_hash(), code_hash(("evaluate.py", "metrics.py")), checksums)
+    return stable_hash(code_hash(), code_hash(("cell/evaluate.py", "metrics.py")), checksums)
 
 
 def _load(files: CellFiles, device: torch.device | str) -> tuple[torch.nn.Module, dict]:
@@ -325,7 +326,7 @@ def heldout_split(spec: dict, data_dir: str | None = None, download: bool = Fals
                   limit: int = HELDOUT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
     """Labelled images of the MNIST training split that the cell never trained on.
 
-    The cell's validation images (:func:`bench.train.training_subset` with the cell's ``n``,
+    The cell's validation images (:func:`bench.cell.train.training_subset` with the cell's ``n``,
     ``seed`` and ``train.val_size``; never the test set), their first ``limit``. Without a
     validation set (``val_size = 0``): ``limit`` images drawn, seeded by the cell's seed, from
     the training split outside the cell's training subset.
@@ -333,9 +334,9 @@ def heldout_split(spec: dict, data_dir: str | None = None, download: bool = Fals
     Returns:
         ``(images uint8 (M, canvas, canvas) centred like the clean test set, labels (M,))``.
     """
+    from bench.cell.train import training_subset
     from bench.data.canvas import place
     from bench.data.mnist import load_split
-    from bench.train import training_subset
 
     images, labels = load_split("train", spec.get("dataset", "mnist"), data_dir, download)
     val_size = int(spec.get("train", {}).get("val_size", 0))
@@ -469,4 +470,3 @@ def example_images(sets: dict, k: int = N_EXAMPLES) -> dict[str, torch.Tensor]:
         out[f"images/{name}"] = ts.images[:k].cpu()
         out[f"labels/{name}"] = ts.labels[:k].cpu()
     return out
-

@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.config import from_dict
 from bench.errors import BenchError
+from bench.runtime import say
 
 __all__ = ["ExecutorConfig", "Outcome", "load_executor_config", "run_cells"]
 
@@ -166,9 +167,6 @@ def run_cells(
 # helpers shared by the executors
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -205,9 +203,9 @@ def _set_threads(n: int) -> None:
 def _report_failures(outcomes: list[Outcome]) -> None:
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        _say(f"{len(failed)} of {len(outcomes)} cells failed:")
+        say(f"{len(failed)} of {len(outcomes)} cells failed:")
         for o in failed:
-            _say(f"  {o.key} (attempts {o.attempts}): {o.error}  [log: {o.log_path}]")
+            say(f"  {o.key} (attempts {o.attempts}): {o.error}  [log: {o.log_path}]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +226,7 @@ def _run_serial(fn, tasks, keys, log_dir: Path, progress: bool) -> list[Outcome]
         outcomes.append(out)
         if progress:
             status = "done" if out.ok else "FAILED"
-            _say(f"[{i + 1}/{len(tasks)}] {key}: {status} ({time.perf_counter() - t0:.1f} s)")
+            say(f"[{i + 1}/{len(tasks)}] {key}: {status} ({time.perf_counter() - t0:.1f} s)")
     return outcomes
 
 
@@ -336,7 +334,7 @@ def _run_batch(fn, tasks, keys, config, log_dir, progress, ctx, batch, n_workers
             done_count += 1
             if progress:
                 status = "done" if outcomes[i].ok else "FAILED"
-                _say(f"[{done_count}/{len(tasks)}] {keys[i]}: {status}")
+                say(f"[{done_count}/{len(tasks)}] {keys[i]}: {status}")
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -469,10 +467,10 @@ def _wait(rnd: _Round, config: ExecutorConfig, progress: bool, label: str, n_tot
             line = (f"slurm {label}: {n_wait} pending, {n_run} running, "
                     f"{n_done_before + n_ok} done, {n_fail} failed (of {n_total} cells)")
             if line != last_line or now - last_print > 300:
-                _say(line)
+                say(line)
                 last_line, last_print = line, now
             if not warned and elapsed > 120 and all(s == "UNKNOWN" for s in states):
-                _say("slurm: sacct knows none of the jobs after 2 min; is accounting (slurmdbd) "
+                say("slurm: sacct knows none of the jobs after 2 min; is accounting (slurmdbd) "
                      "configured? Without it a dead job is never noticed.")
                 warned = True
         if all(finished):
@@ -518,7 +516,7 @@ def _run_slurm(fn, tasks, keys, config: ExecutorConfig, log_dir: Path, progress)
         rnd = _submit(ex, fn, tasks, keys, todo, config.cpus_per_job)
         if progress:
             first = rnd.jobs[0].job_id.split("_")[0]
-            _say(f"slurm: submitted {len(todo)} cells as job array {first} "
+            say(f"slurm: submitted {len(todo)} cells as job array {first} "
                  f"(attempt {round_no} of at most {config.retries + 1}); logs in {folder}")
         try:
             _wait(rnd, config, progress, f"attempt {round_no}", len(tasks), n_done)
@@ -535,7 +533,7 @@ def _run_slurm(fn, tasks, keys, config: ExecutorConfig, log_dir: Path, progress)
             else:
                 failed.append(i)
         if failed and progress and round_no <= config.retries:
-            _say(f"slurm: {len(failed)} cells failed, resubmitting: "
+            say(f"slurm: {len(failed)} cells failed, resubmitting: "
                  + ", ".join(keys[i] for i in failed[:5]) + (" ..." if len(failed) > 5 else ""))
         todo = failed
         if not todo:

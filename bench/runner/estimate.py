@@ -1,11 +1,11 @@
 """Wall time of running a profile, or what is left of a run, on one device, from measured rates.
 
 Pure: no timing and no torch here. The inputs are a :class:`~bench.config.Profile` and rates
-measured elsewhere (``gpu-check`` measures them with :func:`bench.throughput.measure` and the
-trainer; ``run --dry-run`` and the first lines of every run with :func:`bench.runner.measure_rates`);
+measured elsewhere (``gpu-check`` measures them with :func:`bench.cell.throughput.measure` and the
+trainer; ``run --dry-run`` and the first lines of every run with :func:`bench.runner.todo.measure_rates`);
 the output is seconds per part and in total. :data:`ESTIMATE_METHOD` states the formula,
 :func:`estimate_profile` computes it (for every cell, or for the cells and test sets a run has
-left: :func:`bench.runner.plan_run`), :func:`throughput_stage_s` the throughput stage, and
+left: :func:`bench.runner.todo.plan_run`), :func:`throughput_stage_s` the throughput stage, and
 :func:`estimate_from_measurements` first picks, from measured rows, the rate of each
 (setup, model).
 """
@@ -18,11 +18,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cells import Cell, cells, data_config, setup_by_name, setups, spec_for
+from bench.cell.plan import Cell, cells, data_config, setup_by_name, setups, spec_for
+from bench.cell.train import step_budget
 from bench.config import Profile
 from bench.data.testsets import default_set_names, set_size
 from bench.errors import BenchError
-from bench.train import step_budget
 
 __all__ = ["CELL_OVERHEAD_S", "ESTIMATE_METHOD", "REPORT_S", "Rates", "estimate_from_measurements",
            "estimate_profile", "format_duration", "pick_rates", "test_images", "throughput_stage_s"]
@@ -188,14 +188,14 @@ def pick_rates(profile: Profile, rows: Sequence[Mapping[str, Any]],
                precision: str) -> Rates:
     """The rate of each (setup, model) of ``profile``, from measured rows.
 
-    ``rows`` are :func:`bench.throughput.measure` results with ``precision`` ("bf16"/"fp32")
+    ``rows`` are :func:`bench.cell.throughput.measure` results with ``precision`` ("bf16"/"fp32")
     added; ``trainer`` maps a model to the trainer's own images/s on the first setup (the
     profile's settings, data placement included). Training, first setup: the trainer's rate,
     else the row at ``train_batch`` in ``precision``. Training, other setups: the row at that
     setup's canvas times the median trainer / row ratio of the first setup; without one, the
     first setup's rate of the model (of ``capsnet`` for a model only the other setup has):
     fewer pixels and no more work, so an upper bound on the time. Inference: the fp32 row at
-    ``eval_batch`` (``bench.evaluate`` runs fp32), with the same fallback.
+    ``eval_batch`` (``bench.cell.evaluate`` runs fp32), with the same fallback.
     """
     main, *others = setups(profile)
     out = Rates()

@@ -8,7 +8,7 @@ Timing: ``warmup`` untimed calls, then ``repeats`` timed calls, each bracketed b
 ``torch.cuda.synchronize()`` on CUDA; a call's time is the **median** of the timed calls, and
 images/s is always ``batch / median``. Our choice: the median, which one slow call (a garbage
 collection, a clock change) does not move. Inputs are random images of the model's size; a
-training iteration is the full step the trainer runs (:func:`bench.train.optimizer_step`:
+training iteration is the full step the trainer runs (:func:`bench.cell.train.optimizer_step`:
 forward, the model's loss, backward, Adam). FLOPs come from :mod:`bench.flops`.
 
 Peak memory (MB = 2**20 bytes) is the most tensor memory held at once, in one training step
@@ -46,11 +46,11 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.autograd.profiler_util import MEMORY_EVENT_NAME
 
-from bench.cells import TrainSpec
+from bench.cell.plan import TrainSpec
+from bench.cell.train import autocast, build_model, optimizer_step
 from bench.flops import flops_per_image
 from bench.models.registry import count_parameters
 from bench.runtime import device_name
-from bench.train import autocast, build_model, optimizer_step
 
 __all__ = ["allocator_peak_mb", "matmul_rate", "measure", "timed"]
 
@@ -177,7 +177,7 @@ def measure(
     ``channels_last`` puts the model and the inputs in that memory format and ``fused`` uses
     torch's fused Adam, as the trainer does when its config asks (``TrainConfig``).
     ``model``: the module to time (moved to ``device``); None builds ``model_name``
-    with a fixed seeded initialisation (:func:`bench.train.build_model`).
+    with a fixed seeded initialisation (:func:`bench.cell.train.build_model`).
     """
     device = torch.device(device)
     if model is None:

@@ -1,7 +1,7 @@
 """Read-outs of a run's metrics, shared by the report and its routing section.
 
 The input is the frame of ``metrics.csv`` (columns model, n, seed, test_set, factor_value,
-metric, value; :func:`bench.report.read_metrics`), usually the rows of one setup. This module
+metric, value; :func:`bench.report.read.read_metrics`), usually the rows of one setup. This module
 gives the one definition of
 
 - the per-seed read-outs: :func:`rows` (the rows of a cell that are not a sweep point),
@@ -14,7 +14,7 @@ gives the one definition of
   :func:`needed_text` (``‡`` or ≤ for a size that is only an upper bound) and :func:`n_range`,
   with their symbols.
 
-:mod:`bench.report` and :mod:`bench.routing_report` both import it; it imports only
+:mod:`bench.report` and :mod:`bench.report.routing` both import it; it imports only
 :mod:`bench.stats`, :mod:`bench.data.testsets`, numpy and pandas (the import-linter contract in
 pyproject.toml keeps it below both).
 """
@@ -67,7 +67,7 @@ ALL_EQUAL = "(all seeds equal)"
 
 # The part-arrangement score of claim C3 and of the routing table: the AUROC of telling intact
 # from scrambled digits by a label-free feature-density score, defined the same way for every
-# family (see bench.report.SCOREBOARD_RULES).
+# family (see bench.report.scoreboard.SCOREBOARD_RULES).
 PART_SCORE = "auroc_mahalanobis"
 
 Curves = dict[int, tuple[np.ndarray, np.ndarray]]  # seed -> (clean, other) in increasing n

@@ -1,4 +1,4 @@
-"""``python -m bench.benchcompare``: the pytest-benchmark suite, compared without false alarms.
+"""``python -m bench.tools.benchcompare``: the pytest-benchmark suite, compared without false alarms.
 
 Timings from separate CI jobs spread by ~26% on these machines against ~0.3% within one job
 (see the README), so the meaningful comparison runs the baseline and the candidate in the same
@@ -51,7 +51,7 @@ def ratio_table(base: dict[str, float], cand: dict[str, float], fail_ratio: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.benchcompare", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.tools.benchcompare", description=__doc__)
     p.add_argument("--base", help="git ref to measure in the same job (e.g. origin/main, HEAD~1)")
     p.add_argument("--fail-ratio", type=float, default=1.25,
                    help="fail when a median is this many times the baseline's (default 1.25)")

@@ -2,7 +2,7 @@
 
 The heads of :mod:`bench.models.heads` (``head-*``) share one backbone, so a difference between
 two heads is the head. This module reads the affNIST-setup rows of ``metrics.csv`` (columns
-model, n, seed, test_set, factor_value, metric, value; :func:`bench.report.read_metrics`) and
+model, n, seed, test_set, factor_value, metric, value; :func:`bench.report.read.read_metrics`) and
 gives :mod:`bench.report` three things, without importing it (the report sits above this
 module):
 
@@ -11,22 +11,22 @@ module):
   training images needed to reach a target, as preformatted rows for the report's ``Table``
   and as a tidy numeric frame (for tests and the figure);
 - :func:`routing_claim`: the scoreboard row "best routing head minus best pooling head", a
-  plain dict with the fields of :class:`bench.report.Claim`;
+  plain dict with the fields of :class:`bench.report.claims.Claim`;
 - :func:`routing_figure`: the affNIST-style accuracy at c* of every head as points with their
   95% intervals, pooling heads and routing heads in two groups.
 
-Rules (the same as the report's; the read-outs and number formats are :mod:`bench.readout`,
+Rules (the same as the report's; the read-outs and number formats are :mod:`bench.report.readout`,
 which the report uses too):
 
 - Every interval comes from :mod:`bench.stats` (Student t over seeds, clipped to the metric's
   range; paired over seeds for a difference; on the log scale for a training-set size).
 - c*: the highest clean accuracy that every curve reaches (the lowest of the per-seed maxima),
   provided it is not below some curve's lowest point; each seed's affNIST-style accuracy is read
-  at c* along its curve of increasing n by linear interpolation (:func:`bench.readout.c_star`,
-  :func:`bench.readout.matched`). This is the rule of the report's matched table and of claims
+  at c* along its curve of increasing n by linear interpolation (:func:`bench.report.readout.c_star`,
+  :func:`bench.report.readout.matched`). This is the rule of the report's matched table and of claims
   C1 and C4. In the table, "every curve" is every head's on every seed; in the scoreboard row it
   is the two heads compared, as in C1.
-- Part-arrangement score: the report's C3 score, :data:`bench.readout.PART_SCORE` (AUROC of
+- Part-arrangement score: the report's C3 score, :data:`bench.report.readout.PART_SCORE` (AUROC of
   telling intact from scrambled digits by a label-free feature-density score) on the scrambled
   set with the smallest grid.
 - "The largest n": the largest training-set size at which every head in the table has a clean
@@ -45,10 +45,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench import figures, readout, stats
-from bench.cells import AFFNIST_SETUP
+from bench import stats
+from bench.cell.plan import AFFNIST_SETUP
 from bench.data.testsets import AFFNIST_STYLE, CLEAN, DISPLACED
-from bench.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
+from bench.report import figures, readout
+from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.stats import Interval
 
 __all__ = [
@@ -79,7 +80,7 @@ FIGURE_CAPTION = (
     "with its 95% Student-t interval, one small point per seed; pooling heads above, routing "
     "heads below; dashed: the highest pooling-head mean.")
 
-# The rule of the scoreboard row, for bench.report.SCOREBOARD_RULES.
+# The rule of the scoreboard row, for bench.report.scoreboard.SCOREBOARD_RULES.
 SCOREBOARD_RULE = (
     "C5 (runs with routing heads only): of the heads on one shared backbone "
     "(bench/models/heads.py), the routing head and the pooling head (max pool, average pool or "
@@ -160,7 +161,7 @@ def best_head(heads: Sequence[str], accuracy: dict[str, float]) -> str | None:
 def overlapping(per_model: dict[str, readout.Curves]) -> tuple[list[str], float | None]:
     """The heads left out so that the others share a matched clean accuracy, and that c*.
 
-    :func:`bench.readout.c_star` of all heads, or, when their clean-accuracy ranges do not all
+    :func:`bench.report.readout.c_star` of all heads, or, when their clean-accuracy ranges do not all
     overlap, of the heads left after dropping, one at a time, the head whose best seed-wise top
     clean accuracy is lowest (a head that did not train on some seed). Returns (dropped heads,
     c* or None)."""
@@ -231,13 +232,13 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
     Per head (pooling heads first, then routing heads): the seeds; the clean and the
     affNIST-style accuracy at the largest n (:func:`largest_n`), mean over seeds with its 95%
     interval (:func:`stats.mean_interval`, clipped to [0, 100]%); the affNIST-style accuracy at
-    the matched clean accuracy c* of every head on every seed (:func:`bench.readout.c_star`,
+    the matched clean accuracy c* of every head on every seed (:func:`bench.report.readout.c_star`,
     read per seed by :func:`stats.matched_accuracy`), mean with its interval; the
-    part-arrangement score (:data:`bench.readout.PART_SCORE` on the scrambled set with the
+    part-arrangement score (:data:`bench.report.readout.PART_SCORE` on the scrambled set with the
     smallest grid at the largest n; the column is left out when no head has it); and the
     training images needed to reach the highest of ``targets`` that every head reaches on every
-    seed (:func:`bench.readout.needed` per seed, geometric mean with its interval on log n,
-    :func:`bench.readout.needed_text`).
+    seed (:func:`bench.report.readout.needed` per seed, geometric mean with its interval on log n,
+    :func:`bench.report.readout.needed_text`).
 
     Args:
         main: the rows of ``metrics.csv`` of the affNIST setup.
@@ -365,9 +366,9 @@ def pair_effect(main: pd.DataFrame, a: str, b: str
                 ) -> tuple[list[int], float | None, Interval | None]:
     """``a`` minus ``b`` on affNIST-style accuracy at their matched clean accuracy, paired over
     the seeds both have: (those seeds, c*, interval); c* and the interval are None when there is
-    no seed or no common clean accuracy. c* is :func:`bench.readout.c_star` of the two heads;
+    no seed or no common clean accuracy. c* is :func:`bench.report.readout.c_star` of the two heads;
     the interval is :func:`stats.paired_difference` of the per-seed readings
-    (:func:`bench.readout.matched`)."""
+    (:func:`bench.report.readout.matched`)."""
     ca, cb = readout.curves(main, a), readout.curves(main, b)
     common = sorted(set(ca) & set(cb))
     ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
@@ -444,7 +445,7 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
     the seeds both have); :func:`pairs_table` shows every other pair.
 
     The effect is measured as claim C1: c* is the highest clean accuracy both chosen heads reach
-    on every seed they share (:func:`bench.readout.c_star`), each seed's affNIST-style accuracy
+    on every seed they share (:func:`bench.report.readout.c_star`), each seed's affNIST-style accuracy
     is read at c* (:func:`stats.matched_accuracy`), and the interval is
     :func:`stats.paired_difference` of routing minus pooling; the verdict is
     :func:`stats.verdict` of it against 0.
@@ -452,12 +453,12 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
     Args:
         main: the rows of ``metrics.csv`` of the affNIST setup.
         key: the row's key on the scoreboard.
-        scale: ``bench.report._Context.scale`` (the "Measured at" text: width, steps, seeds,
+        scale: ``bench.report.claims._Context.scale`` (the "Measured at" text: width, steps, seeds,
             convergence); None gives "along the n-curve; n = ...; k paired seeds".
         cells: ``cells.csv`` (its ``final_val_accuracy`` chooses the heads), if any.
 
     Returns:
-        the fields of ``bench.report.Claim``: key, name, effect, meaning, null (0.0), unit
+        the fields of ``bench.report.claims.Claim``: key, name, effect, meaning, null (0.0), unit
         ("pp"), interval (an :class:`Interval`, or None when not measured), scale, reason (why
         not measured; "" when measured). ``stats.verdict(interval, null)`` gives the verdict.
     """
@@ -514,7 +515,7 @@ def routing_figure(table: RoutingTable, stem: str | os.PathLike) -> pd.DataFrame
     labelled; the dashed vertical line is the highest pooling-head mean at c* (a reading aid, not
     the scoreboard's "best pooling head", which is chosen on clean accuracy).
     The intervals are those of the table's "matched" column (:func:`stats.mean_interval`).
-    Writes ``<stem>.pdf`` and ``<stem>.png`` (:func:`bench.figures.save`).
+    Writes ``<stem>.pdf`` and ``<stem>.png`` (:func:`bench.report.figures.save`).
 
     Returns:
         the points drawn: head, group, estimate, low, high (in %), y (the row, top = 0).

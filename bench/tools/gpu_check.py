@@ -6,7 +6,7 @@ order they run (most important first, the open-ended one last):
 
 1. ``environment``: device, versions, the TF32 / cuDNN flags the timings ran under.
 2. ``flops``: FLOPs per image of a forward pass and of a training step (:mod:`bench.flops`).
-3. ``matmul``: the card's matrix-multiply rate (:func:`bench.throughput.matmul_rate`) in bf16,
+3. ``matmul``: the card's matrix-multiply rate (:func:`bench.cell.throughput.matmul_rate`) in bf16,
    fp32 (as torch is configured) and TF32; model rates are shown as a fraction of the rate of
    their own precision.
 4. ``agreement_testsets``: the generated test sets on the CPU and on CUDA. The float warp before
@@ -21,13 +21,13 @@ order they run (most important first, the open-ended one last):
 8. ``generation``: affNIST-style generation images/s (:func:`bench.data.testsets.generate`).
 9. ``learning``: one ``paper``-profile cell per model (n = 10,000, capped at 500 steps) trained by
    the real trainer; its validation accuracy must pass :data:`LEARN_THRESHOLD`.
-10. ``estimate``: the ``paper`` profile's wall time from the measured rates (:mod:`bench.estimate`).
+10. ``estimate``: the ``paper`` profile's wall time from the measured rates (:mod:`bench.runner.estimate`).
 11. ``throughput_compiled``: as 6 with ``torch.compile``; compiling is slow and open-ended, so
     it runs last and row by row only while the budget lasts.
 12. ``target``: CapsNet bf16 training as a fraction of the bf16 matmul rate, against
     :data:`TARGET_FRACTION` (reported, not asserted).
 
-Every model rate is measured by :func:`bench.throughput.measure` (images/s = batch / median
+Every model rate is measured by :func:`bench.cell.throughput.measure` (images/s = batch / median
 seconds of a call), as in ``bench throughput`` and the runner. Every section is guarded: an
 exception is recorded (with the tail of its traceback) and the next section runs; a section that
 no longer fits the budget is recorded as ``skipped: ...``. The JSON and the table are rewritten
@@ -53,7 +53,9 @@ from typing import Any
 
 import torch
 
-from bench.cells import Cell, TrainSpec, spec_for
+from bench.cell.plan import Cell, TrainSpec, spec_for
+from bench.cell.throughput import matmul_rate, measure, timed
+from bench.cell.train import build_model, step_budget, train_cell
 from bench.config import load_profile
 from bench.data.canvas import place, to_float
 from bench.data.mnist import load_split
@@ -61,8 +63,6 @@ from bench.errors import BenchError
 from bench.flops import flops_per_image
 from bench.io import write_json, write_text
 from bench.runtime import device_name, git_commit, resolve_device, versions
-from bench.throughput import matmul_rate, measure, timed
-from bench.train import build_model, step_budget, train_cell
 
 __all__ = ["LEARN_THRESHOLD", "SECTIONS", "CheckSettings", "GpuCheck", "render_markdown",
            "run_gpu_check"]
@@ -152,7 +152,7 @@ class GpuCheck:
         self.models = self.profile.models
         self.mnist_models = self.profile.mnist_table.models if self.profile.mnist_table else ()
         self.cuda = device.type == "cuda"
-        # As the trainer (bench.train) runs: bf16 autocast and channels_last on CUDA only.
+        # As the trainer (bench.cell.train) runs: bf16 autocast and channels_last on CUDA only.
         self.train_bf16 = self.cuda and self.profile.train.bf16
         self.channels_last = self.cuda and self.profile.train.channels_last
         self.sections: dict[str, dict[str, Any]] = {}
@@ -367,7 +367,7 @@ class GpuCheck:
 
     def _row(self, name: str, size: int, batch: int, bf16: bool, compiled: bool = False,
              train: bool = True, infer: bool = True, need_s: float = 0.0) -> dict[str, Any]:
-        """One guarded :func:`bench.throughput.measure` row with fractions of the matmul rate;
+        """One guarded :func:`bench.cell.throughput.measure` row with fractions of the matmul rate;
         skipped when less than ``need_s`` seconds of the budget are left."""
         s, precision = self.settings, _precision(bf16)
         row: dict[str, Any] = {"model": name, "input_size": size, "width": s.width,
@@ -487,10 +487,10 @@ class GpuCheck:
         return row
 
     def estimate(self) -> dict[str, Any]:
-        """The ``paper`` profile's wall time (:func:`bench.estimate.estimate_from_measurements`):
+        """The ``paper`` profile's wall time (:func:`bench.runner.estimate.estimate_from_measurements`):
         training rates from ``learning`` or the eager rows at batch 128 in the trainer's precision,
         inference from the fp32 rows at batch 512 (``evaluate.predict``: fp32, batches of 500)."""
-        from bench.estimate import estimate_from_measurements
+        from bench.runner.estimate import estimate_from_measurements
 
         rows = [r for r in self._rows("throughput_eager", "throughput_28") if "error" not in r]
         learn = [r for r in self._rows("learning") if r.get("train_images_per_s")]
@@ -603,7 +603,7 @@ def _kept_determinism() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------
-# The report as Markdown (cells rendered by bench.report.Table)
+# The report as Markdown (cells rendered by bench.report.table.Table)
 
 
 def _fmt(v: Any, spec: str = ",.0f") -> str:
@@ -613,7 +613,7 @@ def _fmt(v: Any, spec: str = ",.0f") -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    from bench.report import Table  # imports pandas and matplotlib: only when rendering
+    from bench.report.table import Table  # imports pandas and matplotlib: only when rendering
 
     return ["", Table("gpu-check", "", header, rows, "l" * len(header)).markdown()]
 

@@ -1,7 +1,7 @@
 """The plan: which cells a profile has, what each one trains, and where its results live.
 
 Pure: nothing here trains, evaluates or writes a file. The runner (:mod:`bench.runner`) walks the
-plan; the stages (:mod:`bench.train`, :mod:`bench.evaluate`) each do one cell.
+plan; the stages (:mod:`bench.cell.train`, :mod:`bench.cell.evaluate`) each do one cell.
 
 A *setup* is a training and evaluation configuration: ``affnist`` (the paper's affNIST
 experiment, Sabour et al. 2017 Section 5.2: train on MNIST placed at random shifts on a 40x40
@@ -47,7 +47,7 @@ __all__ = [
     "spec_for",
 ]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # bench/
 # The setups' names. AFFNIST_SETUP is the 40x40 affNIST experiment (distinct from the test set
 # "affnist", the affNIST-style set of bench.data.testsets); the names enter every seed.
 AFFNIST_SETUP = "affnist"
@@ -56,8 +56,10 @@ RESULTS_DIR = REPO_ROOT / "results"
 # The source that decides a trained model's weights, and nothing that only prints or orchestrates:
 # the trainer, the models, digit placement and MNIST reading, and the two functions of io.py that
 # make every seed (of the subset, the initialisation, the batches). "file.py:name" is one
-# top-level function of a file.
-TRAIN_CODE = ("train.py", "models", "data/canvas.py", "data/mnist.py", "io.py:derive_seed",
+# top-level function of a file. Comments, docstrings and error messages are not hashed
+# (source_hash), and the convergence rules live outside (bench/cell/convergence.py): editing
+# them retrains nothing.
+TRAIN_CODE = ("cell/train.py", "models", "data/canvas.py", "data/mnist.py", "io.py:derive_seed",
               "io.py:stable_hash")
 
 
@@ -155,22 +157,63 @@ def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
                      profile.model.width, profile.data.dataset, train, profile.model.recon_weight)
 
 
+class _WeightCode(ast.NodeTransformer):
+    """Drops from a module's syntax tree what cannot change a trained weight: docstrings (comments
+    are already gone from the tree) and the messages of ``raise`` statements and of
+    ``warnings.warn`` calls, which are replaced by an empty string."""
+
+    def _drop_docstring(self, node):
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return self.generic_visit(node)
+
+    visit_Module = visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _drop_docstring
+
+    def visit_Raise(self, node: ast.Raise) -> ast.Raise:
+        if isinstance(node.exc, ast.Call):
+            node.exc.args = [ast.Constant("") for _ in node.exc.args]
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "warn" and getattr(f.value, "id", "") == "warnings":
+            node.args = [ast.Constant("")] + node.args[1:]
+        return self.generic_visit(node)
+
+
+def _weight_source(text: str, name: str = "") -> str:
+    """The source that decides weights, normalised by :class:`_WeightCode`: the whole module, or
+    the one top-level function or class ``name`` of it."""
+    tree = _WeightCode().visit(ast.parse(text))
+    if name:
+        nodes = [n for n in tree.body if getattr(n, "name", None) == name]
+        if not nodes:
+            return ""
+        return ast.unparse(nodes[0])
+    return ast.unparse(tree)
+
+
 def source_hash(root: Path, parts: tuple[str, ...]) -> str:
     """Hash of the source named by ``parts`` under ``root``: a file, a folder (its ``*.py``), or
-    ``file.py:name``, the source of one top-level function or class of that file."""
+    ``file.py:name``, one top-level function or class of that file. Each is read as Python's
+    syntax tree without comments, docstrings and error or warning messages
+    (:func:`_weight_source`), so editing those retrains no cached cell."""
     texts: list[tuple[str, str]] = []
     for part in parts:
         rel, _, name = part.partition(":")
         p = root / rel
         if name:
-            tree = ast.parse(p.read_text())
-            nodes = [n for n in tree.body if getattr(n, "name", None) == name]
-            if not nodes:
+            source = _weight_source(p.read_text(), name)
+            if not source:
                 raise BenchError(f"{p}: no top-level '{name}' to hash")
-            texts.append((part, ast.unparse(nodes[0])))
+            texts.append((part, source))
         else:
+            if not p.exists():
+                raise BenchError(f"{p}: no such file or folder to hash (TRAIN_CODE)")
             files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-            texts += [(str(f.relative_to(root)), f.read_text()) for f in files]
+            texts += [(str(f.relative_to(root)), _weight_source(f.read_text())) for f in files]
     return stable_hash(texts)
 
 

@@ -1,0 +1,277 @@
+"""The claims made for capsules, each read from a run's metrics as a paired effect with a verdict.
+
+A :class:`Claim` is one row of the scoreboard (:mod:`bench.report.scoreboard`): what is claimed,
+the effect (a paired difference or ratio over seeds, :mod:`bench.stats`), the scale it was
+measured at, and the verdict of :func:`bench.stats.verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.data.testsets import (
+    CLEAN,
+    DISPLACED,
+    display_name,
+)
+from bench.report import figures, readout
+from bench.report.read import MAIN_SETUP, MAXPOOL, REFERENCE, _flag
+from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
+from bench.report.table import _width
+from bench.stats import Interval
+
+# --------------------------------------------------------------------------------------------
+# The context every table and claim reads
+
+
+@dataclass
+class _Context:
+    main: pd.DataFrame
+    manifest: dict | None
+    cells: pd.DataFrame | None
+
+    @property
+    def config(self) -> dict:
+        prof = (self.manifest or {}).get("profile") or {}
+        return prof.get("config") or {}
+
+    @property
+    def profile_models(self) -> list[str] | None:
+        models = self.config.get("models") or ((self.manifest or {}).get("profile") or {}).get(
+            "models")
+        return list(models) if models else None
+
+    def absent(self, *models: str) -> str | None:
+        """Why a comparison of ``models`` cannot be measured (a model without results), or None."""
+        have, listed = set(self.main["model"]), self.profile_models
+        missing = [m for m in figures.model_order(models) if m not in have]
+        if not missing:
+            return None
+        no_results = [m for m in missing if listed is not None and m in listed]
+        not_listed = [m for m in missing if m not in no_results]
+        why = []
+        for names, what in ((not_listed, "not in this profile"),
+                            (no_results, "no results in this run")):
+            if names:
+                label = "model" if len(names) == 1 else "models"
+                verb = "" if what.startswith("not") else ("has " if len(names) == 1 else "have ")
+                why.append(f"{label} {' and '.join(names)} {verb}{what}")
+        return f"{NOT_MEASURED} ({'; '.join(why)})"
+
+    def cell_rows(self, models: Iterable[str], sizes: Iterable[int] | None,
+                  seeds: Iterable[int] | None) -> pd.DataFrame | None:
+        if self.cells is None:
+            return None
+        c = self.cells[(self.cells["setup"] == MAIN_SETUP) & self.cells["model"].isin(list(models))]
+        if sizes is not None:
+            c = c[c["n"].isin(list(sizes))]
+        if seeds is not None:
+            c = c[c["seed"].isin(list(seeds))]
+        return c
+
+    def scale(self, models: Sequence[str], sizes: Iterable[int], seeds: Iterable[int],
+              k: int, lead: str = "") -> str:
+        """Where a comparison was measured: n, width, steps, labelled images, seeds, convergence."""
+        sizes, seeds = sorted(set(sizes)), sorted(set(seeds))
+        parts = [lead] if lead else []
+        parts.append(readout.n_range(sizes))
+        if "model" in self.config and "width" in (self.config["model"] or {}):
+            parts.append(f"width {_width(self.config['model']['width'])}")
+        cells = self.cell_rows(models, sizes, seeds)
+        steps = (cells["steps"].dropna() if cells is not None else pd.Series(dtype=float))
+        if not steps.empty:
+            lo, hi = steps.min(), steps.max()
+            parts.append(f"{lo:,.0f} steps" if lo == hi else f"{lo:,.0f}–{hi:,.0f} steps")
+        else:
+            train = self.config.get("train") or {}
+            if train.get("steps"):
+                parts.append(f"{int(train['steps']):,} steps")
+            elif train.get("max_steps"):
+                parts.append(f"≤ {int(train['max_steps']):,} steps")
+        if cells is not None and len(sizes) == 1:
+            labelled = cells["labelled_images"].dropna()
+            if not labelled.empty and (labelled != sizes[0]).any():
+                lo, hi = labelled.min(), labelled.max()
+                parts.append(f"{lo:,.0f} labelled images" if lo == hi
+                             else f"{lo:,.0f}–{hi:,.0f} labelled images")
+        parts.append(f"{k} paired seed" + ("" if k == 1 else "s"))
+        if cells is None or cells.empty:
+            parts.append("convergence not recorded")
+        else:
+            flags = [_flag(f) for f in cells["converged"]]
+            bad = sum(f is False for f in flags)
+            unknown = sum(f is None for f in flags)
+            alone = (sum(_flag(f) is False for f in cells["converged_cell"])
+                     if "converged_cell" in cells else bad)
+            if alone != bad:
+                parts.append(f"{alone} of {len(flags)} cells still improving by the per-cell "
+                             f"test, {bad} across the run")
+            elif bad:
+                parts.append(f"{bad} of {len(flags)} cells not converged")
+            if unknown:
+                parts.append(f"convergence of {unknown} of {len(flags)} cells not recorded")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The claims scoreboard
+
+
+@dataclass
+class Claim:
+    """One row of the scoreboard: an effect, oriented so that above ``null`` is what is claimed."""
+
+    key: str  # "C1"
+    name: str  # "viewpoint"
+    effect: str  # what is compared, in words
+    meaning: str  # what "supported" means
+    null: float  # no effect: 0 for differences, 1 for ratios
+    unit: str  # "pp" (a difference of accuracies), "AUROC" (a difference of AUROCs), "ratio"
+    interval: Interval | None = None
+    scale: str = ""
+    reason: str = ""  # why it was not measured
+
+    @property
+    def verdict(self) -> str:
+        return NOT_MEASURED if self.interval is None else stats.verdict(self.interval, self.null)
+
+    def estimate_text(self) -> str:
+        if self.interval is None:
+            return self.reason
+        if self.unit == "pp":
+            return readout.iv(self.interval, 100, 2, signed=True, unit=" pp")
+        if self.unit == "ratio":
+            return readout.iv(self.interval, 1, 2, unit="×")
+        return readout.iv(self.interval, 1, 3, signed=True)
+
+    def null_text(self) -> str:
+        return {"pp": "0 pp", "ratio": "1×"}.get(self.unit, "0")
+
+
+def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> Claim:
+    """``a`` minus ``b`` on ``other`` at the highest clean accuracy both reach on every seed."""
+    if (why := ctx.absent(a, b)) is not None:
+        claim.reason = why
+        return claim
+    ca, cb = readout.curves(ctx.main, a, other), readout.curves(ctx.main, b, other)
+    common = sorted(set(ca) & set(cb))
+    if not common:
+        claim.reason = (f"{NOT_MEASURED} (no clean and {display_name(other)} accuracies of "
+                        "both models)")
+        return claim
+    ca, cb = {s: ca[s] for s in common}, {s: cb[s] for s in common}
+    c = readout.c_star([ca, cb])
+    if c is None:
+        claim.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
+                        "every seed)")
+        return claim
+    claim.interval = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
+    claim.effect = claim.effect.replace("c*", f"c* = {100 * c:.2f}%")
+    sizes = set(readout.curve_sizes(ctx.main, a, other)) | set(readout.curve_sizes(ctx.main, b, other))
+    claim.scale = ctx.scale([a, b], sizes, common, claim.interval.n, lead="along the n-curve")
+    return claim
+
+
+def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
+                targets: Sequence[float]) -> Claim:
+    """``num`` / ``den`` of the n to reach the highest target both reach on every seed."""
+    if (why := ctx.absent(num, den)) is not None:
+        claim.reason = why
+        return claim
+    for t in sorted(targets, reverse=True):
+        a, b = readout.needed(ctx.main, num, t), readout.needed(ctx.main, den, t)
+        common = sorted(set(a.values) & set(b.values))
+        a, b = a.subset(common), b.subset(common)
+        if not common or a.missing or b.missing:
+            continue
+        if all(s in a.at_first and s in b.at_first for s in common):
+            claim.reason = (f"{NOT_MEASURED} (both models reach {100 * t:g}% clean accuracy at "
+                            "the smallest n on every seed: no ratio)")
+            return claim
+        claim.interval = stats.ratio_interval(a.values, b.values)
+        claim.effect = claim.effect.replace("target", f"{100 * t:g}% clean accuracy")
+        sizes = set(readout.wide(ctx.main, num, CLEAN.name).columns) | set(
+            readout.wide(ctx.main, den, CLEAN.name).columns)
+        if a.at_first or b.at_first:
+            claim.effect += f" {BOUNDED}"
+        claim.scale = ctx.scale([num, den], sizes, common, claim.interval.n,
+                                lead="along the n-curve")
+        return claim
+    listed = ", ".join(f"{100 * t:g}%" for t in targets)
+    claim.reason = (f"{NOT_MEASURED} (no target of {listed} reached by both models on every "
+                    "seed)")
+    return claim
+
+
+@dataclass
+class _PartDifference:
+    """``a`` minus ``b`` of the :data:`PART_SCORE` AUROC on one set, at their largest common n."""
+
+    interval: Interval
+    n: int
+    seeds: list[int]  # the seeds both models have
+    means: tuple[float, float]  # each model's mean AUROC over those seeds
+
+
+def _part_difference(main: pd.DataFrame, a: str, b: str,
+                     test_set: str | None) -> _PartDifference | None:
+    """The paired difference of C3 on ``test_set``; None without rows of both models."""
+    auroc = main[main["metric"] == PART_SCORE]
+    sizes = (set(readout.rows(auroc, a, test_set)["n"])
+             & set(readout.rows(auroc, b, test_set)["n"])) if test_set else set()
+    if not sizes:
+        return None
+    n = max(sizes)
+    va = readout.by_seed(readout.rows(auroc, a, test_set, n=n))
+    vb = readout.by_seed(readout.rows(auroc, b, test_set, n=n))
+    seeds = sorted(set(va) & set(vb))
+    if not seeds:
+        return None
+    means = (float(np.mean([va[s] for s in seeds])), float(np.mean([vb[s] for s in seeds])))
+    return _PartDifference(stats.paired_difference(va, vb), n, seeds, means)
+
+
+def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
+    """``a`` minus ``b`` of the intact-vs-scrambled AUROC of :data:`PART_SCORE`, smallest grid,
+    largest common n."""
+    if (why := ctx.absent(a, b)) is not None:
+        claim.reason = why
+        return claim
+    ts = readout.smallest_scramble(ctx.main.loc[ctx.main["metric"] == PART_SCORE, "test_set"])
+    part = _part_difference(ctx.main, a, b, ts)
+    if part is None:
+        claim.reason = f"{NOT_MEASURED} (no {PART_SCORE} on a scrambled set for both models)"
+        return claim
+    claim.interval = part.interval
+    claim.effect = claim.effect.replace("scrambled", ts)
+    claim.scale = ctx.scale([a, b], [part.n], part.seeds, claim.interval.n,
+                            lead="at the largest n")
+    return claim
+
+
+def displaced_control(main: pd.DataFrame) -> str | None:
+    """The control line of C3: the same difference (capsnet minus convnet-maxpool, by the same
+    code path) on the ``displaced`` set, whose parts are moved apart but keep their arrangement;
+    None when the run has no :data:`PART_SCORE` of both models on it."""
+    part = _part_difference(main, REFERENCE, MAXPOOL, DISPLACED.name)
+    if part is None:
+        return None
+    ts = readout.smallest_scramble(main.loc[main["metric"] == PART_SCORE, "test_set"])
+    scrambled = _part_difference(main, REFERENCE, MAXPOOL, ts)
+    seeds = f"{part.interval.n} paired seed" + ("" if part.interval.n == 1 else "s")
+    means = f"mean AUROC {REFERENCE} {part.means[0]:.3f}, {MAXPOOL} {part.means[1]:.3f}"
+    if scrambled is not None:
+        means += (f"; on {ts}: {scrambled.means[0]:.3f} and {scrambled.means[1]:.3f} at "
+                  f"{readout.n_range([scrambled.n])}")
+    return (f"Control for C3: the same AUROC difference by feature density, {REFERENCE} "
+            f"{MINUS} {MAXPOOL}, on the {DISPLACED.name} set (parts moved apart, arrangement "
+            f"kept) at the largest n ({readout.n_range([part.n])}; {seeds}): "
+            f"{readout.iv(part.interval, 1, 3, signed=True)} ({means}). A score that flags "
+            "displaced digits as strongly as scrambled ones detects distortion, not "
+            "specifically part arrangement; the behavioural read-outs (kept if intact correct, "
+            "flip rate) are in the table \"Scrambled and displaced parts\".")
