@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.models.registry import model_names
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
@@ -256,8 +257,6 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
         return BenchError(f"{where}: '{prefix}{key}' {why}")
 
     if isinstance(obj, Profile):
-        from bench.models.registry import model_names  # late: models import config
-
         for m in obj.models + (obj.mnist_table.models if obj.mnist_table else ()):
             if m not in model_names():
                 raise bad("models", f"names unknown model '{m}' (known: {', '.join(model_names())})")

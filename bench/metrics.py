@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+import torch
+from scipy import optimize, stats
 
 from bench.errors import BenchError
 
@@ -158,7 +159,6 @@ def _ridge_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
     The linear algebra runs in torch (float64), so that its thread count is torch's
     (:func:`bench.cell.evaluate.evaluate_cell` runs the metrics on one thread).
     """
-    import torch
 
     xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
     mu, sd = xtr_t.mean(0), xtr_t.std(0, unbiased=False)
@@ -245,7 +245,6 @@ def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (1e-
     Returns:
         T > 0; NaN for N = 0.
     """
-    from scipy import optimize
 
     z = _np(logits, "logits")
     y = _np(labels, "labels", dtype=np.int64).reshape(-1)
@@ -300,7 +299,6 @@ def ledoit_wolf(residuals: Any) -> np.ndarray:
     Ledoit & Wolf's Lemma 3.2 estimate, clipped to [0, 1] (the formula of
     ``sklearn.covariance.ledoit_wolf_shrinkage`` with ``assume_centered=True``).
     """
-    import torch
 
     x = _np(residuals, "residuals")
     n, d = x.shape
@@ -324,7 +322,6 @@ def mahalanobis_fit(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
     y = _np(labels, "labels", dtype=np.int64).reshape(-1)
     x = x.reshape(x.shape[0], -1)
     _same_length(x, y, "mahalanobis_fit(features, labels)")
-    import torch
 
     classes = np.unique(y)
     if classes.size == 0:
@@ -339,7 +336,6 @@ def mahalanobis_fit(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
 def mahalanobis_score(features: Any, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """``(N,)`` min over classes c of ``(x - mu_c)^T P (x - mu_c)``: small = typical of some
     class. Label-free: no class label of the scored image is used."""
-    import torch
 
     x = torch.from_numpy(_np(features, "features")).reshape(len(features), -1)
     p, m = torch.from_numpy(np.asarray(precision, np.float64)), torch.from_numpy(

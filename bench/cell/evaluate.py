@@ -24,9 +24,11 @@ import torch
 from bench import metrics
 from bench.cell.files import CellFiles
 from bench.cell.plan import Cell, code_hash
-from bench.cell.train import EVAL_BATCH
+from bench.cell.train import EVAL_BATCH, training_subset
 from bench.config import DataConfig
-from bench.data.testsets import CLEAN, set_kind
+from bench.data.canvas import place, to_float
+from bench.data.mnist import load_split
+from bench.data.testsets import CLEAN, build_test_sets, set_kind, test_set_manifest
 from bench.errors import BenchError
 from bench.io import load_torch, read_json, stable_hash
 from bench.models.registry import create_model
@@ -91,7 +93,6 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
     ``(B, 10, 16)`` (the first element when it returns a tuple) recorded while it runs, as
     ``Predictions.rep`` ``(N, 160)``: one forward pass, the model's code unchanged.
     """
-    from bench.data.canvas import to_float
 
     model.eval()
     images = images.to(device)  # one transfer: the set stays on the device while it is scored
@@ -131,7 +132,6 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
 def _test_sets(cfg: DataConfig, names: tuple[str, ...] | None, device: str,
                data_dir: str | None, download: bool):
     """Test sets, built or read from the cache once per process."""
-    from bench.data.testsets import build_test_sets
 
     return build_test_sets(cfg, torch.device(device), names=names, data_dir=data_dir,
                            download=download, progress=False)
@@ -143,8 +143,6 @@ def class_mean_images(dataset: str, canvas: int, data_dir: str | None = None,
     """``(10, canvas, canvas)`` float images in [0, 1]: the mean training digit of each class,
     centred as the clean test set is. The reference a decoder that learned nothing but the class
     would reach: it outputs the class mean whatever the digit."""
-    from bench.data.canvas import place
-    from bench.data.mnist import load_split
 
     images, labels = load_split("train", dataset, data_dir, download)
     x = place(images, canvas).float().div_(255.0)
@@ -334,9 +332,6 @@ def heldout_split(spec: dict, data_dir: str | None = None, download: bool = Fals
     Returns:
         ``(images uint8 (M, canvas, canvas) centred like the clean test set, labels (M,))``.
     """
-    from bench.cell.train import training_subset
-    from bench.data.canvas import place
-    from bench.data.mnist import load_split
 
     images, labels = load_split("train", spec.get("dataset", "mnist"), data_dir, download)
     val_size = int(spec.get("train", {}).get("val_size", 0))
@@ -371,7 +366,6 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
                   device: torch.device, data_dir: str | None = None,
                   download: bool = False) -> dict[str, Any]:
     """Evaluate a trained cell on its test sets; skipped when ``eval.json`` has the same key."""
-    from bench.data.testsets import test_set_manifest
 
     files = folder if isinstance(folder, CellFiles) else CellFiles(folder)
     if not files.train_summary.is_file():

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from bench.cell.convergence import CONVERGENCE_RULE, convergence, discordant
 from bench.cell.files import CellFiles
@@ -425,7 +426,6 @@ def _train(spec: TrainSpec, files: CellFiles, device: torch.device, data_dir, pr
 
 def _progress_bar(spec: TrainSpec, total: int, initial: int, enabled: bool):
     """tqdm counts steps and shows images and images/s itself (``unit_scale`` = batch size)."""
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, leave=False, unit="img",
                 unit_scale=spec.train.batch_size, dynamic_ncols=True,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.io
 import torch
 
 from bench.data.affine import digit_bboxes
@@ -63,7 +64,6 @@ def _field(struct: np.ndarray, name: str) -> np.ndarray | None:
 
 def read_mat_file(path: Path) -> dict[str, np.ndarray]:
     """The fields of one affNIST ``.mat`` file as arrays, images ``(N, 1600)`` in file order."""
-    import scipy.io
 
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)

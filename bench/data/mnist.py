@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import torch
+import torchvision.datasets as tvd
 
 from bench.errors import BenchError
 from bench.runtime import DATASETS_DIR
@@ -121,7 +122,6 @@ def _load_cached(dataset: str, split: str, root: str | None, download: bool):
 
 def _torchvision_load(dataset: str, split: str, root: Path, download: bool):
     """FashionMNIST / KMNIST / MNIST through torchvision (its own md5 checks on download)."""
-    import torchvision.datasets as tvd
 
     cls = getattr(tvd, TORCHVISION_NAMES[dataset])
     try:

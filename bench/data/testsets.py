@@ -53,15 +53,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kornia
 import torch
+from tqdm.auto import tqdm
 
 from bench.config import AffineConfig, DataConfig
 from bench.data import affine, scramble
+from bench.data.affnist_mat import load_affnist_mat
 from bench.data.canvas import place
-from bench.data.mnist import MNIST_COUNTS
+from bench.data.mnist import MNIST_COUNTS, load_split
 from bench.errors import BenchError
 from bench.io import derive_seed, load_torch, read_json, save_torch, sha256_tensor, stable_hash, write_json
 from bench.locks import FileLock, describe_holder
+from bench.runtime import DATASETS_DIR, device_name
 
 __all__ = [
     "AFFNIST_REAL",
@@ -297,7 +301,6 @@ class TestSet:
 
 
 def _versions() -> dict[str, str]:
-    import kornia
 
     return {"torch": torch.__version__, "kornia": kornia.__version__}
 
@@ -405,14 +408,12 @@ _GENERATORS = {"affine": _gen_affnist, "sweep": _gen_sweep, "scramble": _gen_scr
 
 
 def _mnist_test(cfg: DataConfig, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
-    from bench.data.mnist import load_split
 
     return load_split("test", cfg.dataset, data_dir, download)
 
 
 def _generate(name, cfg, device, labels, clean_cpu, bboxes, progress) -> TestSet:
     """Build one set from the MNIST test digits (no cache)."""
-    from tqdm.auto import tqdm
 
     kind = set_kind(name)
     with tqdm(total=set_size(cfg, name), desc=name, unit="img", disable=not progress,
@@ -428,7 +429,6 @@ def _generate(name, cfg, device, labels, clean_cpu, bboxes, progress) -> TestSet
 
 def _affnist_real(cfg: DataConfig) -> TestSet:
     """The official affNIST test files named by ``cfg.real_affnist``, as a TestSet."""
-    from bench.data.affnist_mat import load_affnist_mat
 
     images, labels, params, spec = load_affnist_mat(cfg.real_affnist)
     return TestSet(AFFNIST_REAL.name, images, labels, params, spec=spec)
@@ -490,7 +490,6 @@ def _load_cached(pt: Path, js: Path, spec: dict[str, Any], warn: bool = True) ->
 
 def _save_cached(pt: Path, js: Path, ts: TestSet, cfg: DataConfig, device: torch.device) -> str:
     """Write the tensors, then the manifest; return the images' sha256."""
-    from bench.runtime import device_name
 
     save_torch(pt, {"images": ts.images, "labels": ts.labels, "params": ts.params})
     sums = _checksums(ts)
@@ -513,7 +512,6 @@ def _save_cached(pt: Path, js: Path, ts: TestSet, cfg: DataConfig, device: torch
 
 def _cache_dir(cache_dir: str | Path | None) -> Path:
     """``cache_dir``, else ``$BENCH_CACHE_DIR``, else ``datasets/cache`` of the checkout."""
-    from bench.runtime import DATASETS_DIR
 
     if cache_dir is None:
         cache_dir = os.environ.get("BENCH_CACHE_DIR") or DATASETS_DIR / "cache"

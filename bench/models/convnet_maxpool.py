@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from bench.models.baseline_cnn import DROPOUT, ConvClassifier
+from bench.models.capsnet import CapsNet
 from bench.models.registry import count_parameters, register_model, scaled
 
 __all__ = ["MaxPoolConvNet", "matched_multiplier"]
@@ -63,7 +64,6 @@ def _meta_count(build) -> int:
 def matched_multiplier(input_size: int, width: float) -> float:
     """The k whose :class:`MaxPoolConvNet` best matches the parameter count of ``capsnet``
     without its decoder."""
-    from bench.models.capsnet import CapsNet
 
     target = _meta_count(lambda: CapsNet(input_size=input_size, width=width, reconstruction=False))
 

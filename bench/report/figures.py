@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import (
@@ -41,6 +42,7 @@ from matplotlib.ticker import (
     NullLocator,
     StrMethodFormatter,
 )
+from torchvision.utils import make_grid
 
 from bench import stats
 from bench.data.testsets import (
@@ -691,8 +693,6 @@ def _montage(fig: Figure, rows: Sequence[tuple[str, np.ndarray, np.ndarray | Non
     image centred in its tile and a short row filled with white; row labels as y tick labels,
     the class label in each tile's corner.
     """
-    import torch
-    from torchvision.utils import make_grid
 
     h = max(images.shape[1] for _, images, _ in rows)
     w = max(images.shape[2] for _, images, _ in rows)

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from bench.cell import evaluate
 from bench.cell.files import CellFiles
 from bench.cell.plan import Cell, data_config, setup_by_name, spec_for
+from bench.cell.train import train_cell
 from bench.config import Profile
 from bench.errors import BenchError
 from bench.io import (
@@ -103,8 +105,6 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     live process is waited for, or skipped with ``{RUNNING_ELSEWHERE: holder}`` in the result
     (``task.on_locked``). A full disk raises :class:`DiskFullStop`.
     """
-    from bench.cell import evaluate
-    from bench.cell.train import train_cell
 
     profile, cell, src = task.profile, task.cell, task.source
     files = CellFiles(task.folder)

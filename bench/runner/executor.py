@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.config import from_dict
 from bench.errors import BenchError
 from bench.runtime import say
@@ -245,10 +247,6 @@ def _visible_gpus() -> list[str]:
                 break
             ids.append(part)
         return ids
-    try:
-        import torch
-    except ImportError:
-        return []
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 

@@ -38,9 +38,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bench.cell.evaluate import example_images
 from bench.cell.files import CellFiles
 from bench.cell.plan import AFFNIST_SETUP, Cell, cell_dir, cells, data_config, setups
+from bench.cell.throughput import measure
+from bench.cell.train import uses_bf16
 from bench.config import Profile
+from bench.data.testsets import AFFNIST_STYLE, build_test_sets, generate, test_set_manifest
 from bench.errors import BenchError
 from bench.io import (
     DiskFullError,
@@ -60,6 +64,8 @@ from bench.runner.cell import (
     run_cell,
 )
 from bench.runner.collect import cell_timing, collect
+from bench.runner.estimate import format_duration
+from bench.runner.executor import ExecutorConfig, run_cells
 from bench.runner.todo import STAGE_ORDER, estimate_run, format_plan, plan_run
 from bench.runtime import environment, say, set_deterministic
 
@@ -108,8 +114,6 @@ class RunLock:
 def stage_data(profile: Profile, run_dir: Path, device: torch.device, data_dir: str | None,
                download: bool, progress: bool = True) -> dict[str, Any]:
     """Build (or read from the cache) every test set; record checksums and example images."""
-    from bench.cell.evaluate import example_images
-    from bench.data.testsets import build_test_sets, test_set_manifest
 
     checksums: dict[str, Any] = {}
     examples: dict[str, torch.Tensor] = {}
@@ -135,7 +139,6 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
     nothing recomputed) or takes the stale lock over and runs them. Their manifest record
     names the holder they waited for (``ran_elsewhere``).
     """
-    from bench.runner.executor import run_cells
 
     source = DataSource(data_dir, download)
     todo = cells(profile)
@@ -176,9 +179,6 @@ def _wait_for_cells(elsewhere: list[tuple[Cell, CellTask]]) -> list[Cell]:
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
                      progress: bool = True) -> pd.DataFrame:
     """Speed of every model (as ``bench throughput``) and of affNIST-style generation."""
-    from bench.cell.throughput import measure
-    from bench.cell.train import uses_bf16
-    from bench.data.testsets import AFFNIST_STYLE, generate
 
     rows = []
     for model in profile.models:
@@ -223,8 +223,6 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     one-line :class:`BenchError` before anything runs. A full disk is a one-line
     :class:`BenchError` naming the file and the bytes being written.
     """
-    from bench.runner.estimate import format_duration
-    from bench.runner.executor import ExecutorConfig
 
     executor_config = executor_config or ExecutorConfig()
     run_dir = Path(run_dir)
@@ -317,7 +315,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
                     print("  throughput.csv exists: kept (run the throughput stage alone to "
                           "remeasure)")
             elif stage == "report":
-                from bench.report.build import build_report
+                from bench.report.build import build_report  # defers matplotlib: only to write a report
 
                 run_lock.hold()
                 if not (run_dir / "metrics.csv").is_file():

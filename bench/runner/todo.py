@@ -19,8 +19,19 @@ import torch
 
 from bench.cell.files import CellFiles
 from bench.cell.plan import Cell, cell_dir, cells, data_config, setup_by_name, setups
+from bench.cell.throughput import measure
+from bench.cell.train import EVAL_BATCH, uses_bf16
 from bench.config import Profile
+from bench.data.testsets import AFFNIST_REAL, AFFNIST_STYLE, cached_set_names, generate
 from bench.locks import FileLock, describe_holder
+from bench.runner.estimate import (
+    CELL_OVERHEAD_S,
+    REPORT_S,
+    estimate_profile,
+    format_duration,
+    throughput_stage_s,
+)
+from bench.runner.executor import ExecutorConfig
 
 # The stages in the order they run, one line each (``python -m bench run --help`` prints them).
 STAGE_HELP = {
@@ -75,7 +86,6 @@ def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: tor
     are needed by the data stage and by the setups with cells to evaluate; each is built or
     loaded from the cache (``affnist-real`` is read from its own files: "cached").
     """
-    from bench.data.testsets import AFFNIST_REAL, cached_set_names
 
     run_dir = Path(run_dir)
     plan = Plan(profile.name, tuple(stages))
@@ -130,9 +140,6 @@ def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[s
     trainer decides, ``channels_last``, ``fused_optimizer``), inference at the evaluation batch
     (fp32, as evaluation runs); and, when ``generation``, the affNIST-style generation rate
     (a second generation of ``min(n_test, 500) x 2`` images, the first one warming up)."""
-    from bench.cell.throughput import measure
-    from bench.cell.train import EVAL_BATCH, uses_bf16
-    from bench.data.testsets import AFFNIST_STYLE, generate
 
     t0 = time.perf_counter()
     t = profile.train
@@ -174,8 +181,6 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
                  rates: MeasuredRates | None = None) -> dict[str, Any]:
     """Seconds of the work left in ``plan`` (:func:`bench.runner.estimate.estimate_profile`), with
     rates timed here (:func:`measure_rates`) unless given. Finished cells cost 0."""
-    from bench.runner.estimate import CELL_OVERHEAD_S, REPORT_S, estimate_profile, throughput_stage_s
-    from bench.runner.executor import ExecutorConfig
 
     executor_config = executor_config or ExecutorConfig()
     keys = {(c.setup, c.model) for c in plan.train + plan.evaluate}
@@ -208,7 +213,6 @@ def _device_words(device: torch.device) -> str:
 
 def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[str]:
     """The lines a run prints first: the plan and its estimated wall time."""
-    from bench.runner.estimate import format_duration
 
     n = plan.counts()
     what = []

@@ -23,6 +23,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bench.cell.plan import Cell, cell_dir, spec_for
+from bench.cell.train import train_cell
+from bench.config import profile_from_dict
 from bench.errors import BenchError
 from bench.io import load_torch, read_json, write_json
 
@@ -135,8 +138,6 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def rerun_cell_matches(run_dir: Path, data_dir: str | None = None) -> tuple[bool, str]:
     """Retrain the run's first cell in a temporary folder; weights must match bit for bit."""
-    from bench.cell.plan import Cell, cell_dir, spec_for
-    from bench.cell.train import train_cell
 
     manifest = read_json(Path(run_dir) / "manifest.json")
     profile = _profile_from_manifest(manifest)
@@ -156,7 +157,6 @@ def rerun_cell_matches(run_dir: Path, data_dir: str | None = None) -> tuple[bool
 
 
 def _profile_from_manifest(manifest: dict[str, Any]):
-    from bench.config import profile_from_dict
 
     return profile_from_dict(manifest["profile"]["config"], where="manifest profile")
 

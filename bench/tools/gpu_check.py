@@ -57,11 +57,14 @@ from bench.cell.plan import Cell, TrainSpec, spec_for
 from bench.cell.throughput import matmul_rate, measure, timed
 from bench.cell.train import build_model, step_budget, train_cell
 from bench.config import load_profile
+from bench.data import affine
 from bench.data.canvas import place, to_float
 from bench.data.mnist import load_split
+from bench.data.testsets import default_set_names, generate, set_kind
 from bench.errors import BenchError
 from bench.flops import flops_per_image
 from bench.io import write_json, write_text
+from bench.runner.estimate import estimate_from_measurements
 from bench.runtime import device_name, git_commit, resolve_device, versions
 
 __all__ = ["LEARN_THRESHOLD", "SECTIONS", "CheckSettings", "GpuCheck", "render_markdown",
@@ -295,8 +298,6 @@ class GpuCheck:
         return out
 
     def agreement_testsets(self) -> dict[str, Any]:
-        from bench.data import affine
-        from bench.data.testsets import default_set_names, generate, set_kind
 
         s = self.settings
         cfg = dataclasses.replace(self.profile.data, n_test=s.agree_digits, affnist_k=s.agree_k,
@@ -407,8 +408,6 @@ class GpuCheck:
         return {"rows": rows, "summary": _rows_summary(rows)}
 
     def generation(self) -> dict[str, Any]:
-        from bench.data import affine
-        from bench.data.testsets import generate
 
         s = self.settings
         cfg = dataclasses.replace(self.profile.data, n_test=s.gen_digits, affnist_k=s.gen_k)
@@ -490,7 +489,6 @@ class GpuCheck:
         """The ``paper`` profile's wall time (:func:`bench.runner.estimate.estimate_from_measurements`):
         training rates from ``learning`` or the eager rows at batch 128 in the trainer's precision,
         inference from the fp32 rows at batch 512 (``evaluate.predict``: fp32, batches of 500)."""
-        from bench.runner.estimate import estimate_from_measurements
 
         rows = [r for r in self._rows("throughput_eager", "throughput_28") if "error" not in r]
         learn = [r for r in self._rows("learning") if r.get("train_images_per_s")]
