@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages that tests/test_slurm.py needs for a real single-node Slurm
+# Install the Debian packages that tests/runner/test_executor_slurm.py needs for a real single-node Slurm
 # (see tests/slurm/cluster.py). Idempotent and quick: does nothing when every binary is there,
 # runs `apt-get update` only when the package lists do not know the packages yet.
 # Daemons are NOT started here: the test fixture starts and stops them itself.

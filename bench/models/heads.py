@@ -47,7 +47,7 @@ Heads (``head-*``):
 No head has a reconstruction decoder. :func:`head_parameter_table` reports every head's parameters;
 the pooling heads have far fewer than the capsule heads and the fc head's count grows with the grid,
 so the heads are NOT matched in parameters: total parameters at 28x28, width 1 differ from
-``head-dynamic``'s by up to :data:`PARAM_TOLERANCE` (checked in tests/test_heads.py, which prints
+``head-dynamic``'s by up to :data:`PARAM_TOLERANCE` (checked in tests/models/test_heads.py, which prints
 the table; measured: pooling heads -6.2 %, fc +4.9 %); the capsule heads are within 3% of each
 other. At 40x40 the fc head has 16.7 % more than ``head-dynamic`` (the flattened 10x10 grid),
 outside the tolerance: a stated mismatch.

@@ -14,7 +14,7 @@
 Layout: votes (predictions of child i for parent j) are parent-major ``(B, J, I, D)`` for the
 vector-capsule routings, as in :func:`dynamic_routing`; EM routing takes child-major
 ``(B, I, J, H)`` votes because its E-step normalises over the parents of each child. Every function
-is differentiable end to end with plain autograd; tests/test_routing.py checks values and gradients
+is differentiable end to end with plain autograd; tests/models/test_routing.py checks values and gradients
 against loop-based implementations of each paper's procedure.
 """
 

@@ -1,6 +1,6 @@
 """A real single-node Slurm on localhost, from Debian's packages, for the cluster path's tests.
 
-Used by the session fixture in ``tests/test_slurm.py``, and by hand to try ``--executor slurm``
+Used by the session fixture in ``tests/runner/test_executor_slurm.py``, and by hand to try ``--executor slurm``
 on a laptop or workstation (as root, packages from ``.ci/slurm-install.sh``)::
 
     python -m tests.slurm.cluster            # starts everything, prints `export SLURM_CONF=...`

@@ -1,5 +1,5 @@
 """The local executors (in-process and worker processes) and the executor settings; no Slurm here
-(the real-cluster tests are tests/test_slurm.py, marker ``slurm``)."""
+(the real-cluster tests are tests/runner/test_executor_slurm.py, marker ``slurm``)."""
 
 from __future__ import annotations
 

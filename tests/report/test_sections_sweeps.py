@@ -25,7 +25,7 @@ from tests.fixtures_results import (
     SWEEPS,
     write_run,
 )
-from tests.test_report import _col, _fmt, _row, _section, _t, _tables
+from tests.report.test_build import _col, _fmt, _row, _section, _t, _tables
 
 N_MAX = max(SIZES)
 

@@ -236,13 +236,12 @@ def test_cuda_generation_close_to_cpu(sets, tmp_path):
 
 def test_cli_data(tmp_path, monkeypatch, capsys):
     import bench.cell.plan as cells
-    import bench.models.registry as registry
-    import bench.runtime as runtime
+    import bench.config as config
     from bench.cli import main
 
     # The profile check validates model names; the data step does not need the models.
-    monkeypatch.setattr(registry, "model_names", lambda: ["capsnet"])
-    monkeypatch.setattr(runtime, "DATASETS_DIR", tmp_path / "datasets")
+    monkeypatch.setattr(config, "model_names", lambda: ["capsnet"])
+    monkeypatch.setattr(testsets, "DATASETS_DIR", tmp_path / "datasets")
     monkeypatch.setattr(cells, "RESULTS_DIR", tmp_path / "results")
     profile = tmp_path / "tiny.toml"
     profile.write_text('models = ["capsnet"]\nsizes = [100]\n[train]\nval_size = 100\n'
