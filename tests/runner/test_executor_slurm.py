@@ -1,7 +1,8 @@
 """The slurm executor against a real single-node Slurm started from Debian's packages.
 
 Marker ``slurm`` (excluded from the default run; ``.ci/run`` installs the packages with
-``.ci/slurm-install.sh`` and runs ``python -m pytest tests/runner/test_executor_slurm.py -m slurm``). The session
+``.ci/slurm-install.sh`` and runs ``python -m pytest tests/runner/test_executor_slurm.py -m slurm``).
+The session
 fixture starts munge, MariaDB, slurmdbd, slurmctld and slurmd (tests/slurm/cluster.py) and stops
 them by pid file at the end. If the daemons cannot start the tests FAIL with the daemon's log;
 they are skipped only when Slurm is not installed at all and ``CI`` is unset (a developer machine).

@@ -1,7 +1,7 @@
 """A real single-node Slurm on localhost, from Debian's packages, for the cluster path's tests.
 
-Used by the session fixture in ``tests/runner/test_executor_slurm.py``, and by hand to try ``--executor slurm``
-on a laptop or workstation (as root, packages from ``.ci/slurm-install.sh``)::
+Used by the session fixture in ``tests/runner/test_executor_slurm.py``, and by hand to try
+``--executor slurm`` on a laptop or workstation (as root, packages from ``.ci/slurm-install.sh``)::
 
     python -m tests.slurm.cluster            # starts everything, prints `export SLURM_CONF=...`
     # in another shell: export SLURM_CONF=...; python -m bench run all --profile smoke --executor slurm
