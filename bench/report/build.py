@@ -28,6 +28,7 @@ a report gives byte-identical files, and the CI can compare them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,8 +136,8 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         ]
         rt = routing_report.routing_table(main, targets)
         if rt is not None:
-            sections.append((routing_report.TITLE, Table("routing", rt.title, rt.header, rt.rows,
-                                                         rt.align, [NOTE_MEAN, *rt.notes]), ""))
+            sections.append((routing_report.TITLE,
+                             dataclasses.replace(rt.table, notes=[NOTE_MEAN, *rt.table.notes]), ""))
             a, b = routing_report.chosen_pair(main, cells)
             pt = routing_report.pairs_table(main, (a, b) if a and b else None)
             if pt is not None:

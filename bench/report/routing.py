@@ -8,10 +8,10 @@ module):
 
 - :func:`routing_table`: per head, clean and affNIST-style accuracy at the largest n, the
   affNIST-style accuracy at matched clean accuracy c*, the part-arrangement score and the
-  training images needed to reach a target, as preformatted rows for the report's ``Table``
-  and as a tidy numeric frame (for tests and the figure);
+  training images needed to reach a target, as the report's
+  :class:`~bench.report.table.Table` and as a tidy numeric frame (for tests and the figure);
 - :func:`routing_claim`: the scoreboard row "best routing head minus best pooling head", a
-  plain dict with the fields of :class:`bench.report.claims.Claim`;
+  :class:`bench.report.claims.Claim`;
 - :func:`routing_figure`: the affNIST-style accuracy at c* of every head as points with their
   95% intervals, pooling heads and routing heads in two groups.
 
@@ -49,7 +49,9 @@ from bench import stats
 from bench.cell.plan import AFFNIST_SETUP
 from bench.data.testsets import AFFNIST_STYLE, CLEAN, DISPLACED
 from bench.report import figures, readout
+from bench.report.claims import Claim
 from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
+from bench.report.table import Table
 from bench.stats import Interval
 
 __all__ = [
@@ -183,11 +185,10 @@ def overlapping(per_model: dict[str, readout.Curves]) -> tuple[list[str], float 
 
 @dataclass
 class RoutingTable:
-    """What the report's ``Table("routing", title, header, rows, align, notes)`` needs, and the
-    numbers behind it.
+    """The table "Routing vs pooling, same backbone" and the numbers behind it.
 
     Attributes:
-        title, header, rows (preformatted strings), align (one of l/r/c per column), notes.
+        table: the report's :class:`~bench.report.table.Table` (name ``routing``).
         values: tidy numbers, one row per (head, quantity) with columns head, group ("pooling" or
             "routing"), quantity ("clean", "affnist", "matched", "part", "part_displaced",
             "n_target"), n (the size, NaN for quantities read along n), estimate, low, high,
@@ -199,11 +200,7 @@ class RoutingTable:
         per_seed: {head: {seed: affNIST-style accuracy at c*}} (what the figure draws).
     """
 
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-    align: str
-    notes: list[str] = field(default_factory=list)
+    table: Table
     values: pd.DataFrame = field(default_factory=pd.DataFrame)
     c_star: float | None = None
     target: float | None = None
@@ -347,11 +344,11 @@ def routing_table(main: pd.DataFrame, targets: Sequence[float] = ()) -> RoutingT
                  "(bench/models/heads.py).")
     align = "llr" + "r" * (len(header) - 3)
     return RoutingTable(
-        title=f"{TITLE}: every head on one shared backbone and one training budget, so a "
+        table=Table("routing", f"{TITLE}: every head on one shared backbone and one training budget, so a "
               "difference is the head's (its routing or pooling, its parameters, which differ, "
               "see the throughput table, and its loss: margin, spread or cross-entropy). Mean "
-              "over seeds [95% Student-t interval].",
-        header=header, rows=rows, align=align, notes=notes, values=pd.DataFrame(values),
+              "over seeds [95% Student-t interval].", header, rows, align, notes),
+        values=pd.DataFrame(values),
         c_star=cs, target=target, part_set=part_set, per_seed=per_seed)
 
 
@@ -432,7 +429,7 @@ def chosen_pair(main: pd.DataFrame, cells: pd.DataFrame | None = None
 
 def routing_claim(main: pd.DataFrame, *, key: str = "C5",
                   scale: Scale | None = None, cells: pd.DataFrame | None = None
-                  ) -> dict[str, Any]:
+                  ) -> Claim:
     """The scoreboard row: best routing head minus best pooling head, affNIST-style accuracy at
     matched clean accuracy, paired over seeds.
 
@@ -458,48 +455,46 @@ def routing_claim(main: pd.DataFrame, *, key: str = "C5",
         cells: ``cells.csv`` (its ``final_val_accuracy`` chooses the heads), if any.
 
     Returns:
-        the fields of ``bench.report.claims.Claim``: key, name, effect, meaning, null (0.0), unit
-        ("pp"), interval (an :class:`Interval`, or None when not measured), scale, reason (why
-        not measured; "" when measured). ``stats.verdict(interval, null)`` gives the verdict.
+        the scoreboard's :class:`~bench.report.claims.Claim` (unit "pp", null 0): its interval is
+        None and its reason says why when the run cannot measure it.
     """
     shown = AFFNIST_STYLE.display
-    out: dict[str, Any] = {
-        "key": key, "name": "routing",
-        "effect": f"{shown} accuracy at matched clean accuracy c*, best routing head {MINUS} "
+    out = Claim(
+        key, "routing",
+        f"{shown} accuracy at matched clean accuracy c*, best routing head {MINUS} "
                   "best pooling head (same backbone)",
-        "meaning": f"the best capsule routing head keeps more {shown} accuracy than the best "
+        f"the best capsule routing head keeps more {shown} accuracy than the best "
                    "pooling head on the same backbone at the same clean accuracy, i.e. the "
                    "routing itself helps (Hahn et al. 2019; against Gu, Tresp & Hu 2021); best "
                    "= highest mean validation accuracy at the largest n",
-        "null": 0.0, "unit": "pp", "interval": None, "scale": "", "reason": "",
-    }
+        0.0, "pp")
     pooling, routing = head_groups(main["model"])
     missing = [what for what, heads in (("routing", routing), ("pooling", pooling)) if not heads]
     if missing:
-        out["reason"] = (f"{NOT_MEASURED} (no {' and no '.join(missing)} head with results in "
+        out.reason = (f"{NOT_MEASURED} (no {' and no '.join(missing)} head with results in "
                          "this run)")
         return out
     a, b = chosen_pair(main, cells)
     if a is None or b is None:
-        out["reason"] = f"{NOT_MEASURED} (no clean accuracy of a routing and a pooling head)"
+        out.reason = f"{NOT_MEASURED} (no clean accuracy of a routing and a pooling head)"
         return out
-    out["effect"] = out["effect"].replace("best routing head", f"best routing head ({a})").replace(
+    out.effect = out.effect.replace("best routing head", f"best routing head ({a})").replace(
         "best pooling head", f"best pooling head ({b})")
     common, c, iv = pair_effect(main, a, b)
     if not common:
-        out["reason"] = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
+        out.reason = f"{NOT_MEASURED} (no clean and {shown} accuracies of both {a} and {b})"
         return out
     if c is None or iv is None:
-        out["reason"] = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
+        out.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                          "every seed)")
         return out
-    out["interval"] = iv
-    out["effect"] = out["effect"].replace("c*", f"c* = {100 * c:.2f}%")
+    out.interval = iv
+    out.effect = out.effect.replace("c*", f"c* = {100 * c:.2f}%")
     sizes = set(readout.curve_sizes(main, a)) | set(readout.curve_sizes(main, b))
     if scale is not None:
-        out["scale"] = scale([a, b], sizes, common, iv.n, lead="along the n-curve")
+        out.scale = scale([a, b], sizes, common, iv.n, lead="along the n-curve")
     else:
-        out["scale"] = (f"along the n-curve; {readout.n_range(sizes)}; {iv.n} paired seed"
+        out.scale = (f"along the n-curve; {readout.n_range(sizes)}; {iv.n} paired seed"
                         + ("" if iv.n == 1 else "s"))
     return out
 

@@ -59,7 +59,7 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "CapsNet at the same clean accuracy (the counter-claim of Gu, Tresp & Hu 2021 "
             "holds)", 0.0, "pp"),
             K9, REFERENCE, other),
-    ] + ([Claim(**routing_report.routing_claim(main, key="C5", scale=ctx.scale, cells=cells))]
+    ] + ([routing_report.routing_claim(main, key="C5", scale=ctx.scale, cells=cells)]
          if any(str(m).startswith("head-") for m in main["model"]) else [])
 
 

@@ -10,7 +10,6 @@ intervals are recomputed from scipy.stats.t.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -106,15 +105,15 @@ def test_hand_worked_matched_value():
 
 def test_table_rows_and_columns():
     table = rr.routing_table(frame(), targets=(0.85, 0.95))
-    assert [r[0] for r in table.rows] == ["head-maxpool", "head-avgpool", "head-dynamic", "head-em"]
-    assert [r[1] for r in table.rows] == ["pooling", "pooling", "routing", "routing"]
-    assert table.header == ["Head", "Kind", "Seeds", "Clean acc. (%)", "affNIST-style acc. (%)",
+    assert [r[0] for r in table.table.rows] == ["head-maxpool", "head-avgpool", "head-dynamic", "head-em"]
+    assert [r[1] for r in table.table.rows] == ["pooling", "pooling", "routing", "routing"]
+    assert table.table.header == ["Head", "Kind", "Seeds", "Clean acc. (%)", "affNIST-style acc. (%)",
                             "affNIST-style acc. at c* = 90.00% (%)", "AUROC density (scramble-g2)",
                             "n for 85% clean"]
-    assert len(table.align) == len(table.header)
-    assert all(len(r) == len(table.header) for r in table.rows)
+    assert len(table.table.align) == len(table.table.header)
+    assert all(len(r) == len(table.table.header) for r in table.table.rows)
     assert table.part_set == "scramble-g2" and table.target == 0.85
-    assert "n = 1,000" in table.notes[0]
+    assert "n = 1,000" in table.table.notes[0]
 
 
 @pytest.mark.parametrize("head", list(TOP))
@@ -131,23 +130,23 @@ def test_table_values_against_scipy(head):
         mean, low, high = t_interval(xs)
         if np.std(xs) == 0:
             low = high = mean  # all equal: a zero-width interval
-        assert row["estimate"] == pytest.approx(mean, abs=1e-12), quantity
-        assert row["low"] == pytest.approx(max(low, 0.0), abs=1e-12), quantity
-        assert row["high"] == pytest.approx(min(high, 1.0), abs=1e-12), quantity
-        assert row["n_seeds"] == 3
+        assert row.estimate == pytest.approx(mean, abs=1e-12), quantity
+        assert row.low == pytest.approx(max(low, 0.0), abs=1e-12), quantity
+        assert row.high == pytest.approx(min(high, 1.0), abs=1e-12), quantity
+        assert row.n_seeds == 3
     # n to 85% clean: per seed exp(log 100 + (0.85 - c0) / (c1 - c0) * log 10), geometric mean
     # with the t interval on the logs
     logs = [math.log(100) + (0.85 - _clean(head, 100, s))
             / (_clean(head, 1000, s) - _clean(head, 100, s)) * math.log(10) for s in SEEDS]
     mean, low, high = t_interval(logs)
     row = value(table, head, "n_target")
-    assert row["estimate"] == pytest.approx(math.exp(mean))
-    assert (row["low"], row["high"]) == pytest.approx((math.exp(low), math.exp(high)))
+    assert row.estimate == pytest.approx(math.exp(mean))
+    assert (row.low, row.high) == pytest.approx((math.exp(low), math.exp(high)))
 
 
 def test_table_text():
     table = rr.routing_table(frame(), targets=(0.85, 0.95))
-    row = table.rows[2]  # head-dynamic
+    row = table.table.rows[2]  # head-dynamic
     assert row[2] == "3"
     mean, low, high = t_interval([0.97, 0.975, 0.98])
     assert row[3] == f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
@@ -155,20 +154,20 @@ def test_table_text():
     assert row[5] == f"{100 * mean:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
     mean, low, high = t_interval(PART["head-dynamic"])
     assert row[6] == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
-    assert table.rows[3][6] == "0.900 (all seeds equal)"  # head-em: no spread
+    assert table.table.rows[3][6] == "0.900 (all seeds equal)"  # head-em: no spread
 
 
 def test_target_fallback_and_upper_bound():
     # 99% is never reached: the lowest target is shown with the seeds that never reached it
     table = rr.routing_table(frame(), targets=(0.99,))
     assert table.target == 0.99
-    assert {r[-1] for r in table.rows} == {"not reached (3 of 3 seeds)"}
+    assert {r[-1] for r in table.table.rows} == {"not reached (3 of 3 seeds)"}
     # 70% is reached at the smallest n on every seed: only an upper bound
     table = rr.routing_table(frame(), targets=(0.70,))
-    assert {r[-1] for r in table.rows} == {"≤ 100"}
+    assert {r[-1] for r in table.table.rows} == {"≤ 100"}
     # no targets: no column
     table = rr.routing_table(frame(), targets=())
-    assert table.target is None and table.header[-1] == "AUROC density (scramble-g2)"
+    assert table.target is None and table.table.header[-1] == "AUROC density (scramble-g2)"
 
 
 def test_displaced_control_column_by_hand():
@@ -178,12 +177,12 @@ def test_displaced_control_column_by_hand():
                   factor_value=math.nan, metric="auroc_mahalanobis", value=0.90 + 0.02 * s)
              for m in TOP for s in SEEDS]
     table = rr.routing_table(pd.concat([df, pd.DataFrame(extra)], ignore_index=True))
-    assert table.header[-1] == "AUROC density (displaced, control)"
+    assert table.table.header[-1] == "AUROC density (displaced, control)"
     mean, low, high = t_interval([0.90, 0.92, 0.94])
-    assert all(r[-1] == f"{mean:.3f} [{low:.3f}, {high:.3f}]" for r in table.rows)
-    assert "Control: the same score on the displaced set" in " ".join(table.notes)
+    assert all(r[-1] == f"{mean:.3f} [{low:.3f}, {high:.3f}]" for r in table.table.rows)
+    assert "Control: the same score on the displaced set" in " ".join(table.table.notes)
     # without displaced rows there is no such column
-    assert "control" not in rr.routing_table(df).header[-1]
+    assert "control" not in rr.routing_table(df).table.header[-1]
 
 
 def test_no_heads_and_a_head_left_out_of_c_star():
@@ -196,15 +195,15 @@ def test_no_heads_and_a_head_left_out_of_c_star():
     table = rr.routing_table(low, targets=(0.85,))
     # without head-em, c* is the lowest top of the others: head-avgpool, seed 0, 0.94
     assert table.c_star == pytest.approx(0.94)
-    rows = {r[0]: r for r in table.rows}
+    rows = {r[0]: r for r in table.table.rows}
     assert rows["head-em"][5] == "—" and rows["head-maxpool"][5] != "—"
-    assert "Left out of c* (—): head-em," in table.notes[0]
+    assert "Left out of c* (—): head-em," in table.table.notes[0]
     # head-dynamic, seed 0, at 0.94 by hand: 0.40 + (0.14 / 0.17) * 0.34 = 0.68
     assert table.per_seed["head-dynamic"][0] == pytest.approx(0.68)
     # two heads whose ranges do not overlap: no c* at all
     two = low[low["model"].isin(["head-em", "head-maxpool"])]
     t2 = rr.routing_table(two)
-    assert t2.c_star is None and {r[5] for r in t2.rows} == {"—"}
+    assert t2.c_star is None and {r[5] for r in t2.table.rows} == {"—"}
     with pytest.raises(ValueError):
         rr.routing_figure(t2, "unused")
 
@@ -219,7 +218,7 @@ def test_claim_chooses_the_heads_on_validation_accuracy():
     # head-maxpool (test_claim): with every head in cells.csv the validation images decide
     val = {"head-maxpool": 0.90, "head-avgpool": 0.95, "head-dynamic": 0.90, "head-em": 0.97}
     row = rr.routing_claim(frame(), cells=_cells(val))
-    assert "(head-em)" in row["effect"] and "(head-avgpool)" in row["effect"]
+    assert "(head-em)" in row.effect and "(head-avgpool)" in row.effect
     assert rr.chosen_pair(frame(), _cells(val)) == ("head-em", "head-avgpool")
     # a head without a validation accuracy: back to clean test accuracy for every head
     del val["head-maxpool"]
@@ -267,19 +266,19 @@ def test_claim(scenario, want):
     row = rr.routing_claim(frame(scenario))
     # best by clean accuracy at n = 1,000: head-dynamic (97.5%) over head-em (91%), although
     # head-em keeps the most affNIST-style accuracy; head-maxpool (96.5%) over head-avgpool
-    assert "(head-dynamic)" in row["effect"] and "(head-maxpool)" in row["effect"]
+    assert "(head-dynamic)" in row.effect and "(head-maxpool)" in row.effect
     # c* of the two: head-maxpool's top on seed 0, 0.96
-    assert "c* = 96.00%" in row["effect"]
+    assert "c* = 96.00%" in row.effect
     d = [at("head-dynamic", s, 0.96, scenario) - at("head-maxpool", s, 0.96, scenario)
          for s in SEEDS]
     mean, low, high = t_interval(d)
-    iv = row["interval"]
+    iv = row.interval
     assert iv.estimate == pytest.approx(mean, abs=1e-12)
     assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-12)
     assert iv.n == 3
-    assert stats.verdict(iv, row["null"]) == want
-    assert row["reason"] == "" and row["unit"] == "pp" and row["null"] == 0.0
-    assert row["scale"] == "along the n-curve; n = 100–1,000; 3 paired seeds"
+    assert stats.verdict(iv, row.null) == want
+    assert row.reason == "" and row.unit == "pp" and row.null == 0.0
+    assert row.scale == "along the n-curve; n = 100–1,000; 3 paired seeds"
 
 
 def test_claim_hand_worked_supported_effect():
@@ -289,15 +288,13 @@ def test_claim_hand_worked_supported_effect():
     dyn = readout.matched(readout.curves(frame("supported"), "head-dynamic"), 0.96)
     mp = readout.matched(readout.curves(frame("supported"), "head-maxpool"), 0.96)
     assert dyn[0] - mp[0] == pytest.approx(0.02)
-    assert row["interval"].low > 0
+    assert row.interval.low > 0
 
 
 def test_claim_builds_the_report_claim():
     report = pytest.importorskip("bench.report")
     row = rr.routing_claim(frame("contradicted"))
-    assert set(row) == {f.name for f in dataclasses.fields(report.Claim)}
-    claim = report.Claim(**row)
-    assert claim.verdict == "contradicted"
+    assert isinstance(row, report.Claim) and row.verdict == "contradicted"
     calls = []
     rr.routing_claim(frame(), scale=lambda *a, **k: calls.append((a, k)) or "scaled")
     (models, sizes, seeds, k), kw = calls[0]
@@ -308,9 +305,8 @@ def test_claim_builds_the_report_claim():
 def test_claim_not_measured():
     df = frame(heads=("head-dynamic", "head-em"))
     row = rr.routing_claim(df)
-    assert row["interval"] is None and row["reason"].startswith("not measured (no pooling head")
-    report = pytest.importorskip("bench.report")
-    assert report.Claim(**row).verdict == "not measured"
+    assert row.interval is None and row.reason.startswith("not measured (no pooling head")
+    assert row.verdict == "not measured"
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +357,7 @@ def test_report_has_the_routing_section(tmp_path):
     assert f"![{rr.FIGURE_STEM}](figures/{rr.FIGURE_STEM}.png)" in md
     c5 = [line for line in _scoreboard_lines(md) if line.startswith("| C5 routing")]
     assert len(c5) == 1 and "(head-dynamic)" in c5[0] and "(head-maxpool)" in c5[0]
-    iv = rr.routing_claim(frame())["interval"]
+    iv = rr.routing_claim(frame()).interval
     assert readout.iv(iv, 100, 2, signed=True, unit=" pp") in c5[0]
     assert c5[0].rstrip(" |").endswith("supported")
 
