@@ -147,6 +147,7 @@ def _throughput(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from bench.cell.plan import default_run_dir
     from bench.config import load_profile_with_executor
+    from bench.runner.cell import DataSource
     from bench.runner.executor import load_executor_config
     from bench.runner.stages import run
     from bench.runner.todo import STAGE_ORDER
@@ -165,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"no trained cells under {run_dir}: run the train stage first")
     t0 = time.perf_counter()
     print(f"run {profile.name} on {device} -> {run_dir}" + (" (dry run)" if args.dry_run else ""))
-    outcomes = run(profile, stages, run_dir, device, config, args.data_dir, args.download,
+    source = DataSource(args.data_dir, args.download)
+    outcomes = run(profile, stages, run_dir, device, config, source,
                    force_throughput=args.stage == "throughput", dry_run=args.dry_run,
                    max_hours=args.max_hours)
     if args.dry_run:

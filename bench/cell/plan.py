@@ -35,6 +35,7 @@ __all__ = [
     "RESULTS_DIR",
     "TRAIN_CODE",
     "Cell",
+    "PlannedCell",
     "Setup",
     "TrainSpec",
     "cell_dir",
@@ -42,6 +43,7 @@ __all__ = [
     "code_hash",
     "data_config",
     "default_run_dir",
+    "planned_cells",
     "setup_by_name",
     "setups",
     "spec_for",
@@ -223,10 +225,33 @@ def code_hash(parts: tuple[str, ...] = TRAIN_CODE) -> str:
     return source_hash(PACKAGE_DIR, parts)
 
 
+def _folder(run_dir: Path, cell: Cell, spec: TrainSpec, device_type: str) -> Path:
+    key = stable_hash(spec.to_dict(), code_hash(), device_type)[:10]
+    return Path(run_dir) / "cells" / cell.setup / cell.model / f"n{cell.n}-s{cell.seed}-{key}"
+
+
 def cell_dir(run_dir: Path, profile: Profile, cell: Cell, device_type: str) -> Path:
     """``<run>/cells/<setup>/<model>/n<n>-s<seed>-<hash>``: the hash covers spec, code and device."""
-    key = stable_hash(spec_for(profile, cell).to_dict(), code_hash(), device_type)[:10]
-    return Path(run_dir) / "cells" / cell.setup / cell.model / f"n{cell.n}-s{cell.seed}-{key}"
+    return _folder(run_dir, cell, spec_for(profile, cell), device_type)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell of a run with its training spec and its folder (:func:`cell_dir`'s rule)."""
+
+    cell: Cell
+    spec: TrainSpec
+    folder: Path
+
+
+def planned_cells(profile: Profile, run_dir: Path, device_type: str) -> list[PlannedCell]:
+    """Every cell of the profile (in :func:`cells`' order) with its spec and folder: what a run
+    computes once and hands to every stage that walks its cells."""
+    out = []
+    for c in cells(profile):
+        spec = spec_for(profile, c)
+        out.append(PlannedCell(c, spec, _folder(run_dir, c, spec, device_type)))
+    return out
 
 
 def default_run_dir(profile: Profile, device_type: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 from bench.cell.convergence import familywise_convergence
 from bench.cell.files import CellFiles
-from bench.cell.plan import AFFNIST_SETUP, Cell, cell_dir, cells
+from bench.cell.plan import AFFNIST_SETUP, Cell, PlannedCell, planned_cells
 from bench.config import Profile
 from bench.io import (
     load_torch,
@@ -27,15 +28,20 @@ from bench.io import (
 )
 
 
-def collect(profile: Profile, run_dir: Path, device_type: str) -> int:
+def collect(profile: Profile, run_dir: Path, device_type: str,
+            planned: Sequence[PlannedCell] | None = None) -> int:
     """Concatenate the evaluated cells of this profile into run-level tidy files.
 
-    A cell whose files fail their checksums (:meth:`bench.cell.files.CellFiles.damaged`) is left out
-    with a warning naming the file (the next ``run`` rebuilds it)."""
+    ``planned``: the run's cells with their folders (:func:`bench.cell.plan.planned_cells`,
+    computed here when not given). A cell whose files fail their checksums
+    (:meth:`bench.cell.files.CellFiles.damaged`) is left out with a warning naming the file (the
+    next ``run`` rebuilds it)."""
     frames, confs, cell_rows = [], [], []
     best_capsnet: tuple[int, int, Path] | None = None
-    for c in cells(profile):
-        files = CellFiles(cell_dir(run_dir, profile, c, device_type))
+    if planned is None:
+        planned = planned_cells(profile, run_dir, device_type)
+    for pc in planned:
+        c, files = pc.cell, CellFiles(pc.folder)
         problem = files.damaged("train", outputs=False) or files.damaged("eval")
         if problem is not None:
             warnings.warn(f"cell {c.label} left out of {run_dir}'s tables: {problem}; rerun the "
@@ -93,13 +99,13 @@ def _cell_row(c: Cell, files: CellFiles) -> dict[str, Any]:
     }
 
 
-def cell_timing(profile: Profile, run_dir: Path, device_type: str) -> dict[str, Any]:
+def cell_timing(planned: Sequence[PlannedCell]) -> dict[str, Any]:
     """Where the cells' time went: seconds per part summed over the cells that record it
     (``timing`` of train.json and eval.json), and the median seconds of one cell (train + eval)."""
     totals: dict[str, float] = {}
     per_cell: list[float] = []
-    for c in cells(profile):
-        files = CellFiles(cell_dir(run_dir, profile, c, device_type))
+    for pc in planned:
+        files = CellFiles(pc.folder)
         parts: dict[str, float] = {}
         for stage, path in (("train", files.train_summary), ("eval", files.eval_summary)):
             if path.is_file():

@@ -40,7 +40,7 @@ import torch
 
 from bench.cell.evaluate import example_images
 from bench.cell.files import CellFiles
-from bench.cell.plan import AFFNIST_SETUP, Cell, cell_dir, cells, data_config, setups
+from bench.cell.plan import AFFNIST_SETUP, PlannedCell, data_config, planned_cells, setups
 from bench.cell.throughput import measure
 from bench.cell.train import uses_bf16
 from bench.config import Profile
@@ -111,15 +111,16 @@ class RunLock:
         self.lock.release()
 
 
-def stage_data(profile: Profile, run_dir: Path, device: torch.device, data_dir: str | None,
-               download: bool, progress: bool = True) -> dict[str, Any]:
+def stage_data(profile: Profile, run_dir: Path, device: torch.device, source: DataSource,
+               progress: bool = True) -> dict[str, Any]:
     """Build (or read from the cache) every test set; record checksums and example images."""
 
     checksums: dict[str, Any] = {}
     examples: dict[str, torch.Tensor] = {}
     for setup in setups(profile):
         sets = build_test_sets(data_config(profile, setup), device, names=setup.test_sets,
-                               data_dir=data_dir, download=download, progress=progress)
+                               data_dir=source.data_dir, download=source.download,
+                               progress=progress)
         checksums[setup.name] = test_set_manifest(sets)
         if setup.name == AFFNIST_SETUP:
             examples = example_images(sets)
@@ -129,7 +130,7 @@ def stage_data(profile: Profile, run_dir: Path, device: torch.device, data_dir: 
 
 
 def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: tuple[str, ...],
-                executor_config, data_dir: str | None, download: bool,
+                executor_config, source: DataSource, planned: Sequence[PlannedCell],
                 progress: bool = True) -> dict[str, Any]:
     """Train and/or evaluate every cell through the executor; returns per-cell outcomes.
 
@@ -140,40 +141,39 @@ def stage_cells(profile: Profile, run_dir: Path, device: torch.device, stages: t
     names the holder they waited for (``ran_elsewhere``).
     """
 
-    source = DataSource(data_dir, download)
-    todo = cells(profile)
+    todo = list(planned)
     records: dict[str, Any] = {}
     waited: dict[str, str] = {}
     while todo:
-        tasks = [CellTask(profile, c, str(cell_dir(run_dir, profile, c, device.type)),
-                          str(device), stages, source, progress, on_locked="skip")
-                 for c in todo]
-        outcomes = run_cells(run_cell, tasks, [c.label for c in todo], executor_config,
+        tasks = [CellTask(profile, pc.cell, str(pc.folder), str(device), stages, source, progress,
+                          on_locked="skip")
+                 for pc in todo]
+        outcomes = run_cells(run_cell, tasks, [pc.cell.label for pc in todo], executor_config,
                              run_dir / "logs", progress=progress)
         elsewhere = []
-        for c, task, o in zip(todo, tasks, outcomes, strict=True):
+        for pc, task, o in zip(todo, tasks, outcomes, strict=True):
             if o.ok and o.result and RUNNING_ELSEWHERE in o.result:
-                elsewhere.append((c, task))
+                elsewhere.append((pc, task))
                 waited[o.key] = o.result[RUNNING_ELSEWHERE]
             records[o.key] = o.record() | ({"ran_elsewhere": waited[o.key]}
                                            if o.key in waited else {})
         if elsewhere and progress:
             say(f"  {len(elsewhere)} cells are running elsewhere; waiting for them: "
-                 + "; ".join(f"{c.label} ({waited[c.label]})" for c, _ in elsewhere[:3])
+                 + "; ".join(f"{pc.cell.label} ({waited[pc.cell.label]})" for pc, _ in elsewhere[:3])
                  + (" ..." if len(elsewhere) > 3 else ""))
         todo = _wait_for_cells(elsewhere)
     return records
 
 
-def _wait_for_cells(elsewhere: list[tuple[Cell, CellTask]]) -> list[Cell]:
+def _wait_for_cells(elsewhere: list[tuple[PlannedCell, CellTask]]) -> list[PlannedCell]:
     """Wait until no live process holds any of these cells; returns them."""
     pending = list(elsewhere)
     while pending:
-        pending = [(c, t) for c, t in pending
+        pending = [(pc, t) for pc, t in pending
                    if FileLock(CellFiles(t.folder).lock).holder() is not None]
         if pending:
             time.sleep(CELL_WAIT_POLL_S)
-    return [c for c, _ in elsewhere]
+    return [pc for pc, _ in elsewhere]
 
 
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
@@ -212,7 +212,7 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
 
 
 def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
-        executor_config=None, data_dir: str | None = None, download: bool = False,
+        executor_config=None, source: DataSource | None = None,
         progress: bool = True, force_throughput: bool = False, dry_run: bool = False,
         max_hours: float | None = None) -> dict[str, Any]:
     """Run the given stages in order; returns the per-cell outcomes (empty if no cell stage).
@@ -221,16 +221,22 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     (:func:`plan_run`, :func:`estimate_run`), printed unless ``progress`` and ``dry_run`` are
     both off; ``dry_run`` stops there, writing nothing; an estimate above ``max_hours`` is a
     one-line :class:`BenchError` before anything runs. A full disk is a one-line
-    :class:`BenchError` naming the file and the bytes being written.
+    :class:`BenchError` naming the file and the bytes being written. ``source`` says where
+    MNIST is read from and whether it may be downloaded.
+
+    The run's cells, their specs and folders are computed once here
+    (:func:`bench.cell.plan.planned_cells`) and handed to every stage that walks them.
     """
 
     executor_config = executor_config or ExecutorConfig()
     run_dir = Path(run_dir)
     if max_hours is not None and not max_hours > 0:
         raise BenchError(f"--max-hours must be a number of hours > 0, got {max_hours:g}")
+    source = source or DataSource()
     estimate = None
+    planned = planned_cells(profile, run_dir, device.type)
     if progress or dry_run or max_hours is not None:
-        plan = plan_run(profile, stages, run_dir, device, data_dir, download, force_throughput)
+        plan = plan_run(profile, stages, run_dir, device, source, force_throughput, planned)
         estimate = estimate_run(profile, plan, device, executor_config)
         if progress or dry_run:
             print("\n".join(format_plan(plan, estimate, device)), flush=True)
@@ -243,15 +249,16 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
         if dry_run:
             return {}
     try:
-        return _run_stages(profile, stages, run_dir, device, executor_config, data_dir,
-                           download, progress, force_throughput, estimate)
+        return _run_stages(profile, stages, run_dir, device, executor_config, source, planned,
+                           progress, force_throughput, estimate)
     except (DiskFullStop, DiskFullError) as e:
         raise BenchError(str(e)) from None
 
 
 def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
-                executor_config, data_dir: str | None, download: bool, progress: bool,
-                force_throughput: bool, estimate: dict[str, Any] | None) -> dict[str, Any]:
+                executor_config, source: DataSource, planned: Sequence[PlannedCell],
+                progress: bool, force_throughput: bool,
+                estimate: dict[str, Any] | None) -> dict[str, Any]:
     make_dirs(run_dir)
     set_deterministic(profile.train.deterministic)
     manifest = Manifest(run_dir)
@@ -265,8 +272,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
                  "config": _jsonable(profile.to_dict())},
         device=env["device_name"],
         git_commit=env["git_commit"],
-        cells=[dataclasses.asdict(c) | {"dir": str(cell_dir(run_dir, profile, c, device.type))}
-               for c in cells(profile)],
+        cells=[dataclasses.asdict(pc.cell) | {"dir": str(pc.folder)} for pc in planned],
         environment=env,
         torch_threads=torch.get_num_threads(),
         executor=dataclasses.asdict(executor_config),
@@ -288,19 +294,19 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
                 print(f"== stage {'+'.join(cell_stages) if stage in cell_stages else stage}")
             if stage == "data":
                 run_lock.hold()
-                manifest.update(data_checksums=stage_data(profile, run_dir, device, data_dir,
-                                                          download, progress),
+                manifest.update(data_checksums=stage_data(profile, run_dir, device, source,
+                                                          progress),
                                 data_note="generated images are rounded to uint8 after the "
                                           "bilinear warp (as affNIST stores them)")
                 run_lock.release()  # cells need no run-level lock: each has its own
             elif stage in cell_stages:
                 outcomes = stage_cells(profile, run_dir, device, cell_stages, executor_config,
-                                       data_dir, download, progress)
+                                       source, planned, progress)
                 manifest.update(outcomes=outcomes)
                 if "eval" in cell_stages:
                     run_lock.hold()
-                    collect(profile, run_dir, device.type)
-                timing = cell_timing(profile, run_dir, device.type)
+                    collect(profile, run_dir, device.type, planned)
+                timing = cell_timing(planned)
                 manifest.update(cell_timing=timing)
                 if progress and timing:
                     parts = ", ".join(f"{k} {v:.0f} s" for k, v in timing["sum_s"].items()
@@ -319,7 +325,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
 
                 run_lock.hold()
                 if not (run_dir / "metrics.csv").is_file():
-                    collect(profile, run_dir, device.type)
+                    collect(profile, run_dir, device.type, planned)
                 build_report(run_dir)
             wall[stage] = round(time.perf_counter() - t0, 2)
             manifest.update(wall_seconds=wall)

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from bench.cell.files import CellFiles
-from bench.cell.plan import Cell, cell_dir, cells, data_config, setup_by_name, setups
+from bench.cell.plan import Cell, PlannedCell, data_config, planned_cells, setup_by_name, setups
 from bench.cell.throughput import measure
 from bench.cell.train import EVAL_BATCH, uses_bf16
 from bench.config import Profile
 from bench.data.testsets import AFFNIST_REAL, AFFNIST_STYLE, cached_set_names, generate
 from bench.locks import FileLock, describe_holder
+from bench.runner.cell import DataSource
 from bench.runner.estimate import (
     CELL_OVERHEAD_S,
     REPORT_S,
@@ -75,8 +76,8 @@ class Plan:
 
 
 def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
-             data_dir: str | None = None, download: bool = False,
-             force_throughput: bool = False) -> Plan:
+             source: DataSource | None = None, force_throughput: bool = False,
+             planned: Sequence[PlannedCell] | None = None) -> Plan:
     """What :func:`run` would do, from the files alone (nothing is written).
 
     A cell is reused when the marker of each cell stage asked (``train.json``, ``eval.json``)
@@ -85,13 +86,16 @@ def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: tor
     ``eval.json`` key no longer matches, counts as reused here but is evaluated again.) Test sets
     are needed by the data stage and by the setups with cells to evaluate; each is built or
     loaded from the cache (``affnist-real`` is read from its own files: "cached").
+    ``planned``: the run's cells with their folders (:func:`bench.cell.plan.planned_cells`,
+    computed here when not given).
     """
 
     run_dir = Path(run_dir)
+    source = source or DataSource()
     plan = Plan(profile.name, tuple(stages))
     if "train" in stages or "eval" in stages:
-        for c in cells(profile):
-            files = CellFiles(cell_dir(run_dir, profile, c, device.type))
+        for pc in planned if planned is not None else planned_cells(profile, run_dir, device.type):
+            c, files = pc.cell, CellFiles(pc.folder)
             holder = FileLock(files.lock).holder() if files.lock.exists() else None
             if holder is not None:
                 plan.elsewhere[c.label] = describe_holder(holder)
@@ -112,7 +116,7 @@ def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: tor
     for setup in setups(profile):
         if "data" in stages or setup.name in eval_setups:
             status = cached_set_names(data_config(profile, setup), device, names=setup.test_sets,
-                                      data_dir=data_dir, download=download)
+                                      data_dir=source.data_dir, download=source.download)
             plan.sets_build[setup.name] = [n for n, hit in status.items()
                                            if not hit and n != AFFNIST_REAL.name]
             plan.sets_cached[setup.name] = [n for n, hit in status.items()

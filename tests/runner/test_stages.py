@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,3 +206,26 @@ def test_the_convergence_rules_are_outside_the_cell_key(tmp_path):
     root = _copy_weight_code(tmp_path / "bench")
     assert not (root / "cell" / "convergence.py").exists()
     assert source_hash(root, TRAIN_CODE) == code_hash()
+
+
+def test_a_run_computes_its_cell_folders_once(tiny, tmp_path, monkeypatch):
+    """run() lists (cell, spec, folder) once and the plan, the manifest, collect and the timing
+    summary walk that list: the planning derives each cell's spec exactly once per run (counted
+    at bench.cell.plan.spec_for; the worker that trains a cell derives its own), and the folders
+    in the manifest are cell_dir's."""
+    calls = []
+    real = the_plan.spec_for
+
+    def counting(profile, cell):
+        calls.append(cell)
+        return real(profile, cell)
+
+    monkeypatch.setattr(the_plan, "spec_for", counting)
+    run_dir = tmp_path / "run"
+    runner.run(tiny, ("train", "eval"), run_dir, torch.device("cpu"), progress=True)
+    cells = the_plan.cells(tiny)
+    assert sorted(calls) == sorted(cells)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    monkeypatch.setattr(the_plan, "spec_for", real)
+    assert [m["dir"] for m in manifest["cells"]] == [
+        str(the_plan.cell_dir(run_dir, tiny, c, "cpu")) for c in cells]
