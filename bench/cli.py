@@ -184,6 +184,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profiles(args: argparse.Namespace) -> int:
+    from bench.cell.plan import cells, data_config, setups
+    from bench.config import load_profile, profile_names
+    from bench.data.testsets import default_set_names
+    from bench.runner.estimate import format_duration
+    from bench.runner.todo import _device_words, estimate_run, fresh_plan
+    from bench.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    names = args.names or profile_names()
+    if args.estimate:
+        print(f"estimated wall time of `run all` from scratch on {_device_words(device)}, from "
+              "a few timed steps of each model here (a minute or two in all)", flush=True)
+    for name in names:
+        profile = load_profile(name)
+        line = f"{profile.name}: {len(cells(profile))} cells"
+        if args.estimate:
+            est = estimate_run(profile, fresh_plan(profile), device)
+            line += f", {format_duration(est['total_s'])} on this device"
+        print(line)
+        for setup in setups(profile):
+            sets = setup.test_sets or default_set_names(data_config(profile, setup))
+            seeds = f"{len(setup.seeds)} seed" + ("s" if len(setup.seeds) != 1 else "")
+            print(f"  {setup.name} ({setup.canvas}x{setup.canvas}): models {', '.join(setup.models)}; "
+                  f"n = {', '.join(f'{n:,}' for n in setup.sizes)}; {seeds}")
+            print(f"    test sets: {', '.join(sets)}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from bench.report.build import build_report
 
@@ -287,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-hours", type=float, default=None, metavar="H",
                    help="stop before running anything when the estimated time of the work left "
                         "exceeds H hours (default: no limit)")
+
+    p = _command(sub, "profiles", _profiles,
+                 "list the packaged profiles: their cells, test sets and estimated time here")
+    p.add_argument("names", nargs="*", help="profiles to list (default: every packaged one)")
+    p.add_argument("--device", default="auto", help="device to estimate for (default: auto)")
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help="skip timing the models: list cells and test sets only")
 
     p = _command(sub, "data", _data, "build and cache every test set of a profile, with contact sheets")
     _common(p)

@@ -9,8 +9,8 @@ def test_bare_command_lists_every_command_and_an_example(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"run", "data", "train", "models", "throughput", "report", "check",
-                             "gpu-check"}
+    assert set(commands) == {"run", "profiles", "data", "train", "models", "throughput", "report",
+                             "check", "gpu-check"}
     for name, sub in commands.items():
         assert name in out
         assert sub.description  # every command has a one-line description
@@ -73,3 +73,38 @@ def test_bad_affine_choice_is_a_one_line_error_naming_the_key(capsys, key, value
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert f"'data.affine.{key}' must be {allowed}, got '{value}'" in err
+
+
+def test_profiles_lists_every_packaged_profile_with_its_cells_and_test_sets(capsys):
+    """Oracle: the TOML files themselves (tomllib) for the names and, for smoke, the cells worked
+    by hand (4 models x 2 sizes x 2 seeds = 16) and its test sets (every default kind: the
+    scramble grids [2, 3] of the defaults, no affnist-real)."""
+    import tomllib
+
+    from bench.config import PROFILES_DIR
+
+    assert main(["profiles", "--no-estimate"]) == 0
+    out = capsys.readouterr().out
+    names = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+    listed = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert listed == names
+    smoke = tomllib.loads((PROFILES_DIR / "smoke.toml").read_text())
+    assert len(smoke["models"]) * len(smoke["sizes"]) * len(smoke["seeds"]) == 16
+    assert "smoke: 16 cells" in out
+    block = out.split("smoke: 16 cells")[1].split("\n")[1:3]
+    assert block[0].startswith("  affnist (40x40): models capsnet, baseline-cnn, convnet-maxpool, "
+                               "convnet-k9; n = 100, 300; 2 seeds")
+    assert block[1] == ("    test sets: clean, affnist, sweep-rotation, sweep-scale, sweep-shear, "
+                        "sweep-translate, scramble-g2, scramble-g3, displaced")
+
+
+def test_the_plan_of_a_fresh_run_trains_every_cell_and_builds_every_set():
+    from bench.config import load_profile
+    from bench.runner.todo import fresh_plan
+
+    plan = fresh_plan(load_profile("smoke"))
+    assert len(plan.train) == 16 and not plan.evaluate and not plan.reuse
+    assert plan.sets_build == {"affnist": ["clean", "affnist", "sweep-rotation", "sweep-scale",
+                                           "sweep-shear", "sweep-translate", "scramble-g2",
+                                           "scramble-g3", "displaced"]}
+    assert plan.throughput and plan.report

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from bench.cell.files import CellFiles
-from bench.cell.plan import Cell, PlannedCell, data_config, planned_cells, setup_by_name, setups
+from bench.cell.plan import Cell, PlannedCell, cells, data_config, planned_cells, setup_by_name, setups
 from bench.cell.throughput import measure
 from bench.cell.train import EVAL_BATCH, uses_bf16
 from bench.config import Profile
-from bench.data.testsets import AFFNIST_REAL, AFFNIST_STYLE, cached_set_names, generate
+from bench.data.testsets import AFFNIST_REAL, AFFNIST_STYLE, cached_set_names, default_set_names, generate
 from bench.locks import FileLock, describe_holder
 from bench.runner.cell import DataSource
 from bench.runner.estimate import (
@@ -124,6 +124,17 @@ def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: tor
     plan.throughput = "throughput" in stages and (
         force_throughput or not (run_dir / "throughput.csv").is_file())
     plan.report = "report" in stages
+    return plan
+
+
+def fresh_plan(profile: Profile) -> Plan:
+    """The plan of ``run all`` in an empty folder with an empty test-set cache: every cell to
+    train and evaluate, every test set to build, throughput measured, a report written."""
+    plan = Plan(profile.name, STAGE_ORDER, train=list(cells(profile)), throughput=True, report=True)
+    for setup in setups(profile):
+        cfg = data_config(profile, setup)
+        plan.sets_build[setup.name] = [n for n in (setup.test_sets or default_set_names(cfg))
+                                       if n != AFFNIST_REAL.name]
     return plan
 
 
