@@ -208,6 +208,22 @@ def reference_step(model: torch.nn.Module, module, size: int, width: float, x, y
     return ref, opt, lambda: optimizer_step(ref, ref, opt, x, y)
 
 
+def print_differences(ref: torch.nn.Module, model: torch.nn.Module, x, y, label: str) -> None:
+    """Largest difference of v, c, the loss and the gradients between the two models (same
+    weights, same inputs), relative to the largest magnitude of ``ref``'s."""
+    results = []
+    for m in (ref, model):
+        m.zero_grad(set_to_none=True)
+        v, c = m.digit_capsules(m.primary_capsules(x))
+        loss = m.loss(m(x, y), x, y)
+        loss.backward()
+        results.append([v.detach(), c.detach(), loss.detach()] + [p.grad for p in m.parameters()])
+        m.zero_grad(set_to_none=True)
+    rel = [float((b - a).abs().max() / a.abs().max()) for a, b in zip(*results, strict=True)]
+    print(f"current against {label}, max relative difference: v {rel[0]:.1e}, c {rel[1]:.1e}, "
+          f"loss {rel[2]:.1e}, gradients {max(rel[3:]):.1e}")
+
+
 def pressure() -> str:
     try:
         return Path("/proc/pressure/cpu").read_text().splitlines()[0]
@@ -226,9 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--against", metavar="COMMIT", help="also time this commit's CapsNet, alternated")
     p.add_argument("--row-limit", type=int, default=25)
+    p.add_argument("--matmul-precision", choices=("highest", "high", "medium"),
+                   help="torch.set_float32_matmul_precision for the whole run (default: torch's)")
     args = p.parse_args(argv)
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; cpu {pressure()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 matmul precision "
+          f"{torch.get_float32_matmul_precision()}; cpu {pressure()}")
     rate = sgemm_rate()
     print(f"sgemm (2048^3 float32): {rate / 1e9:.1f} GFLOP/s")
     model, step, x = _train_step(args.model, args.size, args.width, args.batch)
@@ -247,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     variants: dict[str, Callable[[], object]] = {"current": whole}
     if args.against:
         module = load_capsnet_at(args.against)
-        _, _, ref_step = reference_step(model, module, args.size, args.width, x, y)
+        ref, _, ref_step = reference_step(model, module, args.size, args.width, x, y)
+        print_differences(ref, model, x, y, args.against)
         variants = {args.against: ref_step, "current": whole}
     for fn in variants.values():  # warm-up: allocator, kernels, Adam state
         time_step(fn, device, 3)
