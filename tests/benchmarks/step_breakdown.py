@@ -8,7 +8,7 @@ The step is the trainer's (built by ``tests/benchmarks/test_bench_models.py``: s
 ``TrainConfig()`` defaults: fused Adam, channels-last, fp32; glibc malloc keeping freed memory).
 Three measurements on the same model and inputs, in one process:
 
-1. The whole step, :func:`bench.train.optimizer_step`, timed with ``perf_counter`` (CPU ops are
+1. The whole step, :func:`bench.cell.train.optimizer_step`, timed with ``perf_counter`` (CPU ops are
    synchronous; on CUDA every mark synchronises).
 2. The same step cut into stages by timestamps: forward marks around the model's
    ``primary_capsules`` and ``digit_capsules`` (CapsNet only), backward marks from tensor hooks
@@ -46,8 +46,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkou
 from test_bench_models import TRAIN, _train_step  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.cell.train import optimizer_step  # noqa: E402
 from bench.flops import flops_per_image  # noqa: E402
-from bench.train import optimizer_step  # noqa: E402
 
 FORWARD = ("forward: primary capsules (conv1, PrimaryCaps conv, squash)",
            "forward: capsule layer (predictions + routing)",
@@ -117,7 +117,7 @@ class StageClock:
         self.marks[name] = time.perf_counter()
 
     def step(self) -> dict[str, float]:
-        """One step as :func:`bench.train.optimizer_step` runs it; seconds per stage."""
+        """One step as :func:`bench.cell.train.optimizer_step` runs it; seconds per stage."""
         self.marks = {}
         self._mark("start")
         out = self.model(self.x, self.y)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from peer_capsnets import BATCH, gram_step, guo_step
+
+from tests.benchmarks.peer_capsnets import BATCH, gram_step, guo_step
 
 PEERS = {"gram-ai": ("CAPSBENCH_PEER_GRAM", gram_step), "XifengGuo": ("CAPSBENCH_PEER_GUO", guo_step)}
 
