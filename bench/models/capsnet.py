@@ -323,7 +323,7 @@ class CapsNet(nn.Module):
         """
         b = u.shape[0]
         if self.shared_w:  # (B, T, G, 8) x (T, 8, J*D) -> (B, T, G, J*D), children type-major
-            u_hat = torch.einsum("btgk,tkm->btgm", u.view(b, self.types, -1, self.primary_dim),
+            u_hat = torch.einsum("btgk,tkm->btgm", u.reshape(b, self.types, -1, self.primary_dim),
                                  self.W)
             u_hat = u_hat.reshape(b, self.num_primary, NUM_CLASSES, self.digit_dim)
             return u_hat.permute(0, 2, 1, 3).contiguous()  # (B, J, I, D)

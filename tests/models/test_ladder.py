@@ -307,3 +307,14 @@ def test_every_step_trains_one_step_to_a_finite_loss(x):
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None for p in m.parameters())
+
+
+def test_models_command_lists_every_step_with_counts(capsys):
+    from bench.cli import main
+
+    assert main(["models", "--input-size", "28"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for s in LADDER:
+        assert s.model in lines
+    assert "5,370,784" in lines["convnet-gu"] and "5.3M (Gu et al.)" in lines["convnet-gu"]
+    assert "6,782,128" in lines["convnet-gu"]
