@@ -32,6 +32,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.config import Profile
@@ -253,7 +254,9 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
         done.append(routing_report.FIGURE_STEM)
     # -- the component ladder's figure (bench.report.figures_ablation) --
     ladder = ablation_report.ablation_table(main) if not main.empty else None
-    if ladder is not None and (ladder.values["quantity"] == "affnist_matched").any():
+    matched_rows = None if ladder is None else ladder.values[
+        ladder.values["quantity"] == "affnist_matched"]
+    if matched_rows is not None and np.isfinite(matched_rows["estimate"].to_numpy(float)).any():
         figures_ablation.ladder(ladder.values, out / ablation_report.FIGURE_STEM)
         done.append(ablation_report.FIGURE_STEM)
     if examples is not None:

@@ -17,7 +17,8 @@ __all__ = ["ladder"]
 
 
 def ladder(values: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
-    """Two panels, one row per ladder step (top to bottom in ladder order): affNIST-style
+    """Two panels, one row per ladder step (top to bottom in ladder order, labelled with the
+    component it changes): affNIST-style
     accuracy at matched clean accuracy, step minus its neighbour (left) and step minus capsnet
     (right), mean with its 95% paired interval, in pp. ``values`` is
     :func:`bench.report.ablation.ladder_values`'s frame. Writes ``<stem>.pdf`` and ``<stem>.png``.
@@ -27,6 +28,8 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
     """
     v = values[values["quantity"] == "affnist_matched"]
     order = list(dict.fromkeys(values["model"]))
+    component = dict(zip(values["model"], values["component"], strict=True))
+    labels = [f"{m} ({component[m]})" if component[m] else m for m in order]
     panels = (("neighbour", "step − neighbour (pp)"), ("capsnet", "step − capsnet (pp)"))
     drawn = []
     with figures._style():
@@ -51,7 +54,7 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
                               "high": high, "y": float(y)})
             ax.axvline(0, ls="--", lw=0.7, color="0.4")
             ax.set_xlabel(label)
-            ax.set_yticks(range(len(order)), order)
+            ax.set_yticks(range(len(order)), labels)
             ax.set_ylim(len(order) - 0.5, -0.5)
             ax.grid(axis="x", lw=0.3, alpha=0.5)
         axes[0].set_title("the named component's effect", loc="left", fontsize=7)
