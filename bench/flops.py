@@ -25,6 +25,9 @@ PAPER_PARAMS: dict[str, str] = {
     "capsnet-r1-norecon": "6.8M",
     "capsnet-r3-norecon": "6.8M",
     "baseline-cnn": "35.4M",
+    # Gu, Tresp & Hu 2021 (their final ConvNet, as a review of the paper reports it; see
+    # bench/models/convnet_gu.py): compare with "without decoder".
+    "convnet-gu": "5.3M (Gu et al.)",
 }
 
 

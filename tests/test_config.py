@@ -5,7 +5,7 @@ import pytest
 from bench.config import Profile, TrainConfig, load_profile, profile_names
 from bench.errors import BenchError
 
-PACKAGED = ["smoke", "quick", "paper", "routing", "efficient", "efficient-paper"]
+PACKAGED = ["smoke", "quick", "paper", "routing", "efficient", "efficient-paper", "ablation"]
 
 
 @pytest.mark.parametrize("name", PACKAGED)

@@ -240,10 +240,12 @@ def _config_names(cfg: DataConfig) -> tuple[str, ...]:
 
 def default_set_names(cfg: DataConfig) -> tuple[str, ...]:
     """The sets a config asks for: only ``clean`` at 28x28 (the paper's MNIST setup), else all
-    (``affnist-real`` only when ``real_affnist`` names its files)."""
+    (``affnist-real`` only when ``real_affnist`` names its files; a per-factor sweep only when its
+    grid has a point: ``rotation_grid = []`` leaves the rotation sweep out)."""
     if cfg.canvas < 40:
         return (CLEAN.name,)
-    return tuple(t for t in _config_names(cfg) if t != AFFNIST_REAL.name or cfg.real_affnist)
+    return tuple(t for t in _config_names(cfg) if (t != AFFNIST_REAL.name or cfg.real_affnist)
+                 and (set_kind(t).family != "sweep" or _sweep_grid(cfg, set_kind(t))))
 
 
 def _check_name(name: str, cfg: DataConfig) -> SetKind:

@@ -40,6 +40,15 @@ tensorflow/models, ``models/layers.py``):
   (:data:`RELEASED_RECON_WEIGHT`). We keep Eq. 4 as printed and make the weight a parameter
   (``[model] recon_weight`` in a profile; the ``capsnet-released-loss`` variant): with Adam only
   the ratio of the two terms matters, up to Adam's epsilon.
+
+Component switches (the ablation ladder of :mod:`bench.models.ladder`; Gu, Tresp & Hu, CVPR 2021,
+name these five components): ``iterations`` (1 = no routing: b = 0 gives the uniform coupling
+c_ij = 1/10 of Eq. 3), ``shared_w`` (one 8x16 matrix per primary capsule TYPE and parent, shared
+over the grid positions, instead of one per primary capsule), ``squash`` (False: the identity in
+place of Eq. 1, on the primary capsules and on the DigitCaps), ``loss`` (``"margin"``, Eq. 4, or
+``"ce"``, cross-entropy with the DigitCaps lengths as logits) and ``reconstruction``. With shared
+W and uniform coupling, s_j = (1/10) sum_t W_tj (sum_g u_tg): a global sum pool of the primary
+capsules over positions followed by one linear map, i.e. a pooling head.
 """
 
 from __future__ import annotations
@@ -51,9 +60,11 @@ from torch import nn
 from bench.models.registry import NUM_CLASSES, Output, register_model, scaled
 
 __all__ = [
+    "LOSSES",
     "RECON_WEIGHT",
     "RELEASED_RECON_WEIGHT",
     "CapsNet",
+    "capsule_loss",
     "dynamic_routing",
     "margin_loss",
     "reconstruction_decoder",
@@ -214,6 +225,22 @@ def margin_loss(
     return (present + absent).sum(dim=1).mean()
 
 
+LOSSES = ("margin", "ce")
+
+
+def capsule_loss(out: Output, x: torch.Tensor, y: torch.Tensor, kind: str,
+                 recon_weight: float) -> torch.Tensor:
+    """``kind`` ``"margin"``: Eq. 4 on ``out.logits`` (capsule lengths); ``"ce"``: cross-entropy
+    with them as logits. Plus ``recon_weight`` x the per-image sum of squared reconstruction
+    errors when ``out.reconstruction`` is given; both averaged over the batch."""
+    logits = out.logits.float()
+    loss = margin_loss(logits, y) if kind == "margin" else F.cross_entropy(logits, y)
+    if out.reconstruction is not None:
+        err = (out.reconstruction.float() - x.flatten(1).float()).pow(2).sum(dim=1).mean()
+        loss = loss + recon_weight * err
+    return loss
+
+
 def reconstruction_decoder(in_features: int, pixels: int) -> nn.Sequential:
     """The decoder of Section 4.1, Fig. 2: the masked class capsules ``(B, in_features)`` ->
     FC 512 ReLU -> FC 1024 ReLU -> FC ``pixels`` sigmoid."""
@@ -248,11 +275,23 @@ class CapsNet(nn.Module):
         digit_dim: int = 16,
         kernel: int = 9,
         recon_weight: float = RECON_WEIGHT,
+        shared_w: bool = False,
+        squash: bool = True,
+        loss: str = "margin",
     ):
         super().__init__()
         if recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {recon_weight}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if not squash and iterations != 1:
+            # Procedure 1's agreement <u_hat, v> is defined on squashed outputs (our choice: no
+            # unsquashed routing variant).
+            raise ValueError(f"squash=False needs iterations=1 (no routing), got {iterations}")
         self.recon_weight = recon_weight
+        self.shared_w = shared_w
+        self.use_squash = squash
+        self.loss_kind = loss
         self.input_size = input_size
         self.iterations = iterations
         self.types = scaled(primary_types, width)
@@ -267,8 +306,10 @@ class CapsNet(nn.Module):
         self.conv1 = nn.Conv2d(1, channels, kernel)
         self.primary = nn.Conv2d(channels, self.types * primary_dim, kernel, stride=2)
         # W[i] = [W_i1^T ... W_i10^T], 8 x (10 x 16): one 8x16 matrix per (primary capsule,
-        # parent), Eq. 2. Stored 3-D so that channels_last conversion leaves it alone.
-        self.W = nn.Parameter(torch.empty(self.num_primary, primary_dim, NUM_CLASSES * digit_dim))
+        # parent), Eq. 2; with shared_w one per (capsule type, parent). Stored 3-D so that
+        # channels_last conversion leaves it alone.
+        rows = self.types if shared_w else self.num_primary
+        self.W = nn.Parameter(torch.empty(rows, primary_dim, NUM_CLASSES * digit_dim))
         nn.init.trunc_normal_(self.W, std=0.1, a=-0.2, b=0.2)
         self.decoder = (
             reconstruction_decoder(NUM_CLASSES * digit_dim, input_size * input_size)
@@ -283,22 +324,39 @@ class CapsNet(nn.Module):
         b = p.shape[0]
         p = p.reshape(b, self.types, self.primary_dim, self.grid * self.grid)
         u = p.transpose(2, 3).reshape(b, self.num_primary, self.primary_dim)
-        return squash(u)
+        return squash(u) if self.use_squash else u
 
     def predictions(self, u: torch.Tensor) -> torch.Tensor:
-        """Eq. 2, u_hat_{j|i} = W_ij u_i, for all i and j: ``(B, I, 8) -> (B, J, I, 16)``."""
+        """Eq. 2, u_hat_{j|i} = W_ij u_i, for all i and j: ``(B, I, 8) -> (B, J, I, 16)``.
+
+        With ``shared_w`` every position g of capsule type t uses W_t: ``W_ij = W_{t(i) j}``.
+        """
         b = u.shape[0]
+        if self.shared_w:  # (B, T, G, 8) x (T, 8, J*D) -> (B, T, G, J*D), children type-major
+            u_hat = torch.einsum("btgk,tkm->btgm", u.reshape(b, self.types, -1, self.primary_dim),
+                                 self.W)
+            u_hat = u_hat.reshape(b, self.num_primary, NUM_CLASSES, self.digit_dim)
+            return u_hat.permute(0, 2, 1, 3).contiguous()  # (B, J, I, D)
         u_hat = torch.bmm(u.transpose(0, 1), self.W)  # (I, B, 8) @ (I, 8, J*D) -> (I, B, J*D)
         u_hat = u_hat.view(self.num_primary, b, NUM_CLASSES, self.digit_dim)
         return u_hat.permute(1, 2, 0, 3).contiguous()  # (B, J, I, D)
 
     def digit_capsules(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DigitCaps outputs ``(B, 10, 16)`` and coupling coefficients ``(B, 10, I)``."""
-        return dynamic_routing(self.predictions(u), self.iterations)
+        """DigitCaps outputs ``(B, 10, 16)`` and coupling coefficients ``(B, 10, I)``.
+
+        Without squash (one iteration only): s_j = sum_i (1/10) u_hat_{j|i} and v_j = s_j.
+        """
+        u_hat = self.predictions(u)
+        if self.use_squash:
+            return dynamic_routing(u_hat, self.iterations)
+        c = u_hat.new_full(u_hat.shape[:3], 1.0 / NUM_CLASSES)  # b = 0: softmax over parents
+        return u_hat.sum(dim=2) / NUM_CLASSES, c
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Output:
         v, _ = self.digit_capsules(self.primary_capsules(x))
         lengths = torch.linalg.vector_norm(v, dim=-1)  # (B, 10): probability of each digit
+        # Unsquashed lengths are not in [0, 1]: their softmax is the score (our choice).
+        scores = lengths if self.use_squash else torch.softmax(lengths.float(), dim=1)
         pred = lengths.argmax(dim=1)
         rows = torch.arange(v.shape[0], device=v.device)
         features = v[rows, pred]
@@ -307,15 +365,12 @@ class CapsNet(nn.Module):
             target = y if y is not None else pred
             mask = F.one_hot(target, NUM_CLASSES).to(v.dtype).unsqueeze(-1)
             recon = self.decoder((v * mask).flatten(1))
-        return Output(logits=lengths, scores=lengths, features=features, reconstruction=recon)
+        return Output(logits=lengths, scores=scores, features=features, reconstruction=recon)
 
     def loss(self, out: Output, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Margin loss (Eq. 4) + recon_weight x sum of squared reconstruction errors, batch means."""
-        loss = margin_loss(out.logits.float(), y)
-        if out.reconstruction is not None:
-            err = (out.reconstruction.float() - x.flatten(1).float()).pow(2).sum(dim=1).mean()
-            loss = loss + self.recon_weight * err
-        return loss
+        """Margin loss (Eq. 4), or cross-entropy on the lengths, + recon_weight x sum of squared
+        reconstruction errors; batch means."""
+        return capsule_loss(out, x, y, self.loss_kind, self.recon_weight)
 
 
 @register_model("capsnet")

@@ -36,6 +36,8 @@ _MODULES = (
     "bench.models.baseline_cnn",
     "bench.models.convnet_maxpool",
     "bench.models.convnet_k9",
+    "bench.models.convnet_gu",
+    "bench.models.ladder",
     "bench.models.heads",
     "bench.models.efficient_capsnet",
 )

@@ -33,6 +33,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.config import Profile
@@ -42,7 +43,8 @@ from bench.data.testsets import (
     sets_where,
 )
 from bench.io import load_torch, write_text
-from bench.report import figures, readout
+from bench.report import ablation as ablation_report
+from bench.report import figures, figures_ablation, readout
 from bench.report import routing as routing_report
 from bench.report.claims import displaced_control
 from bench.report.read import (
@@ -144,6 +146,10 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
                 sections.append(("Routing vs pooling: every pair", Table(
                     "routing_pairs", "Routing vs pooling, every pair of heads (the C5 reading "
                     "for each).", pt[0], pt[1], "lrrlr", pt[2]), ""))
+        # -- the component ladder (bench.report.ablation), when the run trains its steps --
+        ladder = ablation_report.ablation_table(main)
+        if ladder is not None:
+            sections.append((ablation_report.TITLE, ladder.table, ""))
     mnist = _mnist_table(df)
     if mnist is not None:
         sections.append(("The paper's MNIST table", mnist, ""))
@@ -247,6 +253,13 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
     if rt is not None and rt.c_star is not None:
         routing_report.routing_figure(rt, out / routing_report.FIGURE_STEM)
         done.append(routing_report.FIGURE_STEM)
+    # -- the component ladder's figure (bench.report.figures_ablation) --
+    ladder = ablation_report.ablation_table(main) if not main.empty else None
+    matched_rows = None if ladder is None else ladder.values[
+        ladder.values["quantity"] == "affnist_matched"]
+    if matched_rows is not None and np.isfinite(matched_rows["estimate"].to_numpy(float)).any():
+        figures_ablation.ladder(ladder.values, out / ablation_report.FIGURE_STEM)
+        done.append(ablation_report.FIGURE_STEM)
     if examples is not None:
         if any(k.startswith("images/") for k in examples):
             figures.example_grid(examples, out / "examples")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.report import ablation as ablation_report
 from bench.report import routing as routing_report
 from bench.report.read import REFERENCE
 from bench.report.readout import ALL_EQUAL, CLIPPED, MINUS
@@ -53,7 +54,7 @@ HOW_TO_READ = f"""\
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
                "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
-               "throughput", "generation")
+               "throughput", "generation", "ablation")
 
 FIGURE_CAPTIONS = {
     "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
@@ -87,6 +88,7 @@ FIGURE_CAPTIONS = {
                    "with the bin's count; dashed: perfect calibration.",
     "throughput": "Training and inference throughput (images/s).",
     routing_report.FIGURE_STEM: routing_report.FIGURE_CAPTION,
+    ablation_report.FIGURE_STEM: ablation_report.FIGURE_CAPTION,
     "examples": "The first images of each test set (label in the corner).",
     "reconstructions": "CapsNet reconstructions (from the winning capsule) under each input.",
 }

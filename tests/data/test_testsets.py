@@ -199,6 +199,10 @@ def test_default_set_names(tmp_path):
     assert testsets.default_set_names(real) == (
         "clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear", "sweep-translate",
         "scramble-g3", "displaced", "affnist-real")
+    no_sweeps = dataclasses.replace(CFG, rotation_grid=(), scale_grid=(), shear_grid=(),
+                                    translate_grid=(0.0, 4.0))
+    assert testsets.default_set_names(no_sweeps) == (
+        "clean", "affnist", "sweep-translate", "scramble-g2", "scramble-g3", "displaced")
 
 
 def test_canvas_28_clean(tmp_path, mnist_test):
