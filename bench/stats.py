@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 VERDICT_RULE = (
-    "A claim is supported when the whole 95 % interval of its effect (paired over seeds) lies on the "
+    "A claim is supported when the whole 95 % interval of its effect (paired over seeds, and over "
+    "test digits where the run has its per-image store) lies on the "
     "claimed side of no effect (0 for differences, 1 for ratios), contradicted when it lies wholly on "
     "the other side, and inconclusive when it contains no effect or could not be computed."
 )

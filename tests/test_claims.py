@@ -182,7 +182,7 @@ def test_s1_smallest_grid_at_the_largest_n(hand):
 def test_displaced_control_by_hand(hand):
     md = (hand / "report.md").read_text()
     body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in body.splitlines() if line.startswith("Control for C3")]
+    lines = [line for line in body.splitlines() if line.startswith("Control for S1")]
     assert len(lines) == 1
     line = lines[0]
     assert "capsnet − convnet-maxpool, on the displaced set" in line
@@ -190,9 +190,13 @@ def test_displaced_control_by_hand(hand):
     assert "mean AUROC capsnet 0.900, convnet-maxpool 0.850" in line
     assert "on scramble-g2: 0.700 and 0.800 at n = 1,000" in line
     assert "not specifically part arrangement" in line and "flip rate" in line
-    # right under the scoreboard's rows, before the other notes
+    # right under the scoreboard's rows: what the run cannot show, then the notes, this first
     after_rows = body.split("\n| S1 ", 1)[1].split("\n", 1)[1].lstrip("\n")
-    assert after_rows.startswith("Control for C3")
+    assert after_rows.startswith("### What this run cannot show\n")
+    block = after_rows.split("\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert 1 <= len(block) <= 6 and all(line.startswith("- ") for line in block)
+    notes = after_rows.split("### Notes to the scoreboard\n", 1)[1].lstrip("\n")
+    assert notes.startswith("Control for S1")
     assert "Signs: each effect is signed so that a positive value" in body
     # the same code path as C3: the paired t interval on the per-seed differences
     main = read_metrics(hand)

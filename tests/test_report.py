@@ -578,6 +578,7 @@ def test_probe_counts_failed_fits_and_states_the_images(run):
             est, lo, hi, clipped = _t(r2, bounds=(-math.inf, 1.0))
             k = int((r2 < 0).sum())
             want = (f"{est:.3f} [{lo:.3f}, {hi:.3f}]" + ("†" if clipped else "")
+                    + f"; median {np.median(r2):.3f}"
                     + (f" (failed fits: {k} of {len(r2)})" if k else ""))
             assert _col(md, "Linear decodability of the transform", row, f"{factor} R²") == want
             failed += k

@@ -109,14 +109,17 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     manifest = _read_optional(run_dir / "manifest.json", lambda p: json.loads(p.read_text()),
                               notes)
     cells = _read_optional(run_dir / "cells.csv", read_cells, notes)
-    store = None
-    if (run_dir / store_mod.STORE).is_file() or not (run_dir / "confidences.parquet").is_file():
+    store, conf = None, None
+    if (run_dir / store_mod.STORE).is_file():
         store = _read_optional(run_dir / store_mod.STORE, store_mod.read_store, notes)
+    elif (run_dir / "confidences.parquet").is_file():  # runs made before the store
+        conf = _read_optional(run_dir / "confidences.parquet", _read_confidences, notes)
+    else:
+        notes.append(f"`{store_mod.STORE}` absent: the intervals are over seeds only (no "
+                     "test-digit resamples) and the confidence figure is skipped.")
     if store is not None:  # every accuracy from the per-image store
         df = store_mod.with_store_accuracy(df, store)
         conf = store_mod.confidence_frame(store)
-    else:
-        conf = _read_optional(run_dir / "confidences.parquet", _read_confidences, notes)
     tp = _read_optional(run_dir / "throughput.csv", pd.read_csv, notes)
     examples = _read_optional(run_dir / "examples.pt", load_torch, notes)
 
@@ -182,12 +185,13 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         _remove_stale(run_dir / "figures", [f"{s}.{ext}" for s in FIGURE_CAPTIONS
                                             if s not in written_figures for ext in ("pdf", "png")])
     write_text(tables_dir / f"{scoreboard.name}.tex", scoreboard.latex())
+    rows_end = scoreboard.markdown().split("\n\n", 1)
     md = ["# capsbench report", "", "## Claims scoreboard", "", scoreboard.title, "",
-          scoreboard.markdown(), ""]
+          rows_end[0], "", f"### {CANNOT_SHOW_TITLE}", "", *cannot_show(manifest, board), "",
+          "### Notes to the scoreboard", "", rows_end[1] if len(rows_end) > 1 else "", ""]
     if "claims" in written_figures:
         md += ["![claims](figures/claims.png)", "", f"*claims*: {FIGURE_CAPTIONS['claims']} "
                "(`figures/claims.pdf`)", ""]
-    md += [f"### {CANNOT_SHOW_TITLE}", "", *cannot_show(manifest, board), ""]
     md += ["LaTeX: `tables/claims.tex`", ""]
     md += _run_section(manifest, df, convergence)
     md += _test_set_sizes(manifest, main)

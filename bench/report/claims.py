@@ -449,7 +449,7 @@ def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
 
 
 def displaced_control(main: pd.DataFrame) -> str | None:
-    """The control line of C3: the same difference (capsnet minus convnet-maxpool, by the same
+    """The control line of S1: the same difference (capsnet minus convnet-maxpool, by the same
     code path) on the ``displaced`` set, whose parts are moved apart but keep their arrangement;
     None when the run has no :data:`PART_SCORE` of both models on it."""
     part = _part_difference(main, REFERENCE, MAXPOOL, DISPLACED.name)
@@ -462,7 +462,7 @@ def displaced_control(main: pd.DataFrame) -> str | None:
     if scrambled is not None:
         means += (f"; on {ts}: {scrambled.means[0]:.3f} and {scrambled.means[1]:.3f} at "
                   f"{readout.n_range([scrambled.n])}")
-    return (f"Control for C3: the same AUROC difference by feature density, {REFERENCE} "
+    return (f"Control for S1: the same AUROC difference by feature density, {REFERENCE} "
             f"{MINUS} {MAXPOOL}, on the {DISPLACED.name} set (parts moved apart, arrangement "
             f"kept) at the largest n ({readout.n_range([part.n])}; {seeds}): "
             f"{readout.iv(part.interval, 1, 3, signed=True)} ({means}). A score that flags "
