@@ -521,7 +521,8 @@ def digit_weights(n_digits: int, replicates: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def with_digit_variance(iv: Interval, digit_var: float, level: float = 0.95) -> Interval:
+def with_digit_variance(iv: Interval, digit_var: float, level: float = 0.95,
+                        bounds: tuple[float, float] | None = None) -> Interval:
     """``iv`` (a t-interval over seeds for fixed test digits) widened by the test-digit sampling.
 
     Variance decomposition (seeds and digits are crossed: every seed is scored on the same
@@ -530,7 +531,8 @@ def with_digit_variance(iv: Interval, digit_var: float, level: float = 0.95) -> 
     fixed (:func:`digit_weights`; on the log scale for a ratio). The interval is
     ``estimate +- t_{(1+level)/2, k-1} * se`` (exponentiated for a ratio). Our choice: the seed
     term already holds the seed-by-digit interaction once, so the sum slightly over-counts it
-    (conservative). Without a seed interval (one seed) it stays NaN.
+    (conservative). Without a seed interval (one seed) it stays NaN. Clipped to ``bounds``
+    (``clipped=True``) like the seed interval.
     """
     if not (np.isfinite(iv.se) and iv.df >= 1) or not np.isfinite(digit_var):
         return iv
@@ -541,7 +543,8 @@ def with_digit_variance(iv: Interval, digit_var: float, level: float = 0.95) -> 
     if iv.log:
         low, high = math.exp(low), math.exp(high)
     method = iv.method.split(", clipped")[0] + " and test digits (bootstrap variance added)"
-    return Interval(iv.estimate, low, high, iv.n, method, se=se, df=iv.df, log=iv.log)
+    return _clip(Interval(iv.estimate, low, high, iv.n, method, se=se, df=iv.df, log=iv.log),
+                 bounds)
 
 
 def p_value(iv: Interval, null: float = 0.0) -> float:

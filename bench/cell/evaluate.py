@@ -526,9 +526,10 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
 
 
 def example_images(sets: dict, k: int = N_EXAMPLES) -> dict[str, torch.Tensor]:
-    """The first ``k`` images and labels of every set, for the report's example grids."""
+    """The first ``k`` images and labels of every set, for the report's example grids (cloned:
+    a slice would save its whole set's storage with it, megabytes instead of kilobytes)."""
     out = {}
     for name, ts in sets.items():
-        out[f"images/{name}"] = ts.images[:k].cpu()
-        out[f"labels/{name}"] = ts.labels[:k].cpu()
+        out[f"images/{name}"] = ts.images[:k].cpu().clone()
+        out[f"labels/{name}"] = ts.labels[:k].cpu().clone()
     return out

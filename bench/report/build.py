@@ -151,10 +151,10 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Linear decodability of the transform", _probe_table(main, models, manifest), ""),
             ("Per-factor sweeps", _sweeps_table(main, models, manifest), ""),
             ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
-            ("Effective robustness (secondary)",
-             None if er is None else robustness.table(er), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
+        if er is not None:  # runs with ConvNet cells only
+            sections.append(("Effective robustness (secondary)", robustness.table(er), ""))
         rt = routing_report.routing_table(main, targets)
         if rt is not None:
             sections.append((routing_report.TITLE, Table("routing", rt.title, rt.header, rt.rows,

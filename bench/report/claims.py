@@ -270,11 +270,13 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
     return claim
 
 
-def _widened(seed_iv: Interval, digit_var: float | None) -> Interval:
-    """The seeds-and-digits interval, or ``seed_iv`` itself without a digit variance."""
+def _widened(seed_iv: Interval, digit_var: float | None,
+             bounds: tuple[float, float] = (-1.0, 1.0)) -> Interval:
+    """The seeds-and-digits interval (clipped to ``bounds``: a difference of two fractions),
+    or ``seed_iv`` itself without a digit variance."""
     if digit_var is None:
         return seed_iv
-    return stats.with_digit_variance(seed_iv, digit_var)
+    return stats.with_digit_variance(seed_iv, digit_var, bounds=bounds)
 
 
 def _digit_var(replicates: list[float], total: int) -> float | None:
@@ -396,7 +398,8 @@ def _arrangement_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
         return claim
     seed_iv, ts, n, seeds = got
     claim.seed_interval = seed_iv
-    claim.interval = _widened(seed_iv, _arrangement_digit_var(ctx, a, b, ts, n, seeds))
+    claim.interval = _widened(seed_iv, _arrangement_digit_var(ctx, a, b, ts, n, seeds),
+                              bounds=(-2.0, 2.0))
     claim.effect = claim.effect.replace("scrambled", ts)
     claim.scale = ctx.scale([a, b], [n], seeds, seed_iv.n, lead="at the largest n")
     return claim

@@ -289,7 +289,8 @@ def _sweep_point_text(acc: dict[int, float], digits: int | None) -> str:
         w = stats.wilson_interval(iv.estimate * digits, digits)
         lo = w.low if not np.isfinite(iv.low) else min(iv.low, w.low)
         hi = w.high if not np.isfinite(iv.high) else max(iv.high, w.high)
-        iv = dataclasses.replace(iv, low=lo, high=hi, clipped=False)
+        iv = dataclasses.replace(iv, low=lo, high=hi, clipped=iv.clipped and (
+            lo == iv.low or hi == iv.high))
     return readout.iv(iv, 100)
 
 
