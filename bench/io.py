@@ -130,10 +130,11 @@ def write_csv(path: str | os.PathLike, frame: Any) -> str:
     return write_bytes(path, frame.to_csv(index=False).encode())
 
 
-def write_parquet(path: str | os.PathLike, frame: Any) -> str:
-    """A pandas frame as Parquet (no index), atomically; returns the file's sha256."""
+def write_parquet(path: str | os.PathLike, frame: Any, compression: str = "snappy") -> str:
+    """A pandas frame as Parquet (no index, ``compression`` as pyarrow names it), atomically;
+    returns the file's sha256."""
     buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
+    frame.to_parquet(buf, index=False, compression=compression)
     return write_bytes(path, buf.getvalue())
 
 

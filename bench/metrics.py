@@ -147,12 +147,23 @@ def _group_folds(groups: np.ndarray, k: int) -> list[np.ndarray]:
     return [np.flatnonzero(f == i) for i in range(k)]
 
 
+# Our choices for the probe's standardisation (see _ridge_predict): units active on fewer training
+# rows are left out, and no unit's standard deviation is taken below this fraction of the median.
+MIN_ACTIVE_ROWS = 5
+SD_FLOOR = 0.1
+
+
 def _ridge_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
                    alphas: Sequence[float]) -> np.ndarray:
     """Ridge predictions ``(len(alphas), n_test)`` for every penalty from one eigendecomposition.
 
-    Features standardised with the training rows' mean and standard deviation (constant columns
-    left at 0), target centred with the training mean. With ``A`` the standardised training rows
+    Features standardised with the training rows' mean and standard deviation, target centred
+    with the training mean. Two guards for sparse features (ReLU units that fire on a few
+    images): a unit non-zero on fewer than :data:`MIN_ACTIVE_ROWS` training rows is left out (set
+    to 0; constant columns too), and every standard deviation is floored at :data:`SD_FLOOR`
+    times the median of the kept units' (our choice: without them a unit that fired on one
+    training image gets a tiny SD, and on a held-out digit where it fires its standardised value
+    is huge, which sent R^2 to -10 and below for ReLU ConvNets). With ``A`` the standardised training rows
     and ``B`` the test rows: when D <= N, ``A^T A = V diag(l) V^T`` and
     ``y_hat = B V diag(1 / (l + a)) V^T A^T y``; otherwise (dual form) ``A A^T = U diag(l) U^T``
     and ``y_hat = B A^T U diag(1 / (l + a)) U^T y``. Both equal ``B (A^T A + a I)^{-1} A^T y``.
@@ -162,8 +173,11 @@ def _ridge_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
 
     xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
     mu, sd = xtr_t.mean(0), xtr_t.std(0, unbiased=False)
-    sd[sd == 0] = 1.0
-    a, b = (xtr_t - mu) / sd, (xte_t - mu) / sd
+    keep = ((xtr_t != 0).sum(0) >= min(MIN_ACTIVE_ROWS, xtr_t.shape[0])) & (sd > 0)
+    floor = SD_FLOOR * float(sd[keep].median()) if bool(keep.any()) else 1.0
+    sd = torch.where(keep, sd.clamp(min=floor), torch.ones_like(sd))
+    a = torch.where(keep, (xtr_t - mu) / sd, torch.zeros_like(xtr_t))
+    b = torch.where(keep, (xte_t - mu) / sd, torch.zeros_like(xte_t))
     y_mean = float(ytr.mean())
     yc = torch.from_numpy(ytr) - y_mean
     if a.shape[1] <= a.shape[0]:

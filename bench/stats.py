@@ -45,6 +45,11 @@ from bench.errors import BenchError
 
 __all__ = [
     "Interval",
+    "with_digit_variance",
+    "digit_weights",
+    "p_value",
+    "holm_adjusted",
+    "wilson_interval",
     "mean_interval",
     "paired_difference",
     "n_to_target",
@@ -56,7 +61,8 @@ __all__ = [
 ]
 
 VERDICT_RULE = (
-    "A claim is supported when the whole 95 % interval of its effect (paired over seeds) lies on the "
+    "A claim is supported when the whole 95 % interval of its effect (paired over seeds, and over "
+    "test digits where the run has its per-image store) lies on the "
     "claimed side of no effect (0 for differences, 1 for ratios), contradicted when it lies wholly on "
     "the other side, and inconclusive when it contains no effect or could not be computed."
 )
@@ -82,6 +88,11 @@ class Interval:
     n: int
     method: str
     clipped: bool = False
+    # The standard error and degrees of freedom of the t-interval (on the log scale when
+    # ``log``): what :func:`p_value` and :func:`with_digit_variance` read. NaN/0 when unknown.
+    se: float = math.nan
+    df: int = 0
+    log: bool = False
 
     def contains(self, x: float) -> bool:
         """``low <= x <= high`` (closed); False when the interval is NaN."""
@@ -166,8 +177,8 @@ def _clipped_interval(
     if k == 1:
         return _no_interval(float(x[0]), 1, extra)
     mean, low, high = _t_interval(x, level)
-    return _clip(Interval(mean, low, high, k, f"{name}{_level_note(level)} over {_seeds(k)}{extra}"),
-                 bounds)
+    return _clip(Interval(mean, low, high, k, f"{name}{_level_note(level)} over {_seeds(k)}{extra}",
+                          se=float(x.std(ddof=1)) / math.sqrt(k), df=k - 1), bounds)
 
 
 def _clip(iv: Interval, bounds: tuple[float, float] | None) -> Interval:
@@ -205,7 +216,8 @@ def _log_interval(r: np.ndarray, level: float, what: str, extra: str = "") -> In
         return _no_interval(float(r[0]), 1, extra)
     mean, low, high = _t_interval(np.log(r), level)
     method = f"Student t{_level_note(level)} on {what} over {_seeds(k)}, exponentiated{extra}"
-    return Interval(math.exp(mean), math.exp(low), math.exp(high), k, method)
+    return Interval(math.exp(mean), math.exp(low), math.exp(high), k, method,
+                    se=float(np.log(r).std(ddof=1)) / math.sqrt(k), df=k - 1, log=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,3 +497,105 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
             break
         reject[idx] = True
     return reject
+
+
+# --------------------------------------------------------------------------------------------
+# test-digit sampling, p-values and family-wise verdicts
+
+
+def digit_weights(n_digits: int, replicates: int, seed: int = 0) -> np.ndarray:
+    """``(replicates, n_digits)`` bootstrap weights over test digits: row b counts how often each
+    digit is drawn when ``n_digits`` are drawn with replacement (Efron & Tibshirani 1993, ch. 6).
+
+    One digit keeps all its images together (its transforms, its scrambled twin): the weight
+    multiplies every image of that digit. Seeded (``seed``): a report rebuilt from the same files
+    draws the same replicates, so its intervals are byte-identical.
+    """
+    if n_digits < 1 or replicates < 1:
+        raise BenchError(f"digit_weights: expected >= 1 digits and replicates, got {n_digits}, "
+                         f"{replicates}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_digits, size=(replicates, n_digits))
+    out = np.zeros((replicates, n_digits))
+    np.add.at(out, (np.repeat(np.arange(replicates), n_digits), draws.ravel()), 1.0)
+    return out
+
+
+def with_digit_variance(iv: Interval, digit_var: float, level: float = 0.95,
+                        bounds: tuple[float, float] | None = None) -> Interval:
+    """``iv`` (a t-interval over seeds for fixed test digits) widened by the test-digit sampling.
+
+    Variance decomposition (seeds and digits are crossed: every seed is scored on the same
+    digits): ``se^2 = s^2 / k + v_digit``, with ``s^2 / k`` the seed term of ``iv`` and
+    ``v_digit`` the variance of the seed-averaged estimate over test-digit resamples, seeds held
+    fixed (:func:`digit_weights`; on the log scale for a ratio). The interval is
+    ``estimate +- t_{(1+level)/2, k-1} * se`` (exponentiated for a ratio). Our choice: the seed
+    term already holds the seed-by-digit interaction once, so the sum slightly over-counts it
+    (conservative). Without a seed interval (one seed) it stays NaN. Clipped to ``bounds``
+    (``clipped=True``) like the seed interval.
+    """
+    if not (np.isfinite(iv.se) and iv.df >= 1) or not np.isfinite(digit_var):
+        return iv
+    se = math.sqrt(iv.se ** 2 + max(digit_var, 0.0))
+    t = float(_st.t.ppf((1.0 + level) / 2.0, df=iv.df))
+    centre = math.log(iv.estimate) if iv.log else iv.estimate
+    low, high = centre - t * se, centre + t * se
+    if iv.log:
+        low, high = math.exp(low), math.exp(high)
+    method = iv.method.split(", clipped")[0] + " and test digits (bootstrap variance added)"
+    return _clip(Interval(iv.estimate, low, high, iv.n, method, se=se, df=iv.df, log=iv.log),
+                 bounds)
+
+
+def p_value(iv: Interval, null: float = 0.0) -> float:
+    """Two-sided p-value of "no effect" (``null``; 1 for a ratio) from the interval's t statistic,
+    ``(estimate - null) / se`` on ``df`` degrees of freedom (log scale for a ratio); NaN when
+    the interval has no standard error. A zero standard error gives 0 (or 1 at the null)."""
+    if not (np.isfinite(iv.se) and iv.df >= 1 and np.isfinite(iv.estimate)):
+        return math.nan
+    diff = (math.log(iv.estimate) - math.log(null)) if iv.log else iv.estimate - null
+    if iv.se == 0:
+        return 1.0 if diff == 0 else 0.0
+    return float(2.0 * _st.t.sf(abs(diff) / iv.se, df=iv.df))
+
+
+def holm_adjusted(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values (Holm 1979): with the m known p-values sorted ascending,
+    ``p~_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))``; a hypothesis is rejected at family-wise
+    level alpha when its adjusted p-value is <= alpha (the same decisions as :func:`holm`).
+    NaN stays NaN and does not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    known = np.flatnonzero(~np.isnan(p))
+    m = known.size
+    running = 0.0
+    for j, idx in enumerate(known[np.argsort(p[known], kind="stable")]):
+        running = max(running, min(1.0, (m - j) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def adjusted_verdict(interval: Interval, p_adjusted: float, null: float = 0.0,
+                     alpha: float = 0.05) -> str:
+    """The family-wise verdict: "supported" or "contradicted" (by the estimate's side of
+    ``null``) when the Holm-adjusted p-value is <= ``alpha``, else "inconclusive"."""
+    if not np.isfinite(p_adjusted) or p_adjusted > alpha:
+        return "inconclusive"
+    above = (interval.estimate > null)
+    return "supported" if above else "contradicted"
+
+
+def wilson_interval(successes: float, total: float, level: float = 0.95) -> Interval:
+    """Wilson's score interval for a binomial proportion (Wilson 1927, JASA 22:209-212):
+    ``(p + z^2/2N +- z sqrt(p(1-p)/N + z^2/4N^2)) / (1 + z^2/N)``. Never of zero width for
+    N >= 1 and inside [0, 1]; for one accuracy on N test images (test-image sampling only)."""
+    _check_level(level, "wilson_interval")
+    if total <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "Wilson: no images")
+    z = float(_st.norm.ppf((1.0 + level) / 2.0))
+    p = successes / total
+    denom = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), int(total),
+                    f"Wilson score interval over {int(total)} images")

@@ -488,3 +488,65 @@ def test_holm_equals_adjusted_p_values_and_skips_nan():
         assert holm(p, 0.05).tolist() == _holm_literal(p, 0.05)
     reject = holm([float("nan"), 0.02, 0.03], 0.05)  # m = 2: 0.02 <= 0.025, 0.03 <= 0.05
     assert reject.tolist() == [False, True, True]
+
+
+# --------------------------------------------------------------------------------------------
+# Test-digit sampling, Holm, Wilson
+
+
+def test_digit_variance_matches_the_analytic_variance_of_an_additive_case():
+    """delta[s, i] = a[s] + b[i] (seeds and digits crossed, no interaction). The mean over k
+    seeds and N digits has variance var(a) / k + var(b) / N; the t-interval over seeds carries
+    the first term, the digit resamples (seeds fixed) the second: their bootstrap variance is
+    the plug-in var_pop(b) / N."""
+    from bench.report.store import DigitTable
+    rng = np.random.default_rng(3)
+    k, n = 5, 400
+    a = rng.normal(0.02, 0.004, k)
+    b = rng.normal(0.0, 0.3, n)
+    delta = a[:, None] + b[None, :]
+    table = DigitTable([("m", 1, s) for s in range(k)], delta, np.ones((k, n)))
+    w = bench.stats.digit_weights(n, 2000, seed=1)
+    reps = table.values(w).mean(1)
+    analytic = b.var() / n  # ddof 0: the bootstrap's plug-in variance
+    assert reps.var(ddof=1) == pytest.approx(analytic, rel=0.1)
+    seed_iv = bench.stats.paired_difference(dict(enumerate(delta.mean(1))), dict.fromkeys(range(k), 0.0))
+    assert seed_iv.se ** 2 == pytest.approx(a.var(ddof=1) / k)
+    both = bench.stats.with_digit_variance(seed_iv, reps.var(ddof=1))
+    t = 2.7764451051977987  # t(0.975, 4)
+    assert both.half_width() == pytest.approx(t * math.sqrt(a.var(ddof=1) / k + analytic),
+                                              rel=0.06)
+    # The seeds alone say "above 0"; with the digits the interval holds 0.
+    assert seed_iv.low > 0 and both.low < 0 < both.high
+    assert bench.stats.verdict(seed_iv) == "supported" and bench.stats.verdict(both) == "inconclusive"
+
+
+def test_digit_weights_are_reproducible_counts():
+    w = bench.stats.digit_weights(7, 5, seed=2)
+    assert w.shape == (5, 7) and (w.sum(1) == 7).all()
+    assert np.array_equal(w, bench.stats.digit_weights(7, 5, seed=2))
+
+
+def test_holm_adjusted_by_hand():
+    """p = (0.0117, 0.0010, 0.0013, 0.5), m = 4: sorted 0.0010 x 4 = 0.004, 0.0013 x 3 = 0.0039
+    -> max 0.004, 0.0117 x 2 = 0.0234, 0.5 x 1 = 0.5."""
+    p = [0.0117, 0.0010, 0.0013, 0.5]
+    adj = bench.stats.holm_adjusted(p)
+    assert adj == pytest.approx([0.0234, 0.004, 0.004, 0.5])
+    assert list(adj <= 0.05) == list(bench.stats.holm(p))
+    assert np.isnan(bench.stats.holm_adjusted([0.01, math.nan])[1])
+
+
+def test_p_value_is_the_paired_t_tests():
+    a, b = {0: 0.1, 1: 0.3, 2: 0.25, 3: 0.2}, {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.1}
+    iv = bench.stats.paired_difference(a, b)
+    assert bench.stats.p_value(iv) == pytest.approx(stats.ttest_rel(list(a.values()),
+                                                           list(b.values())).pvalue)
+
+
+def test_wilson_interval_by_hand():
+    """50 of 50 correct: Wilson's lower bound is N / (N + z^2) = 50 / 53.8415 (z = 1.95996),
+    not a zero-width interval."""
+    iv = bench.stats.wilson_interval(50, 50)
+    assert iv.low == pytest.approx(50 / (50 + 1.959963984540054 ** 2))
+    assert iv.high == pytest.approx(1.0)

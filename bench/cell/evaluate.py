@@ -3,7 +3,9 @@
 The metrics themselves are pure functions in :mod:`bench.metrics`; this module runs the model
 (batched, on the device, in inference mode), pairs scrambled digits with their intact originals
 through ``params["source"]``, and hands the cell's results to :class:`bench.cell.files.CellFiles`,
-which writes them atomically.
+which writes them atomically: the metric rows (``metrics.csv``) and the per-image prediction
+store (``predictions.parquet``, :func:`prediction_frame`), from which every accuracy of the
+report can be recomputed.
 """
 
 from __future__ import annotations
@@ -291,6 +293,85 @@ def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dic
     return rows
 
 
+# The per-image store: one row per image of every test set. Columns and their dtypes (compact
+# on purpose: the store of every cell is committed with the example runs).
+STORE_PARAMS = ("angle_deg", "shear", "scale_x", "scale_y", "tx", "ty")  # affine sets, float32
+
+
+def prediction_frame(name: str, preds: Predictions, labels: torch.Tensor,
+                     params: dict) -> pd.DataFrame:
+    """One row per image of set ``name``: what it is and what the model said about it.
+
+    - identity: ``test_set``, ``index`` (row in the set), ``source`` (index into the MNIST test
+      split; the digit), ``transform`` (the image's rank among the set's images of the same
+      digit: 0..k-1 for the affNIST-style set, the grid point for a sweep, 0 elsewhere),
+      ``value`` (a sweep's factor value), ``fits`` (all ink on the canvas; sweeps and affine
+      sets), the affine parameters of :data:`STORE_PARAMS`, ``layout`` (a scrambled set's
+      permutation of grid cells, as digits "1032"; the displaced set: "displaced"), ``clipped``
+      (the displaced set: a part lost ink at the border);
+    - the answer: ``label``, ``pred``, ``second`` (the runner-up class), ``correct``;
+    - the scores a metric reads: ``confidence`` (the max score: capsule length or softmax
+      maximum), ``density`` (the Mahalanobis distance of :func:`bench.metrics.mahalanobis_score`
+      on the clean and scrambled sets, NaN elsewhere), ``recon_error`` (sum of squared errors of
+      the reconstruction; NaN without a decoder).
+    """
+    n = len(labels)
+    source = params["source"].long().numpy() if "source" in params else np.arange(n)
+    transform = pd.Series(source).groupby(source).cumcount().to_numpy()
+    top2 = preds.scores.topk(2, dim=1).indices if preds.scores.shape[1] > 1 else None
+    nan32 = np.full(n, np.nan, dtype=np.float32)
+
+    def f32(t: torch.Tensor | None) -> np.ndarray:
+        return nan32 if t is None else t.double().numpy().astype(np.float32)
+
+    frame = {
+        "test_set": name,
+        "index": np.arange(n, dtype=np.int32),
+        "source": source.astype(np.int32),
+        "transform": transform.astype(np.int16),
+        "value": (params["value"].double().numpy().astype(np.float32) if "value" in params
+                  else nan32),
+        "fits": pd.array(params["fits"].numpy().astype(bool) if "fits" in params
+                         else [pd.NA] * n, dtype="boolean"),
+    }
+    for key in STORE_PARAMS:
+        frame[key] = f32(params.get(key))
+    if "perm" in params:
+        frame["layout"] = ["".join(str(int(v)) for v in row) for row in params["perm"].tolist()]
+    else:
+        frame["layout"] = ["displaced" if "clipped" in params else ""] * n
+    frame["clipped"] = pd.array(params["clipped"].numpy().astype(bool) if "clipped" in params
+                                else [pd.NA] * n, dtype="boolean")
+    pred = preds.pred.numpy()
+    frame.update({
+        "label": labels.numpy().astype(np.int8),
+        "pred": pred.astype(np.int8),
+        "second": (top2[:, 1].numpy() if top2 is not None else pred).astype(np.int8),
+        "correct": pred == labels.numpy(),
+        "confidence": f32(preds.confidence),
+        "density": f32(preds.density),
+        "recon_error": f32(preds.recon_error),
+    })
+    out = pd.DataFrame(frame)
+    out["test_set"] = out["test_set"].astype("category")
+    out["layout"] = out["layout"].astype("category")
+    return out
+
+
+def store_frame(frames: Sequence[pd.DataFrame], ident: dict[str, Any]) -> pd.DataFrame | None:
+    """The cell's store: the sets' :func:`prediction_frame` rows under the cell's identity
+    (``setup``, ``model`` as categories, ``n`` int32, ``seed`` int16)."""
+    if not frames:
+        return None
+    out = pd.concat(frames, ignore_index=True)
+    out["test_set"] = out["test_set"].astype(str).astype("category")
+    out["layout"] = out["layout"].astype(str).astype("category")
+    for k, dtype in (("seed", np.int16), ("n", np.int32), ("model", "category"),
+                     ("setup", "category")):
+        out.insert(0, k, pd.Series([ident[k]] * len(out), dtype=dtype))
+    return out
+
+
 def _subset(preds: Predictions, idx: torch.Tensor) -> Predictions:
     def take(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t[idx]
@@ -409,7 +490,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
             row_of_source = torch.full((int(sources.max()) + 1,), -1, dtype=torch.long)
             row_of_source[sources] = torch.arange(len(sources))
         rows: list[dict[str, Any]] = []
-        conf_frames = []
+        store = []
         for name, ts in sets.items():
             intact = None
             if is_scrambled(name) and clean is not None:
@@ -417,16 +498,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
                 if bool((idx < 0).any()):
                     raise BenchError(f"{name}: some digits have no intact twin in the clean set")
                 intact = _subset(preds[CLEAN.name], idx)
-                for flag, p, labels in ((False, preds[name], ts.labels),
-                                        (True, intact, clean.labels[idx])):
-                    conf_frames.append(pd.DataFrame({
-                        "test_set": name,
-                        "confidence": p.confidence.numpy(),
-                        "correct": (p.pred == labels).numpy(),
-                        "recon_error": (p.recon_error.numpy() if p.recon_error is not None
-                                        else np.full(len(labels), np.nan)),
-                        "intact": flag,
-                    }))
+            store.append(prediction_frame(name, preds[name], ts.labels, ts.params))
             rows += set_metrics(name, preds[name], ts.labels, ts.params, intact, temperature,
                                 None if intact is None else clean.labels[idx])
             if name == CLEAN.name:
@@ -437,11 +509,7 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
 
     ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
     table = pd.DataFrame([{**ident, **r} for r in rows])
-    conf = None
-    if conf_frames:
-        conf = pd.concat(conf_frames, ignore_index=True)
-        for k, v in ident.items():
-            conf.insert(0, k, v)
+    predictions = store_frame(store, ident)
     recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
                **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
@@ -453,14 +521,15 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
                "timing": {"sets_s": t_sets - t0, "predict_s": sum(predict_s.values()),
                           "metrics_s": time.perf_counter() - t_metrics,
                           "predict_s_per_set": predict_s}}
-    files.finish_evaluation(table, conf, recon, summary)
+    files.finish_evaluation(table, predictions, recon, summary)
     return summary
 
 
 def example_images(sets: dict, k: int = N_EXAMPLES) -> dict[str, torch.Tensor]:
-    """The first ``k`` images and labels of every set, for the report's example grids."""
+    """The first ``k`` images and labels of every set, for the report's example grids (cloned:
+    a slice would save its whole set's storage with it, megabytes instead of kilobytes)."""
     out = {}
     for name, ts in sets.items():
-        out[f"images/{name}"] = ts.images[:k].cpu()
-        out[f"labels/{name}"] = ts.labels[:k].cpu()
+        out[f"images/{name}"] = ts.images[:k].cpu().clone()
+        out[f"labels/{name}"] = ts.labels[:k].cpu().clone()
     return out

@@ -30,7 +30,8 @@ class CellFiles:
     ``train.json`` exists and evaluated when ``eval.json`` exists (with the evaluation's key).
 
     Checksums: ``train.json`` records the sha256 and size of ``checkpoint.pt`` (key ``files``),
-    ``eval.json`` those of ``metrics.csv``, ``confidences.parquet`` and ``examples.pt``, and
+    ``eval.json`` those of ``metrics.csv``, ``predictions.parquet`` (one row per test image, zstd)
+    and ``examples.pt``, and
     ``files.json``, written after each marker, those of every file of the cell including the
     two markers. :meth:`damaged` checks them; :meth:`discard` removes a stage to rebuild it.
     Cells written before checksums were recorded have no ``files`` key and are not checked.
@@ -62,7 +63,11 @@ class CellFiles:
         return self.folder / "metrics.csv"
 
     @property
-    def confidences(self) -> Path:
+    def predictions(self) -> Path:  # the per-image store (bench.cell.evaluate.prediction_frame)
+        return self.folder / "predictions.parquet"
+
+    @property
+    def legacy_confidences(self) -> Path:  # what evaluations before the store wrote instead
         return self.folder / "confidences.parquet"
 
     @property
@@ -89,7 +94,7 @@ class CellFiles:
         """The files ``stage`` writes before its marker."""
         if stage == "train":
             return (self.checkpoint,)
-        return (self.metrics, self.confidences, self.examples)
+        return (self.metrics, self.predictions, self.examples)
 
     def save_state(self, state: dict[str, Any]) -> None:
         save_torch(self.state, state)
@@ -125,18 +130,19 @@ class CellFiles:
         self._record({**files, self.train_summary.name: entry})
         self.state.unlink(missing_ok=True)
 
-    def finish_evaluation(self, metrics: Any, confidences: Any | None,
+    def finish_evaluation(self, metrics: Any, predictions: Any | None,
                           examples: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:
         """Write the evaluation's tables (pandas frames) and examples, then ``eval.json`` with
         their checksums, then ``files.json``. An older ``eval.json`` goes first: interrupted
         here, the cell reads as not evaluated rather than as damaged."""
         self.eval_summary.unlink(missing_ok=True)
         files = {self.metrics.name: self._entry(self.metrics, write_csv(self.metrics, metrics))}
-        if confidences is not None:
-            files[self.confidences.name] = self._entry(
-                self.confidences, write_parquet(self.confidences, confidences))
+        self.legacy_confidences.unlink(missing_ok=True)
+        if predictions is not None:
+            files[self.predictions.name] = self._entry(
+                self.predictions, write_parquet(self.predictions, predictions, compression="zstd"))
         else:  # not this evaluation's: an older evaluation's file must not be collected
-            self.confidences.unlink(missing_ok=True)
+            self.predictions.unlink(missing_ok=True)
         if examples:
             files[self.examples.name] = self._entry(self.examples,
                                                     save_torch(self.examples, examples))

@@ -1,7 +1,8 @@
 """``python -m bench report RUN_DIR``: tables and figures of a run folder, no training.
 
 Reads the tidy results of a run (``metrics.csv``, required; ``cells.csv``,
-``confidences.parquet``, ``throughput.csv``, ``examples.pt`` and ``manifest.json``, each
+``predictions.parquet`` (the per-image store, :mod:`bench.report.store`; older runs:
+``confidences.parquet``), ``throughput.csv``, ``examples.pt`` and ``manifest.json``, each
 optional) and writes
 
 - ``report.md``: first the claims scoreboard (each claim made for capsules, its effect with a
@@ -44,8 +45,9 @@ from bench.data.testsets import (
 )
 from bench.io import load_torch, write_text
 from bench.report import ablation as ablation_report
-from bench.report import figures, figures_ablation, readout
+from bench.report import figures, figures_ablation, readout, robustness
 from bench.report import routing as routing_report
+from bench.report import store as store_mod
 from bench.report.claims import displaced_control
 from bench.report.read import (
     MAIN_SETUP,
@@ -55,7 +57,13 @@ from bench.report.read import (
     read_cells,
     read_metrics,
 )
-from bench.report.scoreboard import _claims_table, claims, claims_frame
+from bench.report.scoreboard import (
+    CANNOT_SHOW_TITLE,
+    _claims_table,
+    cannot_show,
+    claims,
+    claims_frame,
+)
 from bench.report.sections import (
     _calibration_table,
     _convergence,
@@ -104,14 +112,25 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     manifest = _read_optional(run_dir / "manifest.json", lambda p: json.loads(p.read_text()),
                               notes)
     cells = _read_optional(run_dir / "cells.csv", read_cells, notes)
-    conf = _read_optional(run_dir / "confidences.parquet", _read_confidences, notes)
+    store, conf = None, None
+    if (run_dir / store_mod.STORE).is_file():
+        store = _read_optional(run_dir / store_mod.STORE, store_mod.read_store, notes)
+    elif (run_dir / "confidences.parquet").is_file():  # runs made before the store
+        conf = _read_optional(run_dir / "confidences.parquet", _read_confidences, notes)
+    else:
+        notes.append(f"`{store_mod.STORE}` absent: the intervals are over seeds only (no "
+                     "test-digit resamples) and the confidence figure is skipped.")
+    if store is not None:  # every accuracy from the per-image store
+        df = store_mod.with_store_accuracy(df, store)
+        conf = store_mod.confidence_frame(store)
     tp = _read_optional(run_dir / "throughput.csv", pd.read_csv, notes)
     examples = _read_optional(run_dir / "examples.pt", load_torch, notes)
 
     main = df[df["setup"] == MAIN_SETUP]
     models = figures.model_order(main["model"])
     targets = _targets(manifest, notes)
-    board = claims(main, targets, manifest=manifest, cells=cells)
+    board = claims(main, targets, manifest=manifest, cells=cells,
+                   store=None if store is None else store[store["setup"] == MAIN_SETUP])
     train_cfg = (((manifest or {}).get("profile") or {}).get("config") or {}).get("train") or {}
     convergence, convergence_table, not_converged = _convergence(cells, train_cfg)
 
@@ -122,6 +141,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         notes.append(f"No rows of setup `{MAIN_SETUP}` in `metrics.csv`: its tables and "
                      "figures are skipped.")
     else:
+        er = robustness.effective_robustness(main)
         head, diff, label = _headline_tables(main, models)
         recon, recon_sentence = _recon_table(main, models)
         sections.append((f"Accuracy and calibration at the largest n ({label})", head, ""))
@@ -132,10 +152,12 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Scrambled and displaced parts", _scrambled_table(main, models), ""),
             ("Calibration", _calibration_table(main, models), ""),
             ("Linear decodability of the transform", _probe_table(main, models, manifest), ""),
-            ("Per-factor sweeps", _sweeps_table(main, models), ""),
+            ("Per-factor sweeps", _sweeps_table(main, models, manifest), ""),
             ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
+        if er is not None:  # runs with ConvNet cells only
+            sections.append(("Effective robustness (secondary)", robustness.table(er), ""))
         rt = routing_report.routing_table(main, targets)
         if rt is not None:
             sections.append((routing_report.TITLE,
@@ -145,7 +167,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             if pt is not None:
                 sections.append(("Routing vs pooling: every pair", Table(
                     "routing_pairs", "Routing vs pooling, every pair of heads (the C5 reading "
-                    "for each).", pt[0], pt[1], "lrrlr", pt[2]), ""))
+                    "for each).", pt[0], pt[1], "lrrllr", pt[2]), ""))
         # -- the component ladder (bench.report.ablation), when the run trains its steps --
         ladder = ablation_report.ablation_table(main)
         if ladder is not None:
@@ -170,8 +192,10 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         _remove_stale(run_dir / "figures", [f"{s}.{ext}" for s in FIGURE_CAPTIONS
                                             if s not in written_figures for ext in ("pdf", "png")])
     write_text(tables_dir / f"{scoreboard.name}.tex", scoreboard.latex())
+    rows_end = scoreboard.markdown().split("\n\n", 1)
     md = ["# capsbench report", "", "## Claims scoreboard", "", scoreboard.title, "",
-          scoreboard.markdown(), ""]
+          rows_end[0], "", f"### {CANNOT_SHOW_TITLE}", "", *cannot_show(manifest, board), "",
+          "### Notes to the scoreboard", "", rows_end[1] if len(rows_end) > 1 else "", ""]
     if "claims" in written_figures:
         md += ["![claims](figures/claims.png)", "", f"*claims*: {FIGURE_CAPTIONS['claims']} "
                "(`figures/claims.pdf`)", ""]
@@ -226,6 +250,10 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
         figures.affnist_vs_clean(main, out / "affnist_vs_clean", not_converged=hollow,
                                  c_star=_matched_c_star(main, models))
         done.append("affnist_vs_clean")
+    er = robustness.effective_robustness(main) if not main.empty else None
+    if er is not None:
+        robustness.figure(er, out / robustness.FIGURE_STEM)
+        done.append(robustness.FIGURE_STEM)
     if (main["metric"] == "reliability_cal_count").any():
         figures.reliability(main, out / "reliability")
         done.append("reliability")

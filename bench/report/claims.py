@@ -3,6 +3,13 @@
 A :class:`Claim` is one row of the scoreboard (:mod:`bench.report.scoreboard`): what is claimed,
 the effect (a paired difference or ratio over seeds, :mod:`bench.stats`), the scale it was
 measured at, and the verdict of :func:`bench.stats.verdict`.
+
+Two intervals per effect: over seeds for the run's fixed test digits (``seed_interval``), and
+over seeds and test digits (``interval``, what the verdict reads) when the run has the per-image
+store (:mod:`bench.report.store`): the seed term of the t-interval plus the variance of the
+seed-averaged effect over :data:`REPLICATES` resamples of the test digits
+(:func:`bench.stats.with_digit_variance`), each replicate recomputing every accuracy, c* and the
+matched read-out from the resampled digits.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import pandas as pd
 
 from bench import stats
 from bench.data.testsets import (
+    AFFNIST_STYLE,
     CLEAN,
     DISPLACED,
     display_name,
 )
 from bench.report import figures, readout
+from bench.report import store as store_mod
 from bench.report.read import MAIN_SETUP, MAXPOOL, REFERENCE, _flag
 from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.report.table import _width
@@ -29,11 +38,37 @@ from bench.stats import Interval
 # The context every table and claim reads
 
 
+REPLICATES = 1000  # test-digit resamples (our choice: a bootstrap SE to about 2 %)
+DIGIT_SEED = 0  # the resamples' seed: a rebuilt report draws the same ones
+
+
 @dataclass
 class _Context:
     main: pd.DataFrame
     manifest: dict | None
     cells: pd.DataFrame | None
+    store: pd.DataFrame | None = None
+    _digits: tuple | None = None
+
+    def digit_tables(self) -> tuple[np.ndarray, dict[str, store_mod.DigitTable]] | None:
+        """Digit weights ``(REPLICATES, digits)`` and the tables the claims resample: accuracy
+        on clean and on the affNIST-style set, kept-if-intact-correct on every scrambled set;
+        None without a store."""
+        if self.store is None or self.store.empty:
+            return None
+        if self._digits is None:
+            sets = set(self.store["test_set"].unique())
+            parts = {t: store_mod.accuracy_part(t) for t in sets
+                     if t in (CLEAN.name, AFFNIST_STYLE.name) or t.startswith("sweep-")
+                     or t.startswith("affnist")}
+            parts.update({f"kept/{t}": store_mod.kept_part(t) for t in sets
+                          if t == DISPLACED.name or t.startswith("scramble-")})
+            digits, tables = store_mod.digit_tables(self.store, MAIN_SETUP, parts)
+            if digits.size == 0:
+                return None
+            weights = stats.digit_weights(digits.size, REPLICATES, DIGIT_SEED)
+            self._digits = (weights, tables)
+        return self._digits
 
     @property
     def config(self) -> dict:
@@ -132,22 +167,47 @@ class Claim:
     meaning: str  # what "supported" means
     null: float  # no effect: 0 for differences, 1 for ratios
     unit: str  # "pp" (a difference of accuracies), "AUROC" (a difference of AUROCs), "ratio"
-    interval: Interval | None = None
+    interval: Interval | None = None  # what the verdict reads: seeds and digits when known
     scale: str = ""
     reason: str = ""  # why it was not measured
+    seed_interval: Interval | None = None  # over seeds for the fixed test digits
+    secondary: bool = False  # a read-out beside the claims: outside the Holm family
+    p_adjusted: float = float("nan")  # Holm over the scoreboard's claims (set by its builder)
 
     @property
     def verdict(self) -> str:
         return NOT_MEASURED if self.interval is None else stats.verdict(self.interval, self.null)
 
-    def estimate_text(self) -> str:
+    @property
+    def holm_verdict(self) -> str:
         if self.interval is None:
+            return NOT_MEASURED
+        if self.secondary:
+            return "— (secondary)"
+        return stats.adjusted_verdict(self.interval, self.p_adjusted, self.null)
+
+    @property
+    def with_digits(self) -> bool:
+        """Whether ``interval`` includes test-digit sampling (the run has the store)."""
+        return self.seed_interval is not None and self.seed_interval is not self.interval
+
+    def _text(self, interval: Interval | None) -> str:
+        if interval is None:
             return self.reason
         if self.unit == "pp":
-            return readout.iv(self.interval, 100, 2, signed=True, unit=" pp")
+            return readout.iv(interval, 100, 2, signed=True, unit=" pp")
         if self.unit == "ratio":
-            return readout.iv(self.interval, 1, 2, unit="×")
-        return readout.iv(self.interval, 1, 3, signed=True)
+            return readout.iv(interval, 1, 2, unit="×")
+        return readout.iv(interval, 1, 3, signed=True)
+
+    def estimate_text(self) -> str:
+        return self._text(self.interval)
+
+    def seed_text(self) -> str:
+        """The seed-only interval, or an em dash when it is the one shown already."""
+        if self.interval is None:
+            return "—"
+        return self._text(self.seed_interval or self.interval)
 
     def null_text(self) -> str:
         return {"pp": "0 pp", "ratio": "1×"}.get(self.unit, "0")
@@ -170,7 +230,9 @@ def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> C
         claim.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                         "every seed)")
         return claim
-    claim.interval = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
+    claim.seed_interval = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
+    claim.interval = _widened(claim.seed_interval,
+                              _matched_digit_var(ctx, a, b, other, common))
     claim.effect = claim.effect.replace("c*", f"c* = {100 * c:.2f}%")
     sizes = set(readout.curve_sizes(ctx.main, a, other)) | set(readout.curve_sizes(ctx.main, b, other))
     claim.scale = ctx.scale([a, b], sizes, common, claim.interval.n, lead="along the n-curve")
@@ -193,7 +255,7 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
             claim.reason = (f"{NOT_MEASURED} (both models reach {100 * t:g}% clean accuracy at "
                             "the smallest n on every seed: no ratio)")
             return claim
-        claim.interval = stats.ratio_interval(a.values, b.values)
+        claim.interval = claim.seed_interval = stats.ratio_interval(a.values, b.values)
         claim.effect = claim.effect.replace("target", f"{100 * t:g}% clean accuracy")
         sizes = set(readout.wide(ctx.main, num, CLEAN.name).columns) | set(
             readout.wide(ctx.main, den, CLEAN.name).columns)
@@ -205,6 +267,141 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
     listed = ", ".join(f"{100 * t:g}%" for t in targets)
     claim.reason = (f"{NOT_MEASURED} (no target of {listed} reached by both models on every "
                     "seed)")
+    return claim
+
+
+def _widened(seed_iv: Interval, digit_var: float | None,
+             bounds: tuple[float, float] = (-1.0, 1.0)) -> Interval:
+    """The seeds-and-digits interval (clipped to ``bounds``: a difference of two fractions),
+    or ``seed_iv`` itself without a digit variance."""
+    if digit_var is None:
+        return seed_iv
+    return stats.with_digit_variance(seed_iv, digit_var, bounds=bounds)
+
+
+def _digit_var(replicates: list[float], total: int) -> float | None:
+    """The variance of the replicates; None when fewer than 90 % of them could be read (our
+    choice: then the resampled read-out is too often undefined to trust its spread)."""
+    if total < 2 or len(replicates) < 0.9 * total:
+        return None
+    return float(np.var(replicates, ddof=1))
+
+
+def _matched_digit_var(ctx: _Context, a: str, b: str, other: str,
+                       seeds: Sequence[int]) -> float | None:
+    """The variance over test-digit resamples of the seed-averaged matched difference ``a`` -
+    ``b``: each replicate recomputes every accuracy of both models, c* and the read-outs."""
+    got = ctx.digit_tables()
+    if got is None:
+        return None
+    w, t = got
+    if CLEAN.name not in t or other not in t:
+        return None
+    table = t[CLEAN.name]
+    clean, oth = table.values(w), t[other].values(w)
+    present = set(table.keys)
+
+    def index(model: str) -> dict[int, list[int]] | None:
+        sizes = sorted({n for m, n, _ in table.keys if m == model})
+        if any((model, n, s) not in present for s in seeds for n in sizes):
+            return None
+        return {s: [table.row((model, n, s)) for n in sizes] for s in seeds}
+
+    ia, ib = index(a), index(b)
+    if ia is None or ib is None:
+        return None
+    reps: list[float] = []
+    for r in range(w.shape[0]):
+        per = []
+        for idx in (ia, ib):
+            cur = {}
+            for s, rows_ in idx.items():
+                cv, ov = clean[r, rows_], oth[r, rows_]
+                keep = np.isfinite(cv) & np.isfinite(ov)
+                cur[s] = (cv[keep], ov[keep])
+            per.append(cur)
+        c = readout.c_star(per)
+        if c is None:
+            continue
+        ma, mb = readout.matched(per[0], c), readout.matched(per[1], c)
+        d = [ma[s] - mb[s] for s in seeds if ma[s] is not None and mb[s] is not None]
+        if len(d) == len(seeds):
+            reps.append(float(np.mean(d)))
+    return _digit_var(reps, w.shape[0])
+
+
+KEPT = "kept_given_intact_correct"
+
+
+def _specificity(main: pd.DataFrame, model: str, ts: str, n: int) -> dict[int, float]:
+    """Per seed, arrangement specificity: kept-if-intact-correct on the displaced set minus on
+    scrambled set ``ts``, at size ``n``."""
+    kept = main[main["metric"] == KEPT]
+    disp = readout.by_seed(readout.rows(kept, model, DISPLACED.name, n=n))
+    scr = readout.by_seed(readout.rows(kept, model, ts, n=n))
+    return {s: disp[s] - scr[s] for s in sorted(set(disp) & set(scr))}
+
+
+def arrangement_contrast(main: pd.DataFrame, a: str, b: str
+                         ) -> tuple[Interval, str, int, list[int]] | None:
+    """Paired ``a`` minus ``b`` of arrangement specificity (:func:`_specificity`) on the scrambled
+    set with the smallest grid at the largest n both have: (interval over seeds, the set, n,
+    the seeds); None without the rows."""
+    kept = main[main["metric"] == KEPT]
+    ts = readout.smallest_scramble(kept["test_set"])
+    if ts is None:
+        return None
+    sizes = None
+    for m in (a, b):
+        for t in (ts, DISPLACED.name):
+            have = set(readout.rows(kept, m, t)["n"])
+            sizes = have if sizes is None else sizes & have
+    if not sizes:
+        return None
+    n = int(max(sizes))
+    sa, sb = _specificity(main, a, ts, n), _specificity(main, b, ts, n)
+    seeds = sorted(set(sa) & set(sb))
+    if not seeds:
+        return None
+    return stats.paired_difference(sa, sb, bounds=(-2.0, 2.0)), ts, n, seeds
+
+
+def _arrangement_digit_var(ctx: _Context, a: str, b: str, ts: str, n: int,
+                           seeds: Sequence[int]) -> float | None:
+    got = ctx.digit_tables()
+    if got is None:
+        return None
+    w, t = got
+    disp, scr = t.get(f"kept/{DISPLACED.name}"), t.get(f"kept/{ts}")
+    if disp is None or scr is None:
+        return None
+    keys = set(disp.keys)
+    if any((m, n, s) not in keys for m in (a, b) for s in seeds):
+        return None
+    dv, sv = disp.values(w), scr.values(w)
+    spec = dv - sv
+    reps = store_mod.seed_means(spec, disp, a, b, n, seeds)
+    reps = reps[np.isfinite(reps)]
+    return _digit_var(list(reps), w.shape[0])
+
+
+def _arrangement_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
+    """``a`` minus ``b`` of arrangement specificity: (kept on displaced) − (kept on scrambled),
+    each the fraction of digits classified correctly intact that keep their class."""
+    if (why := ctx.absent(a, b)) is not None:
+        claim.reason = why
+        return claim
+    got = arrangement_contrast(ctx.main, a, b)
+    if got is None:
+        claim.reason = (f"{NOT_MEASURED} (no {KEPT} of both models on the displaced and a "
+                        "scrambled set)")
+        return claim
+    seed_iv, ts, n, seeds = got
+    claim.seed_interval = seed_iv
+    claim.interval = _widened(seed_iv, _arrangement_digit_var(ctx, a, b, ts, n, seeds),
+                              bounds=(-2.0, 2.0))
+    claim.effect = claim.effect.replace("scrambled", ts)
+    claim.scale = ctx.scale([a, b], [n], seeds, seed_iv.n, lead="at the largest n")
     return claim
 
 
@@ -247,7 +444,7 @@ def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
     if part is None:
         claim.reason = f"{NOT_MEASURED} (no {PART_SCORE} on a scrambled set for both models)"
         return claim
-    claim.interval = part.interval
+    claim.interval = claim.seed_interval = part.interval
     claim.effect = claim.effect.replace("scrambled", ts)
     claim.scale = ctx.scale([a, b], [part.n], part.seeds, claim.interval.n,
                             lead="at the largest n")
@@ -255,7 +452,7 @@ def _part_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
 
 
 def displaced_control(main: pd.DataFrame) -> str | None:
-    """The control line of C3: the same difference (capsnet minus convnet-maxpool, by the same
+    """The control line of S1: the same difference (capsnet minus convnet-maxpool, by the same
     code path) on the ``displaced`` set, whose parts are moved apart but keep their arrangement;
     None when the run has no :data:`PART_SCORE` of both models on it."""
     part = _part_difference(main, REFERENCE, MAXPOOL, DISPLACED.name)
@@ -268,7 +465,7 @@ def displaced_control(main: pd.DataFrame) -> str | None:
     if scrambled is not None:
         means += (f"; on {ts}: {scrambled.means[0]:.3f} and {scrambled.means[1]:.3f} at "
                   f"{readout.n_range([scrambled.n])}")
-    return (f"Control for C3: the same AUROC difference by feature density, {REFERENCE} "
+    return (f"Control for S1: the same AUROC difference by feature density, {REFERENCE} "
             f"{MINUS} {MAXPOOL}, on the {DISPLACED.name} set (parts moved apart, arrangement "
             f"kept) at the largest n ({readout.n_range([part.n])}; {seeds}): "
             f"{readout.iv(part.interval, 1, 3, signed=True)} ({means}). A score that flags "

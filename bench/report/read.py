@@ -23,7 +23,12 @@ MAIN_SETUP = AFFNIST_SETUP  # the 40x40 setup, evaluated on every test set
 MNIST_SETUP = "mnist28"  # the paper's MNIST table
 REFERENCE = "capsnet"  # every difference and ratio is taken against it
 MAXPOOL = "convnet-maxpool"  # the "traditional ConvNet" of the claims
-K9 = "convnet-k9"  # Gu et al. (2021)'s control
+# The CapsNet's own 9x9 trunk with a fully connected head (no capsule layer, squash,
+# margin loss or reconstruction): an ablation of the capsule layer, not Gu et al.'s ConvNet.
+K9 = "convnet-k9"
+# Gu, Tresp & Hu (2021)'s ConvNet (9x9 kernels, average pooling): the counter-claim's model,
+# read when a run has its cells.
+GU = "convnet-gu"
 
 
 # --------------------------------------------------------------------------------------------

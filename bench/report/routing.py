@@ -384,10 +384,11 @@ def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
     pooling, routing = head_groups(main["model"])
     if not pooling or not routing:
         return None
-    rows = []
+    rows, intervals = [], []
     for a in routing:
         for b in pooling:
             _, c, iv = pair_effect(main, a, b)
+            intervals.append(iv)
             at_n = largest_n(main, [a, b])
             va = readout.by_seed(readout.rows(main, a, AFFNIST_STYLE.name, "accuracy", at_n.get(a)))
             vb = readout.by_seed(readout.rows(main, b, AFFNIST_STYLE.name, "accuracy", at_n.get(b)))
@@ -399,9 +400,14 @@ def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
                          readout.iv(iv, 100) if iv is not None else "—",
                          stats.verdict(iv, 0.0) if iv is not None else "—",
                          readout.iv(raw, 100) if raw is not None else "—"])
+    # Holm over this table's pairs (a family of its own, apart from the scoreboard's claims)
+    adjusted = stats.holm_adjusted([stats.p_value(iv) if iv is not None else math.nan
+                                    for iv in intervals])
+    for row, iv, p in zip(rows, intervals, adjusted, strict=True):
+        row.insert(4, stats.adjusted_verdict(iv, p) if iv is not None else "—")
     shown = AFFNIST_STYLE.display
     header = ["Routing head − pooling head", "c* (%)", f"{shown} at c* (pp)", "Verdict",
-              f"{shown} at the largest n (pp)"]
+              "Holm verdict", f"{shown} at the largest n (pp)"]
     notes = [f"Every routing head against every pooling head, read as the C5 row reads its pair: "
              f"c* is the highest clean accuracy both heads reach on every seed, each seed's "
              f"{shown} accuracy is read there (linear in n between sizes), and the difference is "
@@ -409,7 +415,10 @@ def pairs_table(main: pd.DataFrame, chosen: tuple[str, str] | None = None
              "last column compares the heads at the largest n without matching clean accuracy. "
              "The scoreboard's row is one of these pairs, chosen on validation accuracy; a "
              "verdict that changes along a row or column means the C5 verdict depends on that "
-             "choice. —: no clean accuracy common to both heads on every seed."]
+             "choice. —: no clean accuracy common to both heads on every seed.",
+             "Holm verdict: Holm's step-down adjustment (Holm 1979) of the pairs' two-sided "
+             "paired-t p-values over the pairs of this table, at family-wise 5 %. With 3 seeds "
+             "the seed spread is estimated from 3 values: a narrow interval can be luck."]
     return header, rows, notes
 
 

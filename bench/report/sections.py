@@ -6,6 +6,7 @@ Every interval comes from :mod:`bench.stats` and every per-seed read-out from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -238,8 +239,11 @@ def _sweep_images(manifest: dict | None, sets: Sequence[str]) -> str:
 
 
 def _probe_cell(r2: dict[int, float]) -> str:
-    """The mean R² with its interval, and the seeds whose held-out R² is below 0."""
+    """The mean R² with its interval, the median over seeds, and the seeds whose held-out R² is
+    below 0."""
     text = readout.iv(stats.mean_interval(r2, bounds=(-math.inf, 1.0)), digits=3)
+    if r2:
+        text += f"; median {readout.fixed(float(np.median(list(r2.values()))), 3)}"
     failed = sum(v < 0 for v in r2.values())
     return text + (f" (failed fits: {failed} of {len(r2)})" if failed else "")
 
@@ -268,10 +272,30 @@ def _probe_table(main: pd.DataFrame, models: list[str], manifest: dict | None = 
                  header, rows, "l" + "r" * len(sets),
                  [NOTE_MEAN.replace("([0, 100]% for accuracies)", "(R² ≤ 1)"),
                   "Failed fits: k of S: k of the cell's S seeds have a held-out R² below 0 "
-                  "(no mark: none)."])
+                  "(no mark: none). The median over seeds is printed beside the mean: a few "
+                  "failed fits pull a mean, not a median.",
+                  "Standardisation (our choice): features non-zero on fewer than 5 training "
+                  "rows are left out and every feature's SD is floored at 0.1 times the median "
+                  "SD, so rarely active ReLU units cannot blow up on held-out digits."])
 
 
-def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
+def _sweep_point_text(acc: dict[int, float], digits: int | None) -> str:
+    """A sweep point's mean accuracy over seeds with the seeds' t-interval, widened where
+    Wilson's score interval for the same mean on the point's ``digits`` is wider (our choice:
+    the seeds share the point's few digits, so an interval over seeds alone can have zero width
+    from 50 digits)."""
+    iv = stats.mean_interval(acc)
+    if digits:
+        w = stats.wilson_interval(iv.estimate * digits, digits)
+        lo = w.low if not np.isfinite(iv.low) else min(iv.low, w.low)
+        hi = w.high if not np.isfinite(iv.high) else max(iv.high, w.high)
+        iv = dataclasses.replace(iv, low=lo, high=hi, clipped=iv.clipped and (
+            lo == iv.low or hi == iv.high))
+    return readout.iv(iv, 100)
+
+
+def _sweeps_table(main: pd.DataFrame, models: list[str],
+                  manifest: dict | None = None) -> Table | None:
     """Per sweep point: the percentage of digits cropped and each model's accuracy on the
     digits that fit, at its largest n."""
     sets = sets_where(main["test_set"].unique(), lambda k: k.family == "sweep")
@@ -280,6 +304,8 @@ def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
         return None
     d = figures.largest_n(d)
     models = [m for m in models if (d["model"] == m).any()]
+    data = ((((manifest or {}).get("profile") or {}).get("config") or {}).get("data") or {})
+    sweep_n = int(data["sweep_n"]) if data.get("sweep_n") else None
     rows = []
     for t in sets:
         sub = d[d["test_set"] == t]
@@ -287,17 +313,24 @@ def _sweeps_table(main: pd.DataFrame, models: list[str]) -> Table | None:
             at = sub[sub["factor_value"] == v]
             crop = at.loc[at["metric"] == "cropped_fraction", "value"]
             row = [_factor(t), f"{v:g}", _num(100 * crop.mean()) if len(crop) else "—"]
+            digits = (round((1.0 - float(crop.mean())) * sweep_n)
+                      if sweep_n and len(crop) else None)
             for m in models:
                 acc = readout.by_seed(at[(at["model"] == m) & (at["metric"] == "accuracy_fits")]
                                       .dropna(subset=["value"]))
-                row.append(readout.iv(stats.mean_interval(acc), 100) if acc else "—")
+                row.append(_sweep_point_text(acc, digits) if acc else "—")
             rows.append(row)
     return Table("sweeps", "Per-factor sweeps at the largest n: the percentage of digits whose "
                  "ink leaves the 40x40 canvas (cropped; the same digits for every model), and "
                  "each model's accuracy on the digits that fit (cropped digits excluded).",
                  ["Factor", "Value", "Cropped (%)"] + [f"{m} acc. (%)" for m in models], rows,
                  "lrr" + "r" * len(models),
-                 [NOTE_MEAN, "—: every digit at that point is cropped, or no rows."])
+                 [NOTE_MEAN, "Sweep points: the interval over seeds is widened to Wilson's score "
+                  "interval (Wilson 1927) for the seeds' mean accuracy on the point's digits "
+                  "that fit, where that is wider: every seed sees the same few digits, so the "
+                  "seeds alone can give a zero-width interval (where the run's manifest does "
+                  "not give the digits per point, the seeds' interval alone).",
+                  "—: every digit at that point is cropped, or no rows."])
 
 
 def _ratio_text(nd: Needed, ref: Needed) -> str:

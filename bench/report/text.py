@@ -27,7 +27,10 @@ HOW_TO_READ = f"""\
   (99.23% vs 99.22%) the CapsNet reached 79% on affNIST and the ConvNet 66%.
 - **The counter-claim.** Gu, Tresp & Hu (CVPR 2021) ablated CapsNet's components and report that
   dynamic routing and the transformation process do not help robustness to affine transforms,
-  and that ConvNets given CapsNet's other components can be more robust than CapsNet.
+  and that ConvNets given CapsNet's other components can be more robust than CapsNet. The
+  scoreboard reads it (C6) on their ConvNet, `convnet-gu`, when the run has it; `convnet-k9`
+  (C4) is the CapsNet's own 9x9 trunk with a fully connected head, an ablation of the capsule
+  layer that their account predicts to lose.
 - **What is compared here.** The scoreboard and the matched-accuracy table compare models at
   the same clean accuracy, as the paper does; the headline tables compare them at the largest
   n, whatever their clean accuracy; the data-efficiency table and figures compare them across
@@ -54,9 +57,13 @@ HOW_TO_READ = f"""\
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
                "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
-               "throughput", "generation", "ablation")
+               "throughput", "generation", "effective_robustness", "ablation")
 
 FIGURE_CAPTIONS = {
+    "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "
+                            "affNIST-style against clean accuracy on logit axes, and the line "
+                            "fitted on the ConvNets' cells; a model above the line keeps more "
+                            "affNIST-style accuracy than a ConvNet of the same clean accuracy.",
     "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
               "(paired over seeds); dashed: no effect (0, or 1 for the ratio, log scale); "
               "the labelled arrows in each panel's lower corners say which model each side of no "

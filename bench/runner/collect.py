@@ -1,4 +1,5 @@
-"""The cells' files gathered into the run's tables: ``metrics.csv``, ``cells.csv`` and timings.
+"""The cells' files gathered into the run's tables: ``metrics.csv``, ``cells.csv``,
+``predictions.parquet`` (the per-image store) and timings.
 
 ``cells.csv``'s ``converged`` column is the run-level rule
 (:func:`bench.cell.convergence.familywise_convergence`), applied here over every cell of the run;
@@ -52,8 +53,8 @@ def collect(profile: Profile, run_dir: Path, device_type: str,
         if not files.eval_summary.is_file():
             continue
         frames.append(pd.read_csv(files.metrics))
-        if files.confidences.is_file():
-            confs.append(pd.read_parquet(files.confidences))
+        if files.predictions.is_file():
+            confs.append(pd.read_parquet(files.predictions))
         # The report's reconstruction figure: the CapsNet trained on the most data (lowest seed).
         if (c.setup == AFFNIST_SETUP and c.model == "capsnet" and files.examples.is_file()
                 and (best_capsnet is None or (c.n, -c.seed) > best_capsnet[:2])):
@@ -67,8 +68,12 @@ def collect(profile: Profile, run_dir: Path, device_type: str,
     if not frames:
         return 0
     write_csv(run_dir / "metrics.csv", pd.concat(frames, ignore_index=True))
-    if confs:
-        write_parquet(run_dir / "confidences.parquet", pd.concat(confs, ignore_index=True))
+    if confs:  # the per-image store of every cell (bench.cell.evaluate.prediction_frame)
+        store = pd.concat(confs, ignore_index=True)
+        for col in ("setup", "model", "test_set", "layout"):  # categories differ per cell
+            store[col] = store[col].astype(str).astype("category")
+        write_parquet(run_dir / "predictions.parquet", store, compression="zstd")
+        (run_dir / "confidences.parquet").unlink(missing_ok=True)  # the store's predecessor
     if best_capsnet is not None and (run_dir / "examples.pt").is_file():
         examples = load_torch(run_dir / "examples.pt")
         examples.update(load_torch(best_capsnet[2]))

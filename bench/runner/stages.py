@@ -1,7 +1,7 @@
 """Orchestration: data -> train -> eval -> throughput -> report over a profile's cells, resumable.
 
 The runner walks the plan (:mod:`bench.cell.plan`), hands cells to the executor and the stages, and
-writes the run-level files (``manifest.json``, ``metrics.csv``, ``confidences.parquet``,
+writes the run-level files (``manifest.json``, ``metrics.csv``, ``predictions.parquet``,
 ``examples.pt``, ``throughput.csv``). Which module writes which file is a table in the README.
 Every stage is idempotent: cells and test sets already finished are skipped, so rerunning the
 same command after an interruption finishes the rest.

@@ -11,11 +11,15 @@ squares 0.001) and ``EPS`` make the paired differences exact:
   DELTA[s], 0.705 and 0.805 + EPS[s];
 - C1 = capsnet - maxpool = 0.10 + DELTA[s]: mean 0.10, sd sqrt(0.001 / 4), 95% half-width
   t(0.975, 4) * sd / sqrt(5) = 2.7764 * 0.0070711 = 0.019632: [8.04, 11.96] pp, supported;
-- C4 = k9 - capsnet = EPS[s] - DELTA[s] = (0.03, 0, 0.01, -0.02, -0.02): mean 0, inconclusive;
+- C4 = capsnet - k9 = DELTA[s] - EPS[s] = (-0.03, 0, -0.01, 0.02, 0.02): mean 0, inconclusive;
 - C2 at 90% (the CapsNet never reaches 95%): log10 n = 2 + (0.9 - a0) / (a1 - a0), so the
   ratio maxpool / capsnet is 10 ** (0.2 / 0.26 - 0.1 / (C_S[s] - 0.8)), below 1 on every seed:
   the ConvNet needs fewer images, contradicted;
-- C3 on scramble-g2 at n = 1000: capsnet 0.70 + DELTA[s], maxpool 0.80: -0.100 [-0.120, -0.080],
+- C3, arrangement specificity at n = 1000 (kept if intact correct, displaced minus scramble-g2):
+  capsnet (0.60 + DELTA[s]) - 0.30, maxpool 0.80 - 0.35: -0.15 + DELTA[s], so
+  -15.00 [-15 - 100 HALF, -15 + 100 HALF] pp, contradicted (n = 100 holds values that would say
+  otherwise);
+- S1 on scramble-g2 at n = 1000: capsnet 0.70 + DELTA[s], maxpool 0.80: -0.100 [-0.120, -0.080],
   contradicted (scramble-g3 and n = 100 hold values that would say otherwise);
 - its control on the displaced set at n = 1000: capsnet 0.90 + DELTA[s], maxpool 0.85: +0.050
   [0.05 - 0.019632, 0.05 + 0.019632] = [0.030, 0.070] (n = 100 holds 0.50, which would say
@@ -71,13 +75,19 @@ def constructed_run(root: Path, models=tuple(CLEAN), profile_models=None) -> Pat
                 add(model, n, seed, "affnist", "accuracy", clean + OFFSET[model](seed))
                 large = n == SIZES[-1]
                 g2 = {"capsnet": 0.70 + DELTA[seed] if large else 0.99,
-                      "convnet-maxpool": 0.80, "convnet-k9": 0.75}[model]
+                      "convnet-maxpool": 0.80}.get(model, 0.75)
                 add(model, n, seed, "scramble-g2", "auroc_mahalanobis", g2)
                 add(model, n, seed, "scramble-g3", "auroc_mahalanobis",
                     0.95 if model == "capsnet" else 0.60)
-                displaced = {"capsnet": 0.90 + DELTA[seed], "convnet-maxpool": 0.85,
-                             "convnet-k9": 0.80}[model]
+                displaced = {"capsnet": 0.90 + DELTA[seed],
+                             "convnet-maxpool": 0.85}.get(model, 0.80)
                 add(model, n, seed, "displaced", "auroc_mahalanobis", displaced if large else 0.50)
+                kept_d = {"capsnet": 0.60 + DELTA[seed], "convnet-maxpool": 0.80}.get(model, 0.75)
+                kept_s = {"capsnet": 0.30, "convnet-maxpool": 0.35}.get(model, 0.30)
+                add(model, n, seed, "displaced", "kept_given_intact_correct",
+                    kept_d if large else 0.90)
+                add(model, n, seed, "scramble-g2", "kept_given_intact_correct",
+                    kept_s if large else 0.10)
                 cells.append(dict(setup="affnist", model=model, n=n, seed=seed, steps=500,
                                   converged=True, val_improvement=0.001,
                                   labelled_images=n + 500, train_seconds=1.0, eval_seconds=1.0))
@@ -109,7 +119,7 @@ def _scoreboard_rows(run: Path) -> dict[str, list[str]]:
     md = (run / "report.md").read_text()
     body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in body.splitlines() if line.startswith("| C")]
+            for line in body.splitlines() if line.startswith(("| C", "| S"))]
     return {r[0].split()[0]: r for r in rows}
 
 
@@ -143,14 +153,27 @@ def test_c2_ratio_by_hand(hand):
     assert row[2] == want and row[3] == "1×" and row[5] == "contradicted"
 
 
-def test_c3_smallest_grid_at_the_largest_n(hand):
+def test_c3_arrangement_specificity_by_hand(hand):
     c3 = _board(hand)["C3"]
+    assert c3.effect.startswith("arrangement specificity, kept if intact correct on displaced")
+    assert "minus on scramble-g2, capsnet − convnet-maxpool" in c3.effect
+    assert c3.interval.estimate == pytest.approx(-0.15, abs=1e-12)
+    assert (c3.interval.low, c3.interval.high) == pytest.approx((-0.15 - HALF, -0.15 + HALF))
+    row = _scoreboard_rows(hand)["C3"]
+    want = f"-15.00 [{-15 - 100 * HALF:.2f}, {-15 + 100 * HALF:.2f}] pp"
+    assert row[2] == want and row[5] == "contradicted" and row[7] == want  # no store: same
+    assert row[4].startswith("at the largest n; n = 1,000;")
+
+
+def test_s1_smallest_grid_at_the_largest_n(hand):
+    c3 = _board(hand)["S1"]
+    assert c3.secondary and c3.holm_verdict == "— (secondary)"
     assert "scramble-g2" in c3.effect
     assert c3.effect.startswith("AUROC intact vs scramble-g2 by feature density "
-                                "(class-conditional Mahalanobis; flags any distortion)")
+                                "(class-conditional Mahalanobis; flags any distortion")
     assert c3.interval.estimate == pytest.approx(-0.10, abs=1e-12)
     assert (c3.interval.low, c3.interval.high) == pytest.approx((-0.10 - HALF, -0.10 + HALF))
-    row = _scoreboard_rows(hand)["C3"]
+    row = _scoreboard_rows(hand)["S1"]
     assert row[2] == "-0.100 [-0.120, -0.080]" and row[5] == "contradicted"
     assert row[4] == ("at the largest n; n = 1,000; width 1/8; 500 steps; 1,500 labelled "
                       "images; 5 paired seeds")
@@ -159,7 +182,7 @@ def test_c3_smallest_grid_at_the_largest_n(hand):
 def test_displaced_control_by_hand(hand):
     md = (hand / "report.md").read_text()
     body = md.split("## Claims scoreboard\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in body.splitlines() if line.startswith("Control for C3")]
+    lines = [line for line in body.splitlines() if line.startswith("Control for S1")]
     assert len(lines) == 1
     line = lines[0]
     assert "capsnet − convnet-maxpool, on the displaced set" in line
@@ -167,9 +190,13 @@ def test_displaced_control_by_hand(hand):
     assert "mean AUROC capsnet 0.900, convnet-maxpool 0.850" in line
     assert "on scramble-g2: 0.700 and 0.800 at n = 1,000" in line
     assert "not specifically part arrangement" in line and "flip rate" in line
-    # right under the scoreboard's rows, before the other notes
-    after_rows = body.split("\n| C4 ", 1)[1].split("\n", 1)[1].lstrip("\n")
-    assert after_rows.startswith("Control for C3")
+    # right under the scoreboard's rows: what the run cannot show, then the notes, this first
+    after_rows = body.split("\n| S1 ", 1)[1].split("\n", 1)[1].lstrip("\n")
+    assert after_rows.startswith("### What this run cannot show\n")
+    block = after_rows.split("\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert 1 <= len(block) <= 6 and all(line.startswith("- ") for line in block)
+    notes = after_rows.split("### Notes to the scoreboard\n", 1)[1].lstrip("\n")
+    assert notes.startswith("Control for S1")
     assert "Signs: each effect is signed so that a positive value" in body
     # the same code path as C3: the paired t interval on the per-seed differences
     main = read_metrics(hand)
@@ -179,14 +206,15 @@ def test_displaced_control_by_hand(hand):
 
 def test_c4_interval_containing_zero_is_inconclusive(hand):
     c4 = _board(hand)["C4"]
-    d = np.array(EPS) - np.array(DELTA)
+    d = np.array(DELTA) - np.array(EPS)
     half = T_975_4 * d.std(ddof=1) / math.sqrt(len(SEEDS))
     assert c4.interval.estimate == pytest.approx(0.0, abs=1e-12)
     assert (c4.interval.low, c4.interval.high) == pytest.approx((-half, half), abs=1e-12)
     assert c4.interval.contains(0.0) and c4.verdict == "inconclusive"
     row = _scoreboard_rows(hand)["C4"]
     assert row[2] == f"0.00 [{-100 * half:.2f}, {100 * half:.2f}] pp"
-    assert "convnet-k9 − capsnet" in row[1] and row[5] == "inconclusive"
+    assert "capsnet − convnet-k9 (an ablation" in row[1] and row[5] == "inconclusive"
+    assert row[0] == "C4 capsule layer vs fully connected head on the same 9x9 trunk"
 
 
 def test_matched_table_by_hand(hand):
@@ -216,6 +244,9 @@ def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
     assert (tmp_path / "claims.png").is_file() and (tmp_path / "claims.pdf").is_file()
     for c, row in zip(board, drawn.itertuples(), strict=True):
         scale = 100 if c.unit == "pp" else 1
+        if c.interval is None:  # C6: no convnet-gu in this run
+            assert math.isnan(row.estimate) and row.verdict == "not measured"
+            continue
         assert (row.estimate, row.low, row.high) == pytest.approx(
             (scale * c.interval.estimate, scale * c.interval.low, scale * c.interval.high))
         assert row.xmin < min(row.low, row.null) and row.xmax > max(row.high, row.null)
@@ -223,11 +254,17 @@ def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
     sides = {r.claim.split()[0]: (r.below, r.above) for r in drawn.itertuples()}
     assert sides == {"C1": ("convnet-maxpool better", "capsnet better"),
                      "C2": ("convnet-maxpool needs fewer", "capsnet needs fewer"),
-                     "C3": ("convnet-maxpool separates better", "capsnet separates better"),
-                     "C4": ("capsnet better", "convnet-k9 better")}
+                     "C3": ("convnet-maxpool more arrangement-specific",
+                            "capsnet more arrangement-specific"),
+                     "C4": ("fully connected head better", "the capsule layer helps"),
+                     "C6": ("capsnet better", "convnet-gu better"),
+                     "S1": ("convnet-maxpool separates better", "capsnet separates better")}
     assert (hand / "figures" / "claims.png").is_file()
     tex = (hand / "tables" / "claims.tex").read_text()
-    assert "Verdicts: A claim is supported" in tex and all(ord(ch) < 128 for ch in tex)
+    assert all(ord(ch) < 128 for ch in tex)
+    caption = tex.split("\\caption{", 1)[1].split("}\n\\label", 1)[0]
+    assert len(caption) <= 600 and "What this run cannot show" in caption
+    assert "Verdicts: A claim is supported" not in tex  # the notes stay in report.md
 
 
 def test_absent_models_are_not_measured(tmp_path):
@@ -256,3 +293,40 @@ def test_clean_ranges_that_do_not_overlap_are_not_matched(tmp_path):
     assert row[2] == ("not measured (the clean accuracies of capsnet and convnet-maxpool do "
                       "not overlap on every seed)")
     assert row[5] == "not measured"
+
+
+def test_holm_column_by_hand(hand):
+    """Holm over the measured claims C1-C4 (C6 is not measured, S1 is secondary): C4's p-value
+    is 1 (estimate 0), so it stays inconclusive; C1's t = 0.10 / (sd / sqrt 5) is far past the
+    threshold whatever its rank, so it stays supported."""
+    rows = _scoreboard_rows(hand)
+    board = _board(hand)
+    assert rows["C1"][6] == "supported" and rows["C4"][6] == "inconclusive"
+    assert rows["C6"][6] == "not measured" and rows["S1"][6] == "— (secondary)"
+    assert board["C4"].p_adjusted == pytest.approx(1.0)
+    t1 = 0.10 / (math.sqrt(0.001 / 4) / math.sqrt(5))
+    from scipy import stats as st
+    p1 = 2 * st.t.sf(t1, 4)
+    assert board["C1"].p_adjusted <= 4 * p1 + 1e-15 and board["C1"].p_adjusted >= p1
+
+
+def test_counter_claim_reads_gu_et_al_convnet(tmp_path, monkeypatch):
+    """With convnet-gu cells (clean 0.72 -> 0.955, affNIST-style = clean - 0.05 + EPS[s]), C6 is
+    convnet-gu - capsnet at c* = 0.905: (0.855 + EPS[s]) - (0.805 + DELTA[s]) = 0.05 + EPS[s] -
+    DELTA[s], mean 0.05, sd of (0.03, 0, 0.01, -0.02, -0.02)."""
+    monkeypatch.setitem(CLEAN, "convnet-gu", {s: (0.72, 0.955) for s in SEEDS})
+    monkeypatch.setitem(OFFSET, "convnet-gu", lambda s: -0.05 + EPS[s])
+    run = constructed_run(tmp_path, models=tuple(CLEAN))
+    build_report(run, with_figures=False)
+    c6 = _board(run)["C6"]
+    d = 0.05 + np.array(EPS) - np.array(DELTA)
+    half = T_975_4 * d.std(ddof=1) / math.sqrt(len(SEEDS))
+    assert c6.interval.estimate == pytest.approx(0.05, abs=1e-12)
+    assert (c6.interval.low, c6.interval.high) == pytest.approx((0.05 - half, 0.05 + half))
+    row = _scoreboard_rows(run)["C6"]
+    assert "convnet-gu − capsnet" in row[1] and row[5] == "supported"
+    no_gu = tmp_path / "without"
+    monkeypatch.delitem(CLEAN, "convnet-gu")
+    build_report(constructed_run(no_gu), with_figures=False)
+    assert _scoreboard_rows(no_gu / "run")["C6"][2].startswith(
+        "not measured (Gu, Tresp & Hu's ConvNet, convnet-gu, has no cells")

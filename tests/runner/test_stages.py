@@ -38,7 +38,7 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
     outcomes = _run(tiny, run_dir)
     assert outcomes and all(o["ok"] for o in outcomes.values()), outcomes
     for name in ("metrics.csv", "throughput.csv", "manifest.json", "report.md",
-                 "confidences.parquet", "examples.pt"):
+                 "predictions.parquet", "examples.pt"):
         assert (run_dir / name).is_file(), name
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert set(metrics["model"]) == {"capsnet", "convnet-maxpool"}

@@ -331,7 +331,7 @@ def test_checksums_are_recorded_for_every_file_of_a_finished_cell(tiny, tmp_path
     _run_cells(tiny, run_dir)
     files = _files(tiny, run_dir, the_plan.cells(tiny)[0])  # the CapsNet: it has examples
     recorded = json.loads(files.checksums.read_text())["files"]
-    names = {"checkpoint.pt", "train.json", "metrics.csv", "confidences.parquet", "examples.pt",
+    names = {"checkpoint.pt", "train.json", "metrics.csv", "predictions.parquet", "examples.pt",
              "eval.json"}
     assert set(recorded) == names
     for name in names:

@@ -1,0 +1,41 @@
+"""Effective robustness on cells constructed on a known line (logit scale)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.report.robustness import effective_robustness
+
+
+def _logistic(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_residuals_from_the_convnets_line_by_hand():
+    """ConvNet cells lie exactly on logit(other) = -1 + 0.5 logit(clean); the CapsNet's lie
+    0.3 above it on seeds 0-2 and 0.5 above on seeds 3-4 (mean 0.38, Student t over 5 seeds)."""
+    rows = []
+    for model, lift in (("convnet-maxpool", [0.0] * 5), ("convnet-k9", [0.0] * 5),
+                        ("capsnet", [0.3, 0.3, 0.3, 0.5, 0.5])):
+        for seed in range(5):
+            for n, z in ((100, 0.5 + 0.1 * seed), (1000, 1.5 + 0.2 * seed),
+                         (3000, 2.5 - 0.1 * seed)):
+                if model == "convnet-k9":
+                    z += 0.3
+                other = _logistic(-1 + 0.5 * z + lift[seed])
+                for test_set, v in (("clean", _logistic(z)), ("affnist", other)):
+                    rows.append(dict(setup="affnist", model=model, n=n, seed=seed,
+                                     test_set=test_set, factor_value=math.nan,
+                                     metric="accuracy", value=v))
+    er = effective_robustness(pd.DataFrame(rows))
+    assert (er.slope, er.intercept) == pytest.approx((0.5, -1.0))
+    lifts = np.array([0.3, 0.3, 0.3, 0.5, 0.5])
+    caps = er.per_model["capsnet"]
+    half = 2.7764451051977987 * lifts.std(ddof=1) / math.sqrt(5)
+    assert caps.estimate == pytest.approx(0.38)
+    assert (caps.low, caps.high) == pytest.approx((0.38 - half, 0.38 + half))
+    assert er.per_model["convnet-maxpool"].estimate == pytest.approx(0.0, abs=1e-9)
