@@ -48,7 +48,7 @@ class ConvNetK9(ConvClassifier):
         super().__init__(body, feature_dim=NUM_CLASSES * DIGIT_DIM)
 
 
-@register_model("convnet-k9")
+@register_model("convnet-k9", family="convnet")
 def convnet_k9(*, input_size: int, width: float) -> ConvNetK9:
     """Gu et al.'s control: the CapsNet's 9x9 convolutions, FC 160, no pooling."""
     return ConvNetK9(input_size=input_size, width=width)
