@@ -87,6 +87,9 @@ def external(tmp_path, monkeypatch):
     ext = ExternalModels(tmp_path / "ext", monkeypatch)
     registry.refresh_entry_points()
     yield ext
+    # modules that registered a model are imported afresh next time, so that they register again
+    ext.modules += [info.module.split(".")[0] for name, info in registry._REGISTRY.items()
+                    if name not in saved]
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
     for top in set(ext.modules):

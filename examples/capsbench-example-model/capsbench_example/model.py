@@ -25,12 +25,15 @@ def routing_by_agreement(u_hat: torch.Tensor, iterations: int) -> tuple[torch.Te
     ``u_hat`` is ``(B, J, I, D)``: the prediction of child i for parent j. Returns the parents
     ``(B, J, D)`` and the last coupling coefficients ``(B, J, I)``, which sum to 1 over j.
     """
-    logits = u_hat.new_zeros(u_hat.shape[:3])  # b_ij = 0
+    b, j, i, d = u_hat.shape
+    u = u_hat.reshape(b * j, i, d)  # one (I, D) block per (sample, parent): batched products
+    logits = u_hat.new_zeros(b, j, i)  # b_ij = 0
     for r in range(iterations):
         c = torch.softmax(logits, dim=1)  # over the parents (Eq. 3)
-        v = efficient_squash((c.unsqueeze(-1) * u_hat).sum(dim=2))  # s_j = sum_i c_ij u_hat_j|i
-        if r + 1 < iterations:
-            logits = logits + (u_hat * v.unsqueeze(2)).sum(dim=-1)  # b_ij += <u_hat_j|i, v_j>
+        s = torch.bmm(c.reshape(b * j, 1, i), u).view(b, j, d)  # s_j = sum_i c_ij u_hat_j|i
+        v = efficient_squash(s)
+        if r + 1 < iterations:  # b_ij += <u_hat_j|i, v_j>
+            logits = logits + torch.bmm(v.view(b * j, 1, d), u.transpose(1, 2)).view(b, j, i)
     return v, c
 
 
