@@ -60,7 +60,66 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "holds)", 0.0, "pp"),
             K9, REFERENCE, other),
     ] + ([Claim(**routing_report.routing_claim(main, key="C5", scale=ctx.scale, cells=cells))]
-         if any(str(m).startswith("head-") for m in main["model"]) else [])
+         if any(str(m).startswith("head-") for m in main["model"]) else []) + \
+        external_claims(ctx, targets)
+
+
+def external_models(manifest: dict | None, main: pd.DataFrame) -> list[tuple[str, str]]:
+    """(name, family) of the run's models from other packages that have results, as
+    ``manifest.json``'s ``models`` recorded them (:mod:`bench.models.registry`)."""
+    records = (manifest or {}).get("models") or {}
+    have = set(main["model"])
+    return [(m, str(r.get("family"))) for m, r in sorted(records.items())
+            if isinstance(r, dict) and r.get("external") and m in have]
+
+
+def external_claims(ctx: _Context, targets: Sequence[float]) -> list[Claim]:
+    """The claims read again with each external model in the place of the suite's model of its
+    family: a ``capsule`` model takes the CapsNet's place in C1 to C3 (against the max-pooling
+    ConvNet), a ``convnet`` model the place of convnet-k9 in C4 (against the CapsNet). Keys are
+    the claim's and the model's, e.g. ``C1/my-capsnet``; a ``head`` model has no row."""
+    other, shown = AFFNIST_STYLE.name, AFFNIST_STYLE.display
+    rows: list[Claim] = []
+    for m, family in external_models(ctx.manifest, ctx.main):
+        if family == "capsule":
+            rows += [
+                _matched_claim(ctx, Claim(
+                    f"C1/{m}", "viewpoint",
+                    f"{shown} accuracy at matched clean accuracy c*, {m} {MINUS} {MAXPOOL}",
+                    f"{m} keeps more {shown} accuracy than the max-pooling ConvNet at the same "
+                    "clean accuracy (C1 with it in the CapsNet's place)", 0.0, "pp"),
+                    m, MAXPOOL, other),
+                _data_claim(ctx, Claim(
+                    f"C2/{m}", "data efficiency", f"training images to reach target, {MAXPOOL} ÷ {m}",
+                    f"{m} needs fewer training images than the max-pooling ConvNet", 1.0,
+                    "ratio"), MAXPOOL, m, targets),
+                _part_claim(ctx, Claim(
+                    f"C3/{m}", "part arrangement",
+                    f"AUROC intact vs scrambled by feature density, {m} {MINUS} {MAXPOOL}",
+                    f"{m}'s representation separates intact from scrambled digits better than "
+                    "the max-pooling ConvNet's by the same label-free density score", 0.0,
+                    "AUROC"), m, MAXPOOL),
+            ]
+        elif family == "convnet":
+            rows.append(_matched_claim(ctx, Claim(
+                f"C4/{m}", "counter-claim",
+                f"{shown} accuracy at matched clean accuracy c*, {m} {MINUS} {REFERENCE}",
+                f"{m} keeps more {shown} accuracy than the CapsNet at the same clean accuracy "
+                "(C4 with it in convnet-k9's place)", 0.0, "pp"), m, REFERENCE, other))
+    return rows
+
+
+def claim_sides(key: str) -> tuple[str, str]:
+    """What an effect below and above no effect means for claim ``key`` (an external model's
+    rows, ``C1/NAME``, read as the claim with NAME in its place)."""
+    base, _, model = key.partition("/")
+    if not model:
+        return CLAIM_SIDES.get(key, ("", ""))
+    if base not in ("C1", "C2", "C3", "C4"):
+        return ("", "")
+    ref = K9 if base == "C4" else REFERENCE
+    below, above = CLAIM_SIDES[base]
+    return below.replace(ref, model), above.replace(ref, model)
 
 
 SCOREBOARD_RULES = [
@@ -109,6 +168,13 @@ SIGN_NOTE = (
     "positive means the routing head keeps more.")
 
 
+EXTERNAL_NOTE = (
+    "Rows C1/NAME to C4/NAME read a claim again with NAME, a model from another package (named "
+    "with its package and version under Run), in the place of the suite's model of its family: "
+    f"a capsule model in {REFERENCE}'s place in C1 to C3, a ConvNet in {K9}'s place in C4; they "
+    "are signed as the claim they repeat.")
+
+
 def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
     """The scoreboard; ``control`` (:func:`displaced_control`) is its first note when given."""
     header = ["Claim", "Effect", "Estimate [95% interval]", "No effect", "Measured at",
@@ -116,6 +182,8 @@ def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
     body = [[f"{c.key} {c.name}", c.effect, c.estimate_text(), c.null_text(),
              c.scale or "—", c.verdict] for c in rows]
     notes = ([control] if control else []) + [SIGN_NOTE]
+    if any("/" in c.key for c in rows):
+        notes.append(EXTERNAL_NOTE)
     notes += [f"{c.key} supported means: {c.meaning}." for c in rows]
     notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
     return Table("claims", "The claims made for capsules, each measured as one effect with its "
@@ -137,7 +205,7 @@ def claims_frame(rows: list[Claim]) -> pd.DataFrame:
             "low": iv.low * scale if iv else math.nan,
             "high": iv.high * scale if iv else math.nan,
             "null": c.null, "n": iv.n if iv else 0, "verdict": c.verdict,
-            "note": c.reason, "below": CLAIM_SIDES.get(c.key, ("", ""))[0],
-            "above": CLAIM_SIDES.get(c.key, ("", ""))[1],
+            "note": c.reason, "below": claim_sides(c.key)[0],
+            "above": claim_sides(c.key)[1],
         })
     return pd.DataFrame(out)

@@ -66,6 +66,7 @@ def test_check_and_a_tiny_run_with_the_example_model(installed, tmp_path, capsys
     assert record["external"] and not manifest["models"]["capsnet"]["external"]
     report = (run_dir / "report.md").read_text()
     assert f"external model `{NAME}` (capsule): package capsbench-example-model 0.1.0" in report
+    assert f"| C1/{NAME} viewpoint |" in report  # the claims read again with it
     # its rows in the tables, beside the suite's two
     table = report.split("## Accuracy and calibration at the largest n", 1)[1].split("\n## ", 1)[0]
     assert all(f"| {m} " in table for m in ("capsnet", "convnet-maxpool", NAME))
