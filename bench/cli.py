@@ -71,17 +71,45 @@ def _models(args: argparse.Namespace) -> int:
 
     from bench.flops import format_si, model_table
 
+    if args.check:
+        return _check_model(args)
     rows = model_table(args.input_size, args.width)
     print(f"models at {args.input_size}x{args.input_size}, width {args.width:g}")
-    table = pd.DataFrame([{"model": r["model"], "parameters": f"{r['params']:,}",
+    table = pd.DataFrame([{"model": r["model"], "family": r["family"],
+                           "package": r["package"], "parameters": f"{r['params']:,}",
                            "without decoder": f"{r['classifier_params']:,}",
                            "FLOPs/image": format_si(r["flops_per_image"]),
                            "paper": r["paper_params"]} for r in rows])
+    if not any(r["package"] for r in rows):  # external models only: the package they come from
+        table = table.drop(columns="package")
     print(table.to_string(index=False))
     if (args.input_size, args.width) == (28, 1.0):
         print("paper: Sabour et al. 2017, Section 5 (CapsNet 8.2M, 6.8M without the decoder; "
               "baseline 35.4M); Gu et al. 2021's ConvNet 5.3M, as a review of the paper reports it "
               "(compare without decoder)")
+    return 0
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    from bench.cell.conformance import check_model, failures
+    from bench.config import load_profile
+    from bench.models.registry import model_info
+
+    profile = load_profile(args.profile, args.overrides)
+    info = model_info(args.check)
+    origin = (f"{info.package or 'no installed package'} {info.version or ''}".rstrip()
+              + (f", {info.module}" if info.external else ""))
+    print(f"conformance check of {args.check} ({info.family}; {origin}) with profile "
+          f"{profile.name}: canvas {profile.data.canvas}, width {profile.model.width:g}")
+    t0 = time.perf_counter()
+    found = check_model(args.check, profile, args.data_dir)
+    for f in found:
+        print(f"  {f.line()}")
+    bad = failures(found)
+    if bad:
+        raise BenchError(f"model '{args.check}' fails the conformance check: "
+                         f"{', '.join(f.prop for f in bad)}")
+    print(f"passed: {len(found)} properties in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -339,9 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default results/<profile>-<device>)")
 
-    p = _command(sub, "models", _models, "list the models: parameters, FLOPs, the paper's counts")
+    p = _command(sub, "models", _models,
+                 "list the models (parameters, FLOPs, the paper's counts), or check one with --check")
     p.add_argument("--input-size", type=int, default=40, choices=(28, 40))
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--check", default=None, metavar="NAME",
+                   help="run the conformance check of model NAME (a suite name, an installed "
+                        "entry point's, or module:factory) at the --profile's canvas and width")
+    p.add_argument("--profile", default="quick",
+                   help="profile for --check: its canvas, width, training settings and "
+                        "[model] max_params (default quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one profile value for --check (repeatable)")
+    p.add_argument("--data-dir", default=None, help="data root for --check (as for run)")
 
     p = _command(sub, "throughput", _throughput, "measure train and inference images/s of one model")
     p.add_argument("--model", required=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.models.registry import model_names
+from bench.models.registry import model_info
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
@@ -85,6 +85,10 @@ class ModelConfig:
     """Knobs shared by every model; each model's own architecture lives in its factory."""
 
     width: float = 1.0  # channel multiplier: 1.0 is the paper's size, <1 the small CPU variants
+    # The most parameters a model may classify with (without a reconstruction decoder), checked
+    # by the conformance check (python -m bench models --check) of every external model before a
+    # run trains it. 0: no budget (the count is reported beside the CapsNet classifier's).
+    max_params: int = 0
     # Weight of the CapsNet's reconstruction loss against Eq. 4 as printed, for every model with a
     # decoder. Unset: each model's own (the paper's 0.0005, Section 4.1); 0.01 is the balance of
     # the released code (bench.models.capsnet.RELEASED_RECON_WEIGHT).
@@ -258,8 +262,10 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
 
     if isinstance(obj, Profile):
         for m in obj.models + (obj.mnist_table.models if obj.mnist_table else ()):
-            if m not in model_names():
-                raise bad("models", f"names unknown model '{m}' (known: {', '.join(model_names())})")
+            try:  # a suite name, an installed entry point's, or module:factory (imported here)
+                model_info(m)
+            except BenchError as e:
+                raise bad("models", f"names {e}") from None
         if not obj.models:
             raise bad("models", "must name at least one model")
         if not obj.sizes or any(n < 10 for n in obj.sizes):
@@ -295,6 +301,8 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
     elif isinstance(obj, ModelConfig):
         if not 0 < obj.width <= 4:
             raise bad("width", f"must be in (0, 4], got {obj.width}")
+        if obj.max_params < 0:
+            raise bad("max_params", f"must be >= 0 (0: no budget), got {obj.max_params}")
     elif isinstance(obj, TrainConfig):
         if obj.batch_size < 1 or obj.lr <= 0 or obj.min_steps < 1 or obj.eval_every < 1:
             raise bad("batch_size", "lr, min_steps and eval_every must be positive")

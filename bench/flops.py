@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.models.registry import count_parameters, create_model, model_names
+from bench.models.registry import count_parameters, create_model, model_info, model_names
 
 __all__ = ["PAPER_PARAMS", "flops_per_image", "format_si", "model_table", "param_counts"]
 
@@ -68,9 +68,13 @@ def model_table(input_size: int, width: float) -> list[dict]:
     for name in model_names():
         params, classifier = param_counts(name, input_size, width)
         paper = PAPER_PARAMS.get(name, "") if (input_size, width) == (28, 1.0) else ""
+        info = model_info(name)
         rows.append(
             {
                 "model": name,
+                "family": info.family,
+                "package": (f"{info.package or '-'} {info.version or ''}".rstrip()
+                            if info.external else ""),
                 "params": params,
                 "classifier_params": classifier,
                 "flops_per_image": flops_per_image(name, input_size, width),

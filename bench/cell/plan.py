@@ -27,6 +27,7 @@ from typing import Any
 from bench.config import DataConfig, Profile, TrainConfig
 from bench.errors import BenchError
 from bench.io import stable_hash
+from bench.models.registry import model_info
 from bench.runtime import REPO_ROOT
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "cell_dir",
     "cells",
     "code_hash",
+    "model_code_hash",
     "data_config",
     "default_run_dir",
     "planned_cells",
@@ -225,13 +227,43 @@ def code_hash(parts: tuple[str, ...] = TRAIN_CODE) -> str:
     return source_hash(PACKAGE_DIR, parts)
 
 
+def model_code_hash(name: str) -> str | None:
+    """The source of an external model (:attr:`bench.models.registry.ModelInfo.external`): its
+    package's name and version and its package's Python files as syntax trees
+    (:func:`_weight_source`). None for the suite's own models, whose source is in
+    :data:`TRAIN_CODE` already, so that their keys do not depend on what else is installed."""
+    info = model_info(name)
+    if not info.external:
+        return None
+    files = info.source_files()
+    if not files:
+        raise BenchError(f"model '{name}': no Python source found for module {info.module} "
+                         "to put into its cells' cache key")
+    root = files[0].parent if len(files) == 1 else Path(*_common_parts(files))
+    return stable_hash(info.package, info.version,
+                       [(str(f.relative_to(root)), _weight_source(f.read_text())) for f in files])
+
+
+def _common_parts(files: list[Path]) -> tuple[str, ...]:
+    parts = files[0].parent.parts
+    for f in files[1:]:
+        n = 0
+        while n < min(len(parts), len(f.parent.parts)) and parts[n] == f.parent.parts[n]:
+            n += 1
+        parts = parts[:n]
+    return parts
+
+
 def _folder(run_dir: Path, cell: Cell, spec: TrainSpec, device_type: str) -> Path:
-    key = stable_hash(spec.to_dict(), code_hash(), device_type)[:10]
+    external = model_code_hash(cell.model)
+    key = stable_hash(spec.to_dict(), code_hash(), device_type,
+                      *([external] if external is not None else []))[:10]
     return Path(run_dir) / "cells" / cell.setup / cell.model / f"n{cell.n}-s{cell.seed}-{key}"
 
 
 def cell_dir(run_dir: Path, profile: Profile, cell: Cell, device_type: str) -> Path:
-    """``<run>/cells/<setup>/<model>/n<n>-s<seed>-<hash>``: the hash covers spec, code and device."""
+    """``<run>/cells/<setup>/<model>/n<n>-s<seed>-<hash>``: the hash covers spec, code and device,
+    and for an external model its own source (:func:`model_code_hash`)."""
     return _folder(run_dir, cell, spec_for(profile, cell), device_type)
 
 

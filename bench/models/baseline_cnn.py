@@ -88,7 +88,7 @@ class BaselineCNN(ConvClassifier):
         super().__init__(body, feature_dim=f2, dropout=DROPOUT)
 
 
-@register_model("baseline-cnn")
+@register_model("baseline-cnn", family="convnet")
 def baseline_cnn(*, input_size: int, width: float) -> BaselineCNN:
     """The CapsNet paper's MNIST baseline (35.4M parameters at 28x28, width 1)."""
     return BaselineCNN(input_size=input_size, width=width)

@@ -373,31 +373,31 @@ class CapsNet(nn.Module):
         return capsule_loss(out, x, y, self.loss_kind, self.recon_weight)
 
 
-@register_model("capsnet")
+@register_model("capsnet", family="capsule")
 def capsnet(*, input_size: int, width: float) -> CapsNet:
     """The paper's model: 3 routing iterations, with the reconstruction decoder."""
     return CapsNet(input_size=input_size, width=width, iterations=3, reconstruction=True)
 
 
-@register_model("capsnet-r1")
+@register_model("capsnet-r1", family="capsule")
 def capsnet_r1(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 1, reconstruction yes'."""
     return CapsNet(input_size=input_size, width=width, iterations=1, reconstruction=True)
 
 
-@register_model("capsnet-r1-norecon")
+@register_model("capsnet-r1-norecon", family="capsule")
 def capsnet_r1_norecon(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 1, reconstruction no'."""
     return CapsNet(input_size=input_size, width=width, iterations=1, reconstruction=False)
 
 
-@register_model("capsnet-r3-norecon")
+@register_model("capsnet-r3-norecon", family="capsule")
 def capsnet_r3_norecon(*, input_size: int, width: float) -> CapsNet:
     """Table 1, 'routing 3, reconstruction no'."""
     return CapsNet(input_size=input_size, width=width, iterations=3, reconstruction=False)
 
 
-@register_model("capsnet-released-loss")
+@register_model("capsnet-released-loss", family="capsule")
 def capsnet_released_loss(*, input_size: int, width: float) -> CapsNet:
     """The paper's model with the released code's loss balance (reconstruction 20x the paper's)."""
     return CapsNet(input_size=input_size, width=width, recon_weight=RELEASED_RECON_WEIGHT)

@@ -109,7 +109,7 @@ class ConvNetK9(ConvClassifier):
         return capsule_loss(out, x, y, self.loss_kind, self.recon_weight)
 
 
-@register_model("convnet-k9")
+@register_model("convnet-k9", family="convnet")
 def convnet_k9(*, input_size: int, width: float) -> ConvNetK9:
     """The capsule-layer ablation: the CapsNet's 9x9 convolutions, FC 160, no pooling."""
     return ConvNetK9(input_size=input_size, width=width)

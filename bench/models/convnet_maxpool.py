@@ -86,7 +86,7 @@ def matched_multiplier(input_size: int, width: float) -> float:
     return best
 
 
-@register_model("convnet-maxpool")
+@register_model("convnet-maxpool", family="convnet")
 def convnet_maxpool(*, input_size: int, width: float) -> MaxPoolConvNet:
     """Max-pooling ConvNet with as many parameters as the CapsNet's classifier (no decoder)."""
     return MaxPoolConvNet(input_size=input_size, k=matched_multiplier(input_size, width))

@@ -154,13 +154,13 @@ class EfficientCapsNet(nn.Module):
         return loss
 
 
-@register_model("efficient-capsnet")
+@register_model("efficient-capsnet", family="capsule")
 def efficient_capsnet(*, input_size: int, width: float) -> EfficientCapsNet:
     """The paper's MNIST model with its reconstruction decoder (161,824 + 1,411,344 parameters)."""
     return EfficientCapsNet(input_size=input_size, width=width, reconstruction=True)
 
 
-@register_model("efficient-capsnet-norecon")
+@register_model("efficient-capsnet-norecon", family="capsule")
 def efficient_capsnet_norecon(*, input_size: int, width: float) -> EfficientCapsNet:
     """Without the decoder: margin loss only."""
     return EfficientCapsNet(input_size=input_size, width=width, reconstruction=False)

@@ -284,43 +284,43 @@ def head_parameter_table(input_size: int = 28, width: float = 1.0) -> list[dict]
     return rows
 
 
-@register_model("head-maxpool")
+@register_model("head-maxpool", family="head")
 def head_maxpool(*, input_size: int, width: float) -> PoolingHeadNet:
     """Shared backbone, global max pool, linear."""
     return PoolingHeadNet("maxpool", input_size=input_size, width=width)
 
 
-@register_model("head-avgpool")
+@register_model("head-avgpool", family="head")
 def head_avgpool(*, input_size: int, width: float) -> PoolingHeadNet:
     """Shared backbone, global average pool, linear."""
     return PoolingHeadNet("avgpool", input_size=input_size, width=width)
 
 
-@register_model("head-fc")
+@register_model("head-fc", family="head")
 def head_fc(*, input_size: int, width: float) -> PoolingHeadNet:
     """Shared backbone, flatten, linear."""
     return PoolingHeadNet("fc", input_size=input_size, width=width)
 
 
-@register_model("head-dynamic")
+@register_model("head-dynamic", family="head")
 def head_dynamic(*, input_size: int, width: float) -> CapsuleHeadNet:
     """Shared backbone, matrix primary capsules, dynamic routing (Sabour et al. 2017)."""
     return CapsuleHeadNet("dynamic", input_size=input_size, width=width)
 
 
-@register_model("head-em")
+@register_model("head-em", family="head")
 def head_em(*, input_size: int, width: float) -> CapsuleHeadNet:
     """Shared backbone, matrix primary capsules, EM routing (Hinton et al. 2018)."""
     return CapsuleHeadNet("em", input_size=input_size, width=width)
 
 
-@register_model("head-self")
+@register_model("head-self", family="head")
 def head_self(*, input_size: int, width: float) -> CapsuleHeadNet:
     """Shared backbone, matrix primary capsules, self-routing (Hahn et al. 2019)."""
     return CapsuleHeadNet("self", input_size=input_size, width=width)
 
 
-@register_model("head-attention")
+@register_model("head-attention", family="head")
 def head_attention(*, input_size: int, width: float) -> CapsuleHeadNet:
     """Shared backbone, matrix primary capsules, self-attention routing (Mazzia et al. 2021)."""
     return CapsuleHeadNet("attention", input_size=input_size, width=width)

@@ -87,7 +87,9 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
         "distortion detection, not of part arrangement", 0.0, "AUROC", secondary=True),
         REFERENCE, MAXPOOL))
     _holm(rows)
-    return rows
+    external = external_claims(ctx, targets)
+    _holm(external)  # a family of its own: the suite's verdicts do not depend on what is added
+    return rows + external
 
 
 def _counter_claim(ctx: _Context, other: str, shown: str) -> Claim:
@@ -113,6 +115,65 @@ def _holm(rows: list[Claim]) -> None:
     adjusted = stats.holm_adjusted([stats.p_value(c.interval, c.null) for c in family])
     for c, p in zip(family, adjusted, strict=True):
         c.p_adjusted = float(p)
+
+
+def external_models(manifest: dict | None, main: pd.DataFrame) -> list[tuple[str, str]]:
+    """(name, family) of the run's models from other packages that have results, as
+    ``manifest.json``'s ``models`` recorded them (:mod:`bench.models.registry`)."""
+    records = (manifest or {}).get("models") or {}
+    have = set(main["model"])
+    return [(m, str(r.get("family"))) for m, r in sorted(records.items())
+            if isinstance(r, dict) and r.get("external") and m in have]
+
+
+def external_claims(ctx: _Context, targets: Sequence[float]) -> list[Claim]:
+    """The claims read again with each external model in the place of the suite's model of its
+    family: a ``capsule`` model takes the CapsNet's place in C1 to C3 (against the max-pooling
+    ConvNet), a ``convnet`` model the place of Gu et al.'s ConvNet in the counter-claim C6
+    (against the CapsNet). Keys are the claim's and the model's, e.g. ``C1/my-capsnet``; a
+    ``head`` model has no row. Holm's adjustment runs over these rows as a family of their own."""
+    other, shown = AFFNIST_STYLE.name, AFFNIST_STYLE.display
+    rows: list[Claim] = []
+    for m, family in external_models(ctx.manifest, ctx.main):
+        if family == "capsule":
+            rows += [
+                _matched_claim(ctx, Claim(
+                    f"C1/{m}", "viewpoint",
+                    f"{shown} accuracy at matched clean accuracy c*, {m} {MINUS} {MAXPOOL}",
+                    f"{m} keeps more {shown} accuracy than the max-pooling ConvNet at the same "
+                    "clean accuracy (C1 with it in the CapsNet's place)", 0.0, "pp"),
+                    m, MAXPOOL, other),
+                _data_claim(ctx, Claim(
+                    f"C2/{m}", "data efficiency", f"training images to reach target, {MAXPOOL} ÷ {m}",
+                    f"{m} needs fewer training images than the max-pooling ConvNet", 1.0,
+                    "ratio"), MAXPOOL, m, targets),
+                _arrangement_claim(ctx, Claim(
+                    f"C3/{m}", "part arrangement",
+                    "arrangement specificity, kept if intact correct on displaced minus on "
+                    f"scrambled, {m} {MINUS} {MAXPOOL}",
+                    f"{m}'s answer depends more on the arrangement of parts than the max-pooling "
+                    "ConvNet's (C3 with it in the CapsNet's place)", 0.0, "pp"), m, MAXPOOL),
+            ]
+        elif family == "convnet":
+            rows.append(_matched_claim(ctx, Claim(
+                f"C6/{m}", "counter-claim",
+                f"{shown} accuracy at matched clean accuracy c*, {m} {MINUS} {REFERENCE}",
+                f"{m} keeps more {shown} accuracy than the CapsNet at the same clean accuracy "
+                f"(C6 with it in {GU}'s place)", 0.0, "pp"), m, REFERENCE, other))
+    return rows
+
+
+def claim_sides(key: str) -> tuple[str, str]:
+    """What an effect below and above no effect means for claim ``key`` (an external model's
+    rows, ``C1/NAME``, read as the claim with NAME in its place)."""
+    base, _, model = key.partition("/")
+    if not model:
+        return CLAIM_SIDES.get(key, ("", ""))
+    if base not in ("C1", "C2", "C3", "C6"):
+        return ("", "")
+    ref = GU if base == "C6" else REFERENCE
+    below, above = CLAIM_SIDES[base]
+    return below.replace(ref, model), above.replace(ref, model)
 
 
 SCOREBOARD_RULES = [
@@ -215,6 +276,13 @@ def cannot_show(manifest: dict | None, rows: list[Claim]) -> list[str]:
     ]
 
 
+EXTERNAL_NOTE = (
+    "Rows C1/NAME to C4/NAME read a claim again with NAME, a model from another package (named "
+    "with its package and version under Run), in the place of the suite's model of its family: "
+    f"a capsule model in {REFERENCE}'s place in C1 to C3, a ConvNet in {K9}'s place in C4; they "
+    "are signed as the claim they repeat.")
+
+
 def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
     """The scoreboard; ``control`` (:func:`displaced_control`) is its first note when given."""
     header = ["Claim", "Effect", "Estimate [95% interval, seeds and digits]", "No effect",
@@ -224,6 +292,8 @@ def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
              c.scale or "—", c.verdict, c.holm_verdict, c.seed_text(),
              published_text(c.key)] for c in rows]
     notes = ([control] if control else []) + [SIGN_NOTE]
+    if any("/" in c.key for c in rows):
+        notes.append(EXTERNAL_NOTE)
     notes += [f"{c.key} supported means: {c.meaning}." for c in rows]
     notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
     return Table("claims", "The claims made for capsules, each measured as one effect with its "
@@ -248,7 +318,7 @@ def claims_frame(rows: list[Claim]) -> pd.DataFrame:
             "high": iv.high * scale if iv else math.nan,
             "null": c.null, "n": iv.n if iv else 0, "verdict": c.verdict,
             "holm_verdict": c.holm_verdict,
-            "note": c.reason, "below": CLAIM_SIDES.get(c.key, ("", ""))[0],
-            "above": CLAIM_SIDES.get(c.key, ("", ""))[1],
+            "note": c.reason, "below": claim_sides(c.key)[0],
+            "above": claim_sides(c.key)[1],
         })
     return pd.DataFrame(out)

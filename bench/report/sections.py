@@ -614,7 +614,25 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
             f"n = {', '.join(f'{n:,}' for n in sorted(set(d['n'])))}; "
             f"seeds = {', '.join(str(s) for s in sorted(set(d['seed'])))}"
         )
+    lines += external_model_lines(manifest)
     return lines + convergence + [""]
+
+
+def external_model_lines(manifest: dict | None) -> list[str]:
+    """One line per model from outside the suite, as ``manifest.json``'s ``models`` recorded it
+    when the run trained (the report imports none of them)."""
+    lines = []
+    for name, rec in sorted(((manifest or {}).get("models") or {}).items()):
+        if not isinstance(rec, dict) or not rec.get("external"):
+            continue
+        package = rec.get("package") or "no installed package"
+        version = f" {rec['version']}" if rec.get("version") else ""
+        via = (f"entry point `{rec['entry_point']}`" if rec.get("entry_point")
+               else f"`{name}`")
+        source = f", source hash `{rec['source_hash']}`" if rec.get("source_hash") else ""
+        lines.append(f"- external model `{name}` ({rec.get('family', 'family not recorded')}): "
+                     f"package {package}{version}, module `{rec.get('module')}` via {via}{source}")
+    return lines
 
 
 def _test_set_sizes(manifest: dict | None, main: pd.DataFrame) -> list[str]:

@@ -38,9 +38,18 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bench.cell.conformance import check_model, failures
 from bench.cell.evaluate import example_images
 from bench.cell.files import CellFiles
-from bench.cell.plan import AFFNIST_SETUP, PlannedCell, data_config, planned_cells, setups
+from bench.cell.plan import (
+    AFFNIST_SETUP,
+    PlannedCell,
+    code_hash,
+    data_config,
+    model_code_hash,
+    planned_cells,
+    setups,
+)
 from bench.cell.throughput import measure
 from bench.cell.train import uses_bf16
 from bench.config import Profile
@@ -51,10 +60,12 @@ from bench.io import (
     make_dirs,
     read_json,
     save_torch,
+    stable_hash,
     write_csv,
     write_json,
 )
 from bench.locks import FileLock, describe_holder
+from bench.models.registry import model_info
 from bench.runner.cell import (
     CELL_WAIT_POLL_S,
     RUNNING_ELSEWHERE,
@@ -233,6 +244,8 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     if max_hours is not None and not max_hours > 0:
         raise BenchError(f"--max-hours must be a number of hours > 0, got {max_hours:g}")
     source = source or DataSource()
+    if "train" in stages:
+        conformance(profile, run_dir, source.data_dir, progress, write=not dry_run)
     estimate = None
     planned = planned_cells(profile, run_dir, device.type)
     if progress or dry_run or max_hours is not None:
@@ -255,6 +268,40 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
         raise BenchError(str(e)) from None
 
 
+def conformance(profile: Profile, run_dir: Path, data_dir: str | None, progress: bool = True,
+                write: bool = True) -> None:
+    """Refuse the run when an external model of the profile fails the conformance check
+    (:func:`bench.cell.conformance.check_model`; the suite's own models are not checked here).
+    A pass is remembered in ``<run>/conformance.json`` under a hash of the model's source, the
+    suite's training code and the profile, so an unchanged model is checked once per run folder."""
+    path = run_dir / "conformance.json"
+    passed: dict[str, str] = {}
+    if path.is_file():
+        try:
+            passed = dict(read_json(path))
+        except (ValueError, TypeError):
+            passed = {}
+    names = dict.fromkeys(profile.models + (profile.mnist_table.models if profile.mnist_table
+                                            else ()))
+    for name in names:
+        if not model_info(name).external:
+            continue
+        key = stable_hash(model_code_hash(name), code_hash(), _jsonable(profile.to_dict()))
+        if passed.get(name) == key:
+            continue
+        if progress:
+            say(f"conformance check of the external model {name} (python -m bench models --check)")
+        bad = failures(check_model(name, profile, data_dir))
+        if bad:
+            raise BenchError(f"model '{name}' fails the conformance check, so the run trains "
+                             f"nothing: {'; '.join(f'{f.prop}: {f.detail}' for f in bad)} (see: "
+                             f"python -m bench models --check {name} --profile ...)")
+        passed[name] = key
+        if write:
+            make_dirs(run_dir)
+            write_json(path, passed)
+
+
 def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
                 executor_config, source: DataSource, planned: Sequence[PlannedCell],
                 progress: bool, force_throughput: bool,
@@ -273,6 +320,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
         device=env["device_name"],
         git_commit=env["git_commit"],
         cells=[dataclasses.asdict(pc.cell) | {"dir": str(pc.folder)} for pc in planned],
+        models=model_records(profile),
         environment=env,
         torch_threads=torch.get_num_threads(),
         executor=dataclasses.asdict(executor_config),
@@ -332,6 +380,19 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
     finally:
         run_lock.release()
     return outcomes
+
+
+def model_records(profile: Profile) -> dict[str, dict[str, Any]]:
+    """``manifest.json``'s ``models``: each model's family, package and version (and an external
+    one's module, entry point and source hash), so that the report needs no import of it."""
+    names = dict.fromkeys(profile.models + (profile.mnist_table.models if profile.mnist_table
+                                            else ()))
+    out = {}
+    for name in names:
+        info = model_info(name)
+        out[name] = info.record() | ({"source_hash": model_code_hash(name)} if info.external
+                                     else {})
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

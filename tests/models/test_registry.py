@@ -1,124 +1,111 @@
-"""Every registered model: the shared contract, parameter counts, FLOPs, and that it can learn."""
+"""The model registry's interface: families, entry points of installed packages, module:factory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.cli import main
-from bench.data.canvas import to_float
-from bench.data.mnist import load_split
+from bench.config import load_profile
 from bench.errors import BenchError
-from bench.flops import flops_per_image
-from bench.models.convnet_maxpool import TOLERANCE
-from bench.models.registry import count_parameters, create_model, model_names
-from tests.overfit import fit_until_perfect
+from bench.models import registry
+from bench.models.registry import create_model, model_info, model_names, register_model
 
-MAIN = ["capsnet", "baseline-cnn", "convnet-maxpool", "convnet-k9"]
-CAPSNETS = ["capsnet", "capsnet-r1", "capsnet-r1-norecon", "capsnet-r3-norecon"]
+# A registered factory in a module of its own: a linear classifier on the pixels.
+STUB = '''
+import torch
+from torch import nn
+from bench.models.registry import Output, register_model
 
+class Stub(nn.Module):
+    def __init__(self, input_size):
+        super().__init__()
+        self.fc = nn.Linear(input_size * input_size, 10)
 
-def _meta_params(name: str, input_size: int, width: float) -> int:
-    with torch.device("meta"):
-        return count_parameters(create_model(name, input_size=input_size, width=width))
+    def forward(self, x, y=None):
+        z = self.fc(x.flatten(1))
+        return Output(z, torch.softmax(z, 1), z, None)
 
+    def loss(self, out, x, y):
+        return nn.functional.cross_entropy(out.logits, y)
 
-def test_registry_lists_every_model_and_rejects_unknown_names():
-    assert set(MAIN + CAPSNETS) <= set(model_names())
-    with pytest.raises(BenchError, match="unknown model 'capsnet-9'.*capsnet"):
-        create_model("capsnet-9")
-
-
-def test_baseline_cnn_has_the_papers_35_4m_parameters():
-    """Sabour et al. Section 5: 3 convs 5x5 (256, 256, 128), FC 328, FC 192, 10 -> 35.4M."""
-    assert _meta_params("baseline-cnn", 28, 1.0) == 35_445_522
-
-
-def test_convnet_k9_mirrors_the_capsnet_without_its_capsule_layer():
-    assert _meta_params("convnet-k9", 28, 1.0) == 6_805_994
-    with torch.device("meta"):
-        m = create_model("convnet-k9", input_size=28, width=1.0)
-    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
-    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
-        (256, (9, 9), (1, 1)),
-        (256, (9, 9), (2, 2)),
-    ]
-    assert not any(isinstance(l, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for l in m.modules())
+@register_model("NAME", family="convnet")
+def factory(*, input_size, width):
+    return Stub(input_size)
+'''
 
 
-@pytest.mark.parametrize("input_size,width", [(28, 1.0), (40, 1.0), (40, 0.25), (40, 0.125)])
-def test_maxpool_convnet_is_within_5_percent_of_the_capsnet_classifier(input_size, width):
-    """Matched to the CapsNet without its decoder: the registered no-decoder variant's count."""
-    caps = _meta_params("capsnet-r3-norecon", input_size, width)
-    conv = _meta_params("convnet-maxpool", input_size, width)
-    assert abs(conv - caps) <= TOLERANCE * caps
-    with torch.device("meta"):
-        m = create_model("convnet-maxpool", input_size=input_size, width=width)
-    assert sum(isinstance(l, torch.nn.MaxPool2d) for l in m.modules()) == 2
-    assert sum(isinstance(l, torch.nn.Dropout) for l in m.modules()) == 1
+def test_suite_models_carry_their_family():
+    assert model_info("capsnet").family == "capsule"
+    assert model_info("efficient-capsnet").family == "capsule"
+    assert model_info("convnet-maxpool").family == "convnet"
+    assert model_info("head-em").family == "head"
+    info = model_info("capsnet")
+    assert not info.external and info.package == registry.SUITE_PACKAGE
 
 
-def test_models_table_counts_the_capsnet_classifier_without_its_decoder(capsys):
-    """Paper, Section 5: 8.2M parameters, 6.8M without the reconstruction subnetwork."""
-    assert main(["models", "--input-size", "28", "--width", "1"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.split()[:1] == ["capsnet"])
-    assert "8,215,568" in line and "6,804,224" in line
+def test_a_family_outside_the_three_is_refused():
+    with pytest.raises(BenchError, match="family must be one of capsule, convnet, head"):
+        register_model("x", family="transformer")
 
 
-@pytest.mark.parametrize("name", MAIN + CAPSNETS[1:])
-def test_output_contract(name, device):
-    torch.manual_seed(0)
-    model = create_model(name, input_size=40, width=0.125).to(device)
-    x = torch.rand(3, 1, 40, 40, device=device)
-    y = torch.tensor([1, 7, 3], device=device)
-    out = model(x, y)
-    assert out.logits.shape == (3, 10) and out.scores.shape == (3, 10)
-    assert ((out.scores >= 0) & (out.scores <= 1)).all()
-    assert out.features.dim() == 2 and out.features.shape[0] == 3
-    if name.startswith("capsnet"):
-        assert out.features.shape[1] == 16
-        assert (out.reconstruction is None) == name.endswith("norecon")
-    else:
-        assert torch.allclose(out.scores.sum(1), torch.ones(3, device=device), atol=1e-5)
-        assert out.reconstruction is None
-    loss = model.loss(out, x, y)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+def test_module_factory_names_a_registered_factory(external):
+    external.module("stubmods.linear", STUB.replace("NAME", "stub-linear"))
+    model = create_model("stubmods.linear:factory", input_size=28, width=1.0)
+    assert model.fc.in_features == 28 * 28
+    info = model_info("stubmods.linear:factory")
+    assert info.external and info.family == "convnet" and info.module == "stubmods.linear"
+    assert info.package is None and info.version is None  # a folder on sys.path, not installed
+    # its own decorator made the registered name usable too, and listed
+    assert "stub-linear" in model_names()
 
 
-@pytest.mark.parametrize("name", MAIN + ["capsnet-r1-norecon"])
-def test_each_model_overfits_64_training_images(name):
-    """A model that cannot fit 64 images perfectly has a bug (wrong loss, masking, routing)."""
-    torch.set_num_threads(1)  # small models: one thread is as fast and steadier on shared cores
-    # The baseline's dropout acts on its penultimate layer, 12 units at width 1/16: too few to
-    # fit 64 images exactly in a short budget, so it gets 1/8 (24 units).
-    width = 0.125 if name == "baseline-cnn" else 0.0625
-    images, labels = load_split("train")
-    x, y = to_float(images[:64]), labels[:64]
-    torch.manual_seed(0)
-    model = create_model(name, input_size=28, width=width)
-    accuracy, step = fit_until_perfect(model, x, y, lr=1e-3, max_steps=200)
-    assert accuracy == 1.0, f"{name}: {accuracy:.3f} after {step} steps"
+def test_module_factory_errors_are_one_line(external):
+    external.module("stubmods.plain", "def factory(*, input_size, width):\n    return None\n")
+    with pytest.raises(BenchError, match="not a registered factory: decorate it"):
+        create_model("stubmods.plain:factory")
+    with pytest.raises(BenchError, match="cannot import nosuchmodule"):
+        create_model("nosuchmodule:factory")
+    with pytest.raises(BenchError, match="has no 'other'"):
+        create_model("stubmods.plain:other")
 
 
-def test_flops_match_the_closed_form_for_convnet_k9():
-    # conv1 20x20x256 outputs x 81 MACs, conv2 6x6x256 x (81x256) MACs, FC 9216x160, FC 160x10
-    macs = 20 * 20 * 256 * 81 + 6 * 6 * 256 * 81 * 256 + 9216 * 160 + 160 * 10
-    assert flops_per_image("convnet-k9", 28, 1.0) == 2 * macs
-    # backward: twice the forward, except that conv1 needs no gradient for the input image
-    train = flops_per_image("convnet-k9", 28, 1.0, train=True)
-    assert train == 3 * 2 * macs - 2 * 20 * 20 * 256 * 81
+def test_an_installed_entry_point_is_a_model_name(external):
+    external.module("stubpkg.net", STUB.replace("NAME", "stub-ep"))
+    assert "stub-ep" not in model_names()
+    external.install("stub-dist", "1.2.3", {"stub-ep": "stubpkg.net:factory"})
+    assert "stub-ep" in model_names()  # listed before anything is imported
+    info = model_info("stub-ep")
+    assert (info.package, info.version, info.family) == ("stub-dist", "1.2.3", "convnet")
+    assert info.entry_point == "capsbench.models:stub-ep"
+    out = create_model("stub-ep", input_size=40)(torch.rand(2, 1, 40, 40))
+    assert out.logits.shape == (2, 10)
+    # a profile and --set accept it where a model name goes
+    assert load_profile("smoke", ["models=['capsnet', 'stub-ep']"]).models[-1] == "stub-ep"
 
 
-def test_capsnet_flops_count_the_routing():
-    r1 = flops_per_image("capsnet-r1-norecon", 28, 1.0)
-    r3 = flops_per_image("capsnet-r3-norecon", 28, 1.0)
-    # two more weighted sums and two agreements: 4 x (10 x 1152 x 16) multiply-adds
-    assert r3 - r1 == 2 * 4 * 10 * 1152 * 16
+def test_an_entry_point_must_name_its_own_model(external):
+    external.module("stubpkg2.net", STUB.replace("NAME", "stub-real-name"))
+    external.install("stub-dist2", "0.1", {"stub-other": "stubpkg2.net:factory"})
+    with pytest.raises(BenchError, match="registered as 'stub-real-name', not 'stub-other'"):
+        model_info("stub-other")
 
 
-def test_models_table_cli(capsys):
-    assert main(["models", "--input-size", "28"]) == 0
-    text = capsys.readouterr().out
-    assert "8,215,568" in text and "35,445,522" in text and "8.2M" in text and "35.4M" in text
+def test_an_entry_point_may_not_take_a_suite_name(external):
+    external.module("stubpkg3.net", STUB.replace("NAME", "stub-3"))
+    external.install("stub-dist3", "0.1", {"capsnet": "stubpkg3.net:factory"})
+    with pytest.raises(BenchError, match="has the name of one of the suite's models"):
+        model_info("capsnet")
+
+
+def test_a_broken_plugin_breaks_only_its_own_name(external):
+    external.module("stubpkg4.net", "raise ImportError('needs a library that is missing')\n")
+    external.install("stub-dist4", "0.1", {"stub-broken": "stubpkg4.net:factory"})
+    assert "stub-broken" in model_names()
+    create_model("capsnet", input_size=28, width=0.0625)  # the suite is unaffected
+    with pytest.raises(BenchError, match="stub-broken.*cannot load.*needs a library"):
+        create_model("stub-broken")
+
+
+def test_unknown_names_say_how_to_add_one():
+    with pytest.raises(BenchError, match="unknown model 'no-such-net'.*needs that package installed"):
+        create_model("no-such-net")
