@@ -48,7 +48,7 @@ __all__ = ["PAPER_PARAMS_GU"]
 PAPER_PARAMS_GU = "5.3M"  # the review's count of Gu et al.'s final ConvNet (see the docstring)
 
 
-@register_model("convnet-gu")
+@register_model("convnet-gu", family="convnet")
 def convnet_gu(*, input_size: int, width: float) -> ConvNetK9:
     """Gu et al.'s enhanced ConvNet: 9x9 trunk, global average pool, squash, margin loss, recon."""
     return ConvNetK9(input_size=input_size, width=width, pool="avg", head="squash", loss="margin",

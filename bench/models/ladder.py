@@ -85,58 +85,58 @@ LADDER: tuple[Step, ...] = (
 )
 
 
-@register_model("capsnet-no-routing")
+@register_model("capsnet-no-routing", family="capsule")
 def capsnet_no_routing(*, input_size: int, width: float) -> CapsNet:
     """capsnet, 1 routing iteration (uniform coupling); the same model as capsnet-r1."""
     return CapsNet(input_size=input_size, width=width, iterations=1)
 
 
-@register_model("capsnet-shared-w")
+@register_model("capsnet-shared-w", family="capsule")
 def capsnet_shared_w(*, input_size: int, width: float) -> CapsNet:
     """capsnet-no-routing with W shared over positions."""
     return CapsNet(input_size=input_size, width=width, iterations=1, shared_w=True)
 
 
-@register_model("capsnet-no-squash")
+@register_model("capsnet-no-squash", family="capsule")
 def capsnet_no_squash(*, input_size: int, width: float) -> CapsNet:
     """capsnet-shared-w without the squash."""
     return CapsNet(input_size=input_size, width=width, iterations=1, shared_w=True, squash=False)
 
 
-@register_model("capsnet-ce")
+@register_model("capsnet-ce", family="capsule")
 def capsnet_ce(*, input_size: int, width: float) -> CapsNet:
     """capsnet-no-squash with cross-entropy on the lengths instead of the margin loss."""
     return CapsNet(input_size=input_size, width=width, iterations=1, shared_w=True, squash=False,
                    loss="ce")
 
 
-@register_model("capsnet-ce-no-recon")
+@register_model("capsnet-ce-no-recon", family="capsule")
 def capsnet_ce_no_recon(*, input_size: int, width: float) -> CapsNet:
     """capsnet-ce without the reconstruction decoder."""
     return CapsNet(input_size=input_size, width=width, iterations=1, shared_w=True, squash=False,
                    loss="ce", reconstruction=False)
 
 
-@register_model("convnet-k9-squash")
+@register_model("convnet-k9-squash", family="convnet")
 def convnet_k9_squash(*, input_size: int, width: float) -> ConvNetK9:
     """convnet-k9 with squashed 10 x 16D class vectors (lengths as logits) for ReLU -> FC 10."""
     return ConvNetK9(input_size=input_size, width=width, head="squash")
 
 
-@register_model("convnet-k9-margin")
+@register_model("convnet-k9-margin", family="convnet")
 def convnet_k9_margin(*, input_size: int, width: float) -> ConvNetK9:
     """convnet-k9-squash with the margin loss instead of cross-entropy."""
     return ConvNetK9(input_size=input_size, width=width, head="squash", loss="margin")
 
 
-@register_model("convnet-k9-recon")
+@register_model("convnet-k9-recon", family="convnet")
 def convnet_k9_recon(*, input_size: int, width: float) -> ConvNetK9:
     """convnet-k9-margin with the CapsNet's reconstruction decoder."""
     return ConvNetK9(input_size=input_size, width=width, head="squash", loss="margin",
                      reconstruction=True)
 
 
-@register_model("convnet-k9-avgpool")
+@register_model("convnet-k9-avgpool", family="convnet")
 def convnet_k9_avgpool(*, input_size: int, width: float) -> ConvNetK9:
     """convnet-k9 with a global average pool before the 160-D layer."""
     return ConvNetK9(input_size=input_size, width=width, pool="avg")
