@@ -514,6 +514,9 @@ def claims(board: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
             else:
                 ax.plot([est], [0], "o", color=color, markersize=4, zorder=3)
             text = row.verdict + ("" if has_iv else " (no interval: one seed)")
+            holm = str(getattr(row, "holm_verdict", "") or "")
+            if holm and holm != "nan" and holm != row.verdict and not holm.startswith("—"):
+                text += f" (Holm: {holm})"
             ax.text(0.995, 0.9, text, transform=ax.transAxes, ha="right", va="top",
                     fontsize=6, color=color, fontweight="bold")
             # Which model each side of no effect favours: the sign conventions differ by claim.

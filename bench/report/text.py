@@ -47,11 +47,12 @@ HOW_TO_READ = f"""\
   {REFERENCE} are paired by seed; training-set sizes and their ratios get intervals on the log
   scale. Figure bands are the same intervals as the tables, with each seed drawn as a point.
   With few seeds the intervals are wide: an interval that contains no effect (0, or 1 for a
-  ratio) is no evidence of a difference. The intervals are over seeds for FIXED test digits:
-  the sampling of the test digits is not in them. An interval of zero width means that every
-  seed gave the same value; it is printed "{ALL_EQUAL}" rather than "[x, x]". The error of
-  interpolating between training-set sizes (the accuracy read at c*, the n to reach a target)
-  is not in the intervals either.
+  ratio) is no evidence of a difference. The tables' intervals are over seeds for FIXED test
+  digits: the sampling of the test digits is not in them; the scoreboard's estimate column adds
+  it where the run has the per-image store (its notes say for which claims). An interval of
+  zero width means that every seed gave the same value; it is printed "{ALL_EQUAL}" rather than
+  "[x, x]". The error of interpolating between training-set sizes (the accuracy read at c*, the
+  n to reach a target) is not in the intervals either.
 """
 
 # Every table this module can write (file stems under tables/).
@@ -64,8 +65,10 @@ FIGURE_CAPTIONS = {
                             "affNIST-style against clean accuracy on logit axes, and the line "
                             "fitted on the ConvNets' cells; a model above the line keeps more "
                             "affNIST-style accuracy than a ConvNet of the same clean accuracy.",
-    "claims": "The claims scoreboard as a forest plot: each effect with its 95% interval "
-              "(paired over seeds); dashed: no effect (0, or 1 for the ratio, log scale); "
+    "claims": "The claims scoreboard as a forest plot: each effect with the scoreboard's 95% "
+              "interval (over seeds and test digits where the run has the per-image store; C2, "
+              "S1 and C5 over seeds only) and its verdict, with the Holm-adjusted one where it "
+              "differs; dashed: no effect (0, or 1 for the ratio, log scale); "
               "the labelled arrows in each panel's lower corners say which model each side of no "
               "effect favours.",
     "data_efficiency": "Accuracy against training-set size n (log scale), one panel per test "

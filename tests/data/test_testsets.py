@@ -240,11 +240,8 @@ def test_cuda_generation_close_to_cpu(sets, tmp_path):
 
 def test_cli_data(tmp_path, monkeypatch, capsys):
     import bench.cell.plan as cells
-    import bench.config as config
     from bench.cli import main
 
-    # The profile check validates model names; the data step does not need the models.
-    monkeypatch.setattr(config, "model_names", lambda: ["capsnet"])
     monkeypatch.setattr(testsets, "DATASETS_DIR", tmp_path / "datasets")
     monkeypatch.setattr(cells, "RESULTS_DIR", tmp_path / "results")
     profile = tmp_path / "tiny.toml"

@@ -256,7 +256,7 @@ def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
                      "C2": ("convnet-maxpool needs fewer", "capsnet needs fewer"),
                      "C3": ("convnet-maxpool more arrangement-specific",
                             "capsnet more arrangement-specific"),
-                     "C4": ("fully connected head better", "the capsule layer helps"),
+                     "C4": ("fully connected head better", "capsule head better"),
                      "C6": ("capsnet better", "convnet-gu better"),
                      "S1": ("convnet-maxpool separates better", "capsnet separates better")}
     assert (hand / "figures" / "claims.png").is_file()
