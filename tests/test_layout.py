@@ -22,10 +22,7 @@ def _imports() -> dict[str, set[str]]:
                 names = [a.name for a in node.names]
             else:
                 continue
-            # A submodule's import of its own package (``from bench.report import figures``
-            # inside bench.report.build) is no cycle: Python initialises a package before any of
-            # its submodules, so the edge that counts is the one to the sibling module.
-            edges[m] |= {n for n in names if n in mods and n != m and not m.startswith(n + ".")}
+            edges[m] |= {n for n in names if n in mods and n != m}
     return edges
 
 

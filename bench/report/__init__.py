@@ -7,12 +7,7 @@ table per function, :mod:`~bench.report.routing` the routing-vs-pooling section,
 :mod:`~bench.report.table` renders Markdown and LaTeX, :mod:`~bench.report.text` holds the prose,
 :mod:`~bench.report.readout` the per-seed read-outs, :mod:`~bench.report.figures` the figures,
 and :mod:`~bench.report.build` puts them together.
+
+The package itself imports nothing, so that its modules can import each other through it
+(``from bench.report import figures``) without a cycle.
 """
-
-from bench.report.build import build_report
-from bench.report.claims import Claim
-from bench.report.read import read_cells, read_metrics
-from bench.report.scoreboard import claims
-from bench.report.table import Table
-
-__all__ = ["Claim", "Table", "build_report", "claims", "read_cells", "read_metrics"]

@@ -295,9 +295,9 @@ def test_claim_hand_worked_supported_effect():
 
 
 def test_claim_builds_the_report_claim():
-    report = pytest.importorskip("bench.report")
+    claims = pytest.importorskip("bench.report.claims")
     row = rr.routing_claim(frame("contradicted"))
-    assert isinstance(row, report.Claim) and row.verdict == "contradicted"
+    assert isinstance(row, claims.Claim) and row.verdict == "contradicted"
     calls = []
     rr.routing_claim(frame(), scale=lambda *a, **k: calls.append((a, k)) or "scaled")
     (models, sizes, seeds, k), kw = calls[0]
@@ -350,7 +350,7 @@ def _scoreboard_lines(md: str) -> list[str]:
 
 
 def test_report_has_the_routing_section(tmp_path):
-    report = pytest.importorskip("bench.report")
+    report = pytest.importorskip("bench.report.build")
     frame().to_csv(tmp_path / "metrics.csv", index=False)
     report.build_report(tmp_path, with_figures=True)
     md = (tmp_path / "report.md").read_text()
@@ -366,7 +366,7 @@ def test_report_has_the_routing_section(tmp_path):
 
 
 def test_report_without_heads_has_no_routing_section(tmp_path):
-    report = pytest.importorskip("bench.report")
+    report = pytest.importorskip("bench.report.build")
     df = frame()
     df.assign(model=df["model"].str.replace("head-", "net-")).to_csv(tmp_path / "metrics.csv",
                                                                      index=False)
