@@ -218,13 +218,13 @@ def _profiles(args: argparse.Namespace) -> int:
     from bench.config import load_profile, profile_names
     from bench.data.testsets import default_set_names
     from bench.runner.estimate import format_duration
-    from bench.runner.todo import _device_words, estimate_run, fresh_plan
+    from bench.runner.todo import device_words, estimate_run, fresh_plan
     from bench.runtime import resolve_device
 
     device = resolve_device(args.device)
     names = args.names or profile_names()
     if args.estimate:
-        print(f"estimated wall time of `run all` from scratch on {_device_words(device)}, from "
+        print(f"estimated wall time of `run all` from scratch on {device_words(device)}, from "
               "a few timed steps of each model here (a minute or two in all)", flush=True)
     for name in names:
         profile = load_profile(name)

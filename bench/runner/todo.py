@@ -219,7 +219,7 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
     return est
 
 
-def _device_words(device: torch.device) -> str:
+def device_words(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     n = torch.get_num_threads()
@@ -241,7 +241,7 @@ def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[s
     stages = [s for s in STAGE_ORDER if s in plan.stages and s not in ("train", "eval")]
     if not what:
         what.append("stage " + "+".join(stages))
-    lines = [f"{plan.profile} profile on {_device_words(device)}: {', '.join(what)}, "
+    lines = [f"{plan.profile} profile on {device_words(device)}: {', '.join(what)}, "
              f"{format_duration(est['total_s'])}"]
     if plan.sets_build or plan.sets_cached:
         lines.append(f"  test sets: {n['sets_build']} to build ({est['build_images']:,} images), "
