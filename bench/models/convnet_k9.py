@@ -12,7 +12,7 @@ not the final "simple ConvNet" of their table.
 It is not the model of Gu et al.'s counter-claim: it drops the squash, the margin loss and the
 class-conditional reconstruction along with the capsule layer, components Gu et al. find helpful
 for robustness, so their account predicts that it loses to the CapsNet. The scoreboard reads it
-as C4, "capsule layer vs fully connected head on the same 9x9 trunk"; the counter-claim (C6)
+as C4, "capsule head vs fully connected head on the same 9x9 trunk"; the counter-claim (C6)
 reads their ConvNet, ``convnet-gu``, when a run has it.
 
 This ablation keeps the CapsNet's feature extractor exactly and replaces PrimaryCaps -> DigitCaps

@@ -59,14 +59,14 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "the CapsNet needs fewer training images than the max-pooling ConvNet", 1.0,
             "ratio"), MAXPOOL, REFERENCE, targets),
         _arrangement_claim(ctx, Claim(
-            "C3", "part arrangement",
+            "C3", "arrangement specificity",
             "arrangement specificity, kept if intact correct on displaced (parts moved apart, "
             f"arrangement kept) minus on scrambled, {REFERENCE} {MINUS} {MAXPOOL}",
             "the CapsNet's answer depends more on the arrangement of parts than the max-pooling "
             "ConvNet's: it keeps its answer more when parts are only moved apart, relative to "
             "when they are scrambled", 0.0, "pp"), REFERENCE, MAXPOOL),
         _matched_claim(ctx, Claim(
-            "C4", "capsule layer vs fully connected head on the same 9x9 trunk",
+            "C4", "capsule head vs fully connected head on the same 9x9 trunk",
             f"{shown} accuracy at matched clean accuracy c*, {REFERENCE} {MINUS} {K9} (an "
             "ablation: the CapsNet with its capsule layer replaced by a fully connected head, "
             "cross-entropy, no squash, no reconstruction)",
@@ -149,7 +149,7 @@ def external_claims(ctx: _Context, targets: Sequence[float]) -> list[Claim]:
                     f"{m} needs fewer training images than the max-pooling ConvNet", 1.0,
                     "ratio"), MAXPOOL, m, targets),
                 _arrangement_claim(ctx, Claim(
-                    f"C3/{m}", "part arrangement",
+                    f"C3/{m}", "arrangement specificity",
                     "arrangement specificity, kept if intact correct on displaced minus on "
                     f"scrambled, {m} {MINUS} {MAXPOOL}",
                     f"{m}'s answer depends more on the arrangement of parts than the max-pooling "

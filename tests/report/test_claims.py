@@ -214,7 +214,7 @@ def test_c4_interval_containing_zero_is_inconclusive(hand):
     row = _scoreboard_rows(hand)["C4"]
     assert row[2] == f"0.00 [{-100 * half:.2f}, {100 * half:.2f}] pp"
     assert "capsnet − convnet-k9 (an ablation" in row[1] and row[5] == "inconclusive"
-    assert row[0] == "C4 capsule layer vs fully connected head on the same 9x9 trunk"
+    assert row[0] == "C4 capsule head vs fully connected head on the same 9x9 trunk"
 
 
 def test_matched_table_by_hand(hand):
