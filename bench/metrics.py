@@ -358,3 +358,63 @@ def mahalanobis_score(features: Any, means: np.ndarray, precision: np.ndarray) -
     # (x - m)^T P (x - m) = x^T P x - 2 m^T P x + m^T P m, for all classes at once
     quad = (xp * x).sum(1)[:, None] - 2 * xp @ m.T + ((m @ p) * m).sum(1)
     return quad.min(1).values.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient-masking checks of an adversarial evaluation (Carlini et al. 2019, "On Evaluating
+# Adversarial Robustness", Sec. 5 and its checklist; Athalye, Carlini & Wagner, ICML 2018,
+# Sec. 3.1): signs that a gradient attack, not the model, is what failed.
+
+MASKING_TOLERANCE = 0.03  # our choice: 3 points, about 2 binomial SEs on 500 attacked images
+NEAR_ZERO = 0.10  # our choice: "near 0" at the largest budget
+
+
+def masking_checks(pgd: dict[float, float], fgsm: dict[float, float], stated: float, *,
+                   transfer: float | None = None, square: float | None = None,
+                   pgd_on_square_digits: float | None = None, votes: float | None = None,
+                   tol: float = MASKING_TOLERANCE, near_zero: float = NEAR_ZERO
+                   ) -> list[tuple[str, bool | None, str]]:
+    """The checks of one model, each ``(check, passed, numbers)``; ``passed`` None when the
+    check has no data. Accuracies are fractions, keyed by budget.
+
+    1. PGD is never weaker than FGSM (an iterative attack that does worse than its own first
+       step has a gradient problem): ``pgd[e] <= fgsm[e] + tol`` at every budget both have.
+    2. Accuracy falls with the budget: PGD's accuracy never rises by more than ``tol`` from one
+       budget to the next larger one.
+    3. Near 0 at the largest budget: ``pgd[max] <= near_zero``.
+    4. A transfer (black-box) attack is not stronger than the white-box one:
+       ``transfer >= pgd[stated] - tol``.
+    5. A gradient-free attack (Square) is not stronger than PGD on the same digits:
+       ``square >= pgd_on_square_digits - tol``.
+    6. The vote attack (routing bypassed) is not stronger than PGD through the routing:
+       ``votes >= pgd[stated] - tol`` (capsule models only).
+    """
+    out: list[tuple[str, bool | None, str]] = []
+    common = sorted(set(pgd) & set(fgsm))
+    if common:
+        worse = [e for e in common if pgd[e] > fgsm[e] + tol]
+        out.append(("PGD at least as strong as FGSM", not worse, ", ".join(
+            f"ε={e:g}: {100 * pgd[e]:.1f} vs {100 * fgsm[e]:.1f} %" for e in common)))
+    else:
+        out.append(("PGD at least as strong as FGSM", None, "no budgets of both"))
+    budgets = sorted(pgd)
+    rises = [(a, b) for a, b in zip(budgets, budgets[1:], strict=False) if pgd[b] > pgd[a] + tol]
+    out.append(("accuracy falls with the budget", not rises if len(budgets) > 1 else None,
+                " → ".join(f"{100 * pgd[e]:.1f}" for e in budgets) + " %"))
+    if budgets:
+        top = budgets[-1]
+        out.append((f"near 0 at the largest budget (≤ {100 * near_zero:g} %)",
+                    pgd[top] <= near_zero, f"ε={top:g}: {100 * pgd[top]:.1f} %"))
+    base = pgd.get(stated)
+    for name, value, against in (
+            ("transfer attack not stronger than white-box", transfer, base),
+            ("gradient-free (Square) not stronger than PGD", square, pgd_on_square_digits),
+            ("vote attack not stronger than PGD", votes, base)):
+        if value is None or against is None or not (math.isfinite(value) and math.isfinite(against)):
+            if name.startswith("vote") and votes is None:
+                continue  # a model without routing
+            out.append((name, None, "not measured"))
+            continue
+        out.append((name, value >= against - tol,
+                    f"{100 * value:.1f} vs {100 * against:.1f} % (ε={stated:g})"))
+    return out

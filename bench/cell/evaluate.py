@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from bench import metrics
+from bench.cell import adversarial
 from bench.cell.files import CellFiles
 from bench.cell.plan import Cell, code_hash
 from bench.cell.train import EVAL_BATCH, training_subset
@@ -89,7 +90,8 @@ class Predictions:
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
             batch_size: int = EVAL_BATCH) -> Predictions:
-    """Run ``model`` over uint8 images ``(N, C, C)`` in batches; results on the CPU.
+    """Run ``model`` over uint8 images ``(N, C, C)`` (or float ``(N, 1, C, C)`` in [0, 1]) in
+    batches; results on the CPU.
 
     A model with a ``digit_capsules`` method (the CapsNet) has its DigitCaps output
     ``(B, 10, 16)`` (the first element when it returns a tuple) recorded while it runs, as
@@ -110,7 +112,9 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
         model.digit_capsules = capture  # an instance attribute shadows the method
     try:
         for start in range(0, images.shape[0], batch_size):
-            x = to_float(images[start : start + batch_size])
+            chunk = images[start : start + batch_size]
+            # uint8 digits (B, C, C), or float images (B, 1, C, C) in [0, 1] (attacked sets)
+            x = to_float(chunk) if chunk.dtype == torch.uint8 else chunk.float()
             out = model(x)
             scores.append(out.scores.float().cpu())
             logits.append(out.logits.float().cpu())
@@ -380,8 +384,19 @@ def _subset(preds: Predictions, idx: torch.Tensor) -> Predictions:
                        take(preds.logits), take(preds.rep), take(preds.density))
 
 
-def eval_key(checksums: dict[str, str]) -> str:
-    return stable_hash(code_hash(), code_hash(("cell/evaluate.py", "metrics.py")), checksums)
+def eval_key(checksums: dict[str, str], attack: dict[str, Any] | None = None) -> str:
+    """What an evaluation depends on: the trained weights' code, the evaluation's code, the test
+    sets' checksums and (when the cell is attacked) the attacks' settings."""
+    parts: tuple[Any, ...] = (code_hash(), code_hash(("cell/evaluate.py", "metrics.py")), checksums)
+    if attack:
+        parts += (code_hash(("cell/adversarial.py",)), attack)
+    return stable_hash(*parts)
+
+
+def attacked(cfg: DataConfig, n: int) -> bool:
+    """Whether a cell trained on ``n`` images gets the adversarial sets of ``cfg.attack``."""
+    a = cfg.attack
+    return a.n > 0 and cfg.canvas >= 40 and (not a.sizes or n in a.sizes)
 
 
 def _load(files: CellFiles, device: torch.device | str) -> tuple[torch.nn.Module, dict]:
@@ -454,7 +469,9 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     t0 = time.perf_counter()
     sets = _test_sets(cfg, tuple(names) if names else None, str(device), data_dir, download)
     checksums = {k: v["sha256"] for k, v in test_set_manifest(sets).items()}
-    key = eval_key(checksums)
+    attack = (dataclasses.asdict(cfg.attack) if attacked(cfg, cell.n) and CLEAN.name in sets
+              else None)
+    key = eval_key(checksums, attack)
     if files.eval_summary.is_file() and read_json(files.eval_summary).get("key") == key:
         return read_json(files.eval_summary)
 
@@ -466,6 +483,25 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
         t = time.perf_counter()
         preds[name] = predict(model, ts.images, device)
         predict_s[name] = time.perf_counter() - t
+    # The adversarial sets: made against this model, then scored like the others.
+    labels = {name: ts.labels for name, ts in sets.items()}
+    params = {name: ts.params for name, ts in sets.items()}
+    attack_s, kept_images = 0.0, {}
+    if attack is not None:
+        t = time.perf_counter()
+        clean_set = sets[CLEAN.name]
+        made = adversarial.attack_sets(model, clean_set.images, clean_set.labels, cfg.attack,
+                                       cell.label, device)
+        for a in made:
+            preds[a.name] = predict(model, a.images, device)
+            labels[a.name] = clean_set.labels[a.rows]
+            params[a.name] = {"source": clean_set.params["source"][a.rows]}
+            if a.attack == "pgd" and a.eps == cfg.attack.stated_budget:
+                # kept with the cell (examples.pt): the transfer attack scores other models on
+                # them, and the report shows the first
+                kept_images[f"adversarial/{a.name}"] = a.images.half()
+                kept_images[f"adversarial-labels/{a.name}"] = labels[a.name].clone()
+        attack_s = time.perf_counter() - t
     t = time.perf_counter()
     held_images, held_labels = heldout_split(spec, data_dir, download)
     # A cell trained on the whole training split (the paper's MNIST table: n = 60,000, no
@@ -491,34 +527,36 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
             row_of_source[sources] = torch.arange(len(sources))
         rows: list[dict[str, Any]] = []
         store = []
-        for name, ts in sets.items():
+        for name in preds:
             intact = None
             if is_scrambled(name) and clean is not None:
-                idx = row_of_source[ts.params["source"].long()]
+                idx = row_of_source[params[name]["source"].long()]
                 if bool((idx < 0).any()):
                     raise BenchError(f"{name}: some digits have no intact twin in the clean set")
                 intact = _subset(preds[CLEAN.name], idx)
-            store.append(prediction_frame(name, preds[name], ts.labels, ts.params))
-            rows += set_metrics(name, preds[name], ts.labels, ts.params, intact, temperature,
-                                None if intact is None else clean.labels[idx])
+            store.append(prediction_frame(name, preds[name], labels[name], params[name]))
+            rows += set_metrics(name, preds[name], labels[name], params[name], intact,
+                                temperature, None if intact is None else clean.labels[idx])
             if name == CLEAN.name:
                 rows.append({"test_set": name, "factor_value": math.nan, "metric": "temperature",
                              "value": math.nan if temperature is None else temperature})
                 class_means = class_mean_images(cfg.dataset, cfg.canvas, data_dir, download)
-                rows += reconstruction_rows(preds[name], ts.images.cpu(), class_means)
+                rows += reconstruction_rows(preds[name], sets[name].images.cpu(), class_means)
 
     ident = {"setup": cell.setup, "model": cell.model, "n": cell.n, "seed": cell.seed}
     table = pd.DataFrame([{**ident, **r} for r in rows])
     predictions = store_frame(store, ident)
     recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
+    recon.update(kept_images)
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
-               **{f"accuracy/{k}": float((p.pred == sets[k].labels).float().mean())
+               **{f"accuracy/{k}": float((p.pred == labels[k]).float().mean())
                   for k, p in preds.items()},
                "heldout_images": int(held_labels.numel()),
                # Where the evaluation's time went (seconds): test sets and model loading, the
                # forward passes per set (and on the held-out images), and the metrics (the
                # probe's ridge fits, the temperature and the density fit included).
                "timing": {"sets_s": t_sets - t0, "predict_s": sum(predict_s.values()),
+                          "attack_s": attack_s,
                           "metrics_s": time.perf_counter() - t_metrics,
                           "predict_s_per_set": predict_s}}
     files.finish_evaluation(table, predictions, recon, summary)

@@ -102,7 +102,7 @@ ROUNDING_NOTE = (
 # The kinds of test set: the one place that reads meaning into a set's name
 
 
-FAMILIES = ("clean", "affine", "real", "sweep", "scramble", "displaced")
+FAMILIES = ("clean", "affine", "real", "sweep", "scramble", "displaced", "adversarial")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ class SetKind:
         factor: sweeps only: ``"rotation"``, ``"scale"``, ``"shear"`` or ``"translate"``; its
             grid is ``DataConfig.<factor>_grid`` and ``params["value"]`` its magnitude.
         grid: ``scramble-g<k>`` only: k, the digit's box cut into k x k cells.
+        budget: adversarial sets only: the attack's L-infinity budget (fraction of the pixel
+            range); ``factor`` is then the attack (:data:`ATTACKS`).
         order: the family's place in tables and figures (scrambles then by ``grid``).
         label: the name shown to readers in report tables and figure titles (:attr:`display`);
             None shows ``name``. Only the label changes: ``name`` still seeds the generator.
@@ -135,6 +137,7 @@ class SetKind:
     family: str
     factor: str | None = None
     grid: int | None = None
+    budget: float | None = None
     order: int = 0
     label: str | None = None
 
@@ -166,7 +169,7 @@ class SetKind:
     @property
     def sort_key(self) -> tuple[int, int]:
         """Where the set goes in tables and figures: by ``order``, scrambles then by grid."""
-        return (self.order, self.grid or 0)
+        return (self.order, self.grid or self.budget or 0)
 
 
 CLEAN = SetKind("clean", "clean", order=0)
@@ -184,6 +187,20 @@ _SCRAMBLE_NAME = re.compile(r"scramble-g([1-9][0-9]*)")
 AFFNIST_REAL_COUNT = 320_000
 
 
+# Adversarial sets (bench.cell.adversarial): made per cell against its own model when it is
+# evaluated, never built or cached here. Named ``<attack>-<budget>``, e.g. ``pgd-0.1``.
+ATTACKS = ("fgsm", "pgd", "pgd-votes", "square", "transfer")
+_ADVERSARIAL_ORDER = 20  # after every set built here
+_ADVERSARIAL_NAME = re.compile(r"(fgsm|pgd-votes|pgd|square|transfer)-([0-9]*\.?[0-9]+)")
+
+
+def adversarial_name(attack: str, eps: float) -> str:
+    """The name of the set of ``attack`` at budget ``eps``: ``pgd-0.1``, ``fgsm-0.05``, ..."""
+    if attack not in ATTACKS:
+        raise BenchError(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+    return f"{attack}-{eps:g}"
+
+
 def scramble_name(g: int) -> str:
     """The name of the scrambled set with g x g cells (:func:`set_kind` reads it back)."""
     return f"scramble-g{g}"
@@ -196,6 +213,12 @@ def find_set_kind(name: str) -> SetKind | None:
         m = _SCRAMBLE_NAME.fullmatch(name)
         if m and int(m.group(1)) >= 2:
             kind = SetKind(name, "scramble", grid=int(m.group(1)), order=_SCRAMBLE_ORDER)
+        m = _ADVERSARIAL_NAME.fullmatch(name)
+        if m:
+            attack, eps = m.group(1), float(m.group(2))
+            kind = SetKind(name, "adversarial", factor=attack, budget=eps,
+                           order=_ADVERSARIAL_ORDER + ATTACKS.index(attack),
+                           label=f"{attack} ε={eps:g}")
     return kind
 
 
@@ -210,7 +233,7 @@ def set_kind(name: str) -> SetKind:
     kind = find_set_kind(name)
     if kind is None:
         known = [*(k.name for k in SET_KINDS if k is not DISPLACED), "scramble-g<k> (k >= 2)",
-                 DISPLACED.name]
+                 DISPLACED.name, "<attack>-<budget> (attack: " + ", ".join(ATTACKS) + ")"]
         raise BenchError(f"unknown test set '{name}' (known: {', '.join(known)})")
     return kind
 

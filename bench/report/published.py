@@ -58,6 +58,16 @@ REGISTRY: tuple[Published, ...] = (
         "affNIST (numbers not checked here)",
         "their final 'simple ConvNet', about 5.3M parameters, official affNIST"),
     Published(
+        "C7", "Hinton, Sabour & Frosst 2018 (ICLR); Gu, Wu & Tresp 2021 (ICLR)",
+        "direction disputed: EM-routing capsules less fooled than a baseline ConvNet by "
+        "white-box FGSM on smallNORB; a vote attack brings dynamic-routing CapsNets down "
+        "further than standard attacks (numbers not checked here)",
+        "other models, data sets and attacks than this row's"),
+    Published(
+        "C8", "Sabour et al. 2017, Sec. 6",
+        "5.2 % MultiMNIST error for the CapsNet, below their baseline ConvNet's",
+        "both trained on MultiMNIST (here: single digits only); 36x36, shifts up to 4 px"),
+    Published(
         "MNIST", "Sabour et al. 2017, Table 1",
         "0.25 ± 0.005 % test error (3 routing iterations, reconstruction); baseline ConvNet "
         "0.39 %",

@@ -10,6 +10,8 @@ import pandas as pd
 from bench import stats
 from bench.data.testsets import (
     AFFNIST_STYLE,
+    OVERLAP,
+    adversarial_name,
 )
 from bench.report import routing as routing_report
 from bench.report.claims import (
@@ -76,6 +78,8 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
             "account also predicts this direction", 0.0, "pp"),
             REFERENCE, K9, other),
         _counter_claim(ctx, other, shown),
+        _adversarial_claim(ctx),
+        _overlap_claim(ctx),
     ]
     if any(str(m).startswith("head-") for m in main["model"]):
         rows.append(routing_report.routing_claim(main, key="C5", scale=ctx.scale, cells=cells))
@@ -107,6 +111,49 @@ def _counter_claim(ctx: _Context, other: str, shown: str) -> Claim:
                         "run)")
         return claim
     return _matched_claim(ctx, claim, GU, REFERENCE, other)
+
+
+def stated_budget(ctx: _Context) -> float | None:
+    """The budget the run's adversarial row reads (``data.attack.stated_budget``), or None when
+    the run attacked no cell."""
+    attack = (ctx.config.get("data") or {}).get("attack") or {}
+    if not attack.get("n"):
+        return None
+    return float(attack.get("stated_budget"))
+
+
+def _adversarial_claim(ctx: _Context) -> Claim:
+    """C7: accuracy under PGD at the stated budget, at matched clean accuracy, CapsNet minus the
+    max-pooling ConvNet (:mod:`bench.cell.adversarial`)."""
+    eps = stated_budget(ctx)
+    claim = Claim(
+        "C7", "adversarial robustness",
+        f"accuracy under white-box PGD (L∞, ε = {eps if eps is not None else '?'}) at matched "
+        f"clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
+        "the CapsNet keeps more accuracy under a white-box L∞ attack than the max-pooling "
+        "ConvNet at the same clean accuracy (Hinton, Sabour & Frosst 2018; disputed by "
+        "Michels et al. 2019 and Gu, Wu & Tresp 2021); read with the gradient-masking checks",
+        0.0, "pp")
+    if eps is None:
+        claim.reason = f"{NOT_MEASURED} (the profile attacks no cell: data.attack.n = 0)"
+        return claim
+    return _matched_claim(ctx, claim, REFERENCE, MAXPOOL, adversarial_name("pgd", eps))
+
+
+def _overlap_claim(ctx: _Context) -> Claim:
+    """C8: top-2 accuracy on overlapping digits at matched clean accuracy, CapsNet minus the
+    max-pooling ConvNet; models trained on single digits."""
+    claim = Claim(
+        "C8", "overlapping digits",
+        f"top-2 accuracy on overlapping digits (both among the two highest scores) at matched "
+        f"clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}; trained on single digits",
+        "the CapsNet names both of two overlapping digits more often than the max-pooling "
+        "ConvNet at the same clean accuracy (Sabour et al. 2017, Sec. 6, where both were "
+        "trained on MultiMNIST)", 0.0, "pp")
+    if OVERLAP.name not in set(ctx.main["test_set"]):
+        claim.reason = f"{NOT_MEASURED} (no {OVERLAP.display} set in this run)"
+        return claim
+    return _matched_claim(ctx, claim, REFERENCE, MAXPOOL, OVERLAP.name)
 
 
 def _holm(rows: list[Claim]) -> None:

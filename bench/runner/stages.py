@@ -38,8 +38,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bench.cell import adversarial
 from bench.cell.conformance import check_model, failures
-from bench.cell.evaluate import example_images
+from bench.cell.evaluate import example_images, load_model
 from bench.cell.files import CellFiles
 from bench.cell.plan import (
     AFFNIST_SETUP,
@@ -53,10 +54,17 @@ from bench.cell.plan import (
 from bench.cell.throughput import measure
 from bench.cell.train import uses_bf16
 from bench.config import Profile
-from bench.data.testsets import AFFNIST_STYLE, build_test_sets, generate, test_set_manifest
+from bench.data.testsets import (
+    AFFNIST_STYLE,
+    adversarial_name,
+    build_test_sets,
+    generate,
+    test_set_manifest,
+)
 from bench.errors import BenchError
 from bench.io import (
     DiskFullError,
+    load_torch,
     make_dirs,
     read_json,
     save_torch,
@@ -185,6 +193,48 @@ def _wait_for_cells(elsewhere: list[tuple[PlannedCell, CellTask]]) -> list[Plann
         if pending:
             time.sleep(CELL_WAIT_POLL_S)
     return [pc for pc, _ in elsewhere]
+
+
+TRANSFER_FILE = "transfer.csv"
+
+
+def stage_transfer(profile: Profile, run_dir: Path, device: torch.device,
+                   planned: Sequence[PlannedCell]) -> int:
+    """The black-box check of the adversarial sets: each attacked cell's model scored on the PGD
+    images (the stated budget) made against the next model of the profile's list (the last
+    against the first) with the same setup, n and seed; one row per image in ``transfer.csv``.
+    Cells without those images (not attacked, or not evaluated) are left out. Returns the rows."""
+    by_key = {(pc.cell.setup, pc.cell.model, pc.cell.n, pc.cell.seed): pc for pc in planned}
+    models = list(profile.models)
+    eps = profile.data.attack.stated_budget
+    if not profile.data.attack.transfer or len(models) < 2:
+        return 0
+    frames = []
+    for pc in planned:
+        c = pc.cell
+        if c.model not in models or not CellFiles(pc.folder).examples.is_file():
+            continue
+        source = models[(models.index(c.model) + 1) % len(models)]
+        src = by_key.get((c.setup, source, c.n, c.seed))
+        if src is None or not CellFiles(src.folder).examples.is_file():
+            continue
+        kept = adversarial.kept_pgd(load_torch(CellFiles(src.folder).examples), eps)
+        if kept is None:
+            continue
+        images, labels = kept
+        correct = adversarial.transfer_correct(load_model(pc.folder, device), images, labels,
+                                               device)
+        frames.append(pd.DataFrame({
+            "setup": c.setup, "model": c.model, "n": c.n, "seed": c.seed, "source": source,
+            "test_set": adversarial_name("transfer", eps), "index": range(len(correct)),
+            "label": labels.numpy(), "correct": correct}))
+    path = run_dir / TRANSFER_FILE
+    if not frames:
+        path.unlink(missing_ok=True)
+        return 0
+    table = pd.concat(frames, ignore_index=True)
+    write_csv(path, table)
+    return len(table)
 
 
 def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
@@ -354,6 +404,10 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
                 if "eval" in cell_stages:
                     run_lock.hold()
                     collect(profile, run_dir, device.type, planned)
+                    if profile.data.attack.n:
+                        rows = stage_transfer(profile, run_dir, device, planned)
+                        if progress and rows:
+                            print(f"  transfer attack: {rows} images scored ({TRANSFER_FILE})")
                 timing = cell_timing(planned)
                 manifest.update(cell_timing=timing)
                 if progress and timing:
