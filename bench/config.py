@@ -88,7 +88,7 @@ class DataConfig:
     canvas: int = 40  # affNIST's image size; the paper's affNIST experiment trains at 40x40
     train_shift: int = 6  # official CapsNet code: random shifts up to 6 px on the 40x40 canvas
     seed: int = 0  # seed of every generated test set
-    n_test: int = 10_000  # MNIST test digits used for clean, affNIST-style and scrambled sets
+    n_test: int = 10_000  # MNIST test digits used for clean, affNIST-style, scrambled, overlap sets
     affnist_k: int = 32  # transforms per digit: affNIST has 32 per MNIST test digit
     affine: AffineConfig = field(default_factory=AffineConfig)
     sweep_n: int = 1_000  # digits per point of each per-factor sweep
@@ -98,6 +98,9 @@ class DataConfig:
     translate_grid: tuple[float, ...] = (0, 2, 4, 6, 8, 10, 12)  # px, along a seeded direction
     scramble_grids: tuple[int, ...] = (2, 3)  # g x g cells of the digit's bounding box
     displace_px: int = 3  # "displaced parts": each cell pushed this far from the centre
+    # Overlapping digits: each of the two digits shifted up to this many px in each direction
+    # (Sabour et al. 2017, Sec. 6, MultiMNIST: shifts up to 4 px in each direction)
+    overlap_shift: int = 4
     real_affnist: str = ""  # optional path to the official affNIST .mat test file(s)
     attack: AttackConfig = field(default_factory=AttackConfig)
 
@@ -312,6 +315,8 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("affnist_k", f"must be >= 1, got {obj.affnist_k}")
         if any(g < 2 for g in obj.scramble_grids):
             raise bad("scramble_grids", f"must be >= 2, got {list(obj.scramble_grids)}")
+        if not 0 <= obj.overlap_shift < obj.canvas:
+            raise bad("overlap_shift", f"must be in [0, canvas), got {obj.overlap_shift}")
     elif isinstance(obj, AttackConfig):
         if obj.n < 0 or obj.square_n < 0:
             raise bad("n", f"and square_n must be >= 0, got {obj.n} and {obj.square_n}")

@@ -7,6 +7,8 @@ one definition of each number. The definitions follow the papers the benchmark t
 - accuracy and error (Sabour et al. 2017, Table 1 reports the test *error* in %): the mean of
   ``pred == label`` and one minus it, computed where the predictions are
   (:func:`bench.cell.evaluate.set_metrics`), so they have no function here.
+- top-2 read-out of two overlapping digits (Sabour et al. 2017, Sec. 6, MultiMNIST: the two
+  most active digit capsules are taken as the image's two digits): :func:`top2_hits`.
 - AUROC: the Mann-Whitney U statistic divided by ``n_pos * n_neg`` (Hanley & McNeil, 1982),
   ties counted half, so a detector that cannot tell the two sets apart scores exactly 0.5.
 - ECE: Guo et al. (2017), "On Calibration of Modern Neural Networks", Eq. (3), with M = 15
@@ -36,6 +38,7 @@ from bench.errors import BenchError
 
 __all__ = [
     "auroc",
+    "top2_hits",
     "ece",
     "decodability_r2",
     "fit_temperature",
@@ -60,6 +63,43 @@ def _np(x: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
 def _same_length(a: np.ndarray, b: np.ndarray, what: str) -> None:
     if a.shape[0] != b.shape[0]:
         raise BenchError(f"{what}: expected the same length, got {a.shape[0]} and {b.shape[0]}")
+
+
+# --------------------------------------------------------------------------------------------
+# Two digits in one image
+
+
+def top2_hits(scores: Any, label_a: Any, label_b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whether the two highest class scores name the image's two digits.
+
+    Sabour et al. 2017, Sec. 6 (MultiMNIST) read the two most active digit capsules as the
+    image's two digits; an image counts as right when both are. The two highest scores are
+    ``torch.topk(scores, 2)``; among tied scores, which classes make the two is torch.topk's order.
+
+    Args:
+        scores: ``(N, C)`` class scores, C >= 2 (capsule lengths or softmax scores).
+        label_a: ``(N,)`` the first digit's class.
+        label_b: ``(N,)`` the second digit's class.
+
+    Returns:
+        Three bool arrays ``(N,)``: ``both`` (both digits among the top two), ``hit_a`` (the
+        first digit among them), ``hit_b`` (the second). ``both == hit_a & hit_b``.
+
+    >>> both, a, b = top2_hits([[0.1, 0.9, 0.8], [0.7, 0.2, 0.6]], [1, 1], [2, 0])
+    >>> both.tolist(), a.tolist(), b.tolist()
+    ([True, False], [True, False], [True, True])
+    """
+    z = torch.from_numpy(_np(scores, "scores"))
+    a = _np(label_a, "label_a", dtype=np.int64).reshape(-1)
+    b = _np(label_b, "label_b", dtype=np.int64).reshape(-1)
+    if z.dim() != 2 or z.shape[1] < 2:
+        raise BenchError(f"top2_hits: expected scores (N, C) with C >= 2, got shape {tuple(z.shape)}")
+    _same_length(z, a, "top2_hits(scores, label_a)")
+    _same_length(z, b, "top2_hits(scores, label_b)")
+    top = z.topk(2, dim=1).indices.numpy()  # (N, 2)
+    hit_a = (top == a[:, None]).any(1)
+    hit_b = (top == b[:, None]).any(1)
+    return hit_a & hit_b, hit_a, hit_b
 
 
 # --------------------------------------------------------------------------------------------

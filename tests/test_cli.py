@@ -95,7 +95,7 @@ def test_profiles_lists_every_packaged_profile_with_its_cells_and_test_sets(caps
     assert block[0].startswith("  affnist (40x40): models capsnet, baseline-cnn, convnet-maxpool, "
                                "convnet-k9; n = 100, 300; 2 seeds")
     assert block[1] == ("    test sets: clean, affnist, sweep-rotation, sweep-scale, sweep-shear, "
-                        "sweep-translate, scramble-g2, scramble-g3, displaced")
+                        "sweep-translate, scramble-g2, scramble-g3, displaced, overlap")
 
 
 def test_the_plan_of_a_fresh_run_trains_every_cell_and_builds_every_set():
@@ -106,5 +106,5 @@ def test_the_plan_of_a_fresh_run_trains_every_cell_and_builds_every_set():
     assert len(plan.train) == 16 and not plan.evaluate and not plan.reuse
     assert plan.sets_build == {"affnist": ["clean", "affnist", "sweep-rotation", "sweep-scale",
                                            "sweep-shear", "sweep-translate", "scramble-g2",
-                                           "scramble-g3", "displaced"]}
+                                           "scramble-g3", "displaced", "overlap"]}
     assert plan.throughput and plan.report

@@ -256,9 +256,20 @@ def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dic
     ``intact``: the same digits intact, row for row (scrambled sets); ``intact_labels`` their
     classes (default ``labels``: a scrambled digit keeps its intact digit's label).
     ``temperature``: fitted on held-out images, for the calibrated ECE.
+
+    The overlapping-digits set (family ``overlap``) holds two digits per image: ``labels`` are
+    the first digit's (A) classes, ``params["label2"]`` the second's (B). Its read-out is both
+    digits among the class scores' top two (:func:`bench.metrics.top2_hits`; Sabour et al. 2017,
+    Sec. 6): an image counts as correct when it names both, so its ``accuracy`` (and ``error``)
+    rows are that top-2 accuracy, repeated as ``top2_accuracy``; ``digit_recall`` is the
+    fraction of the 2N digits among their image's top two. (A and B are drawn alike: a top-1
+    accuracy against A alone would be an arbitrary half of the read-out.)
     """
     kind = set_kind(name)
     correct = (preds.pred == labels).numpy()
+    if kind.family == "overlap":
+        both, hit_a, hit_b = metrics.top2_hits(preds.scores, labels, params["label2"])
+        correct = np.asarray(both, dtype=bool)
     conf = preds.confidence.numpy()
     nan = math.nan
     rows = [
@@ -291,6 +302,13 @@ def set_metrics(name: str, preds: Predictions, labels: torch.Tensor, params: dic
         rows.append({"test_set": name, "factor_value": nan, "metric": "probe_r2",
                      "value": metrics.decodability_r2(preds.representation.double().numpy(),
                                                       values, groups)})
+    if kind.family == "overlap":
+        rows += [
+            {"test_set": name, "factor_value": nan, "metric": "top2_accuracy",
+             "value": float(both.mean()) if both.size else nan},
+            {"test_set": name, "factor_value": nan, "metric": "digit_recall",
+             "value": float((hit_a.sum() + hit_b.sum()) / (2 * both.size)) if both.size else nan},
+        ]
     if intact is not None:
         rows += part_rows(name, preds, labels, intact,
                           labels if intact_labels is None else intact_labels)
@@ -313,7 +331,11 @@ def prediction_frame(name: str, preds: Predictions, labels: torch.Tensor,
       sets), the affine parameters of :data:`STORE_PARAMS`, ``layout`` (a scrambled set's
       permutation of grid cells, as digits "1032"; the displaced set: "displaced"), ``clipped``
       (the displaced set: a part lost ink at the border);
-    - the answer: ``label``, ``pred``, ``second`` (the runner-up class), ``correct``;
+    - the answer: ``label`` (on the overlapping-digits set the first digit's class), ``label2``
+      (the second digit's class on the overlapping-digits set, -1 on every other set), ``pred``,
+      ``second`` (the runner-up class), ``correct`` (``pred == label``; on the
+      overlapping-digits set both digits among the top two, ``{pred, second} == {label,
+      label2}`` where no two scores tie, as :func:`set_metrics` counts it);
     - the scores a metric reads: ``confidence`` (the max score: capsule length or softmax
       maximum), ``density`` (the Mahalanobis distance of :func:`bench.metrics.mahalanobis_score`
       on the clean and scrambled sets, NaN elsewhere), ``recon_error`` (sum of squared errors of
@@ -349,9 +371,12 @@ def prediction_frame(name: str, preds: Predictions, labels: torch.Tensor,
     pred = preds.pred.numpy()
     frame.update({
         "label": labels.numpy().astype(np.int8),
+        "label2": (params["label2"].long().numpy() if "label2" in params
+                   else np.full(n, -1)).astype(np.int8),
         "pred": pred.astype(np.int8),
         "second": (top2[:, 1].numpy() if top2 is not None else pred).astype(np.int8),
-        "correct": pred == labels.numpy(),
+        "correct": (np.asarray(metrics.top2_hits(preds.scores, labels, params["label2"])[0],
+                               dtype=bool) if "label2" in params else pred == labels.numpy()),
         "confidence": f32(preds.confidence),
         "density": f32(preds.density),
         "recon_error": f32(preds.recon_error),

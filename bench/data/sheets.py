@@ -53,6 +53,9 @@ def describe(ts, i: int) -> str:
         parts.append("p" + "".join(str(int(v)) for v in p["perm"][i]))
     elif family == "displaced":
         parts.append(f"clip {int(p['clipped'][i])}")
+    elif family == "overlap":  # the second digit's class, then the shifts of both digits
+        (ax, ay), (bx, by) = p["shift"][i].tolist()
+        parts.append(f"+{int(p['label2'][i])} a({ax:+d},{ay:+d}) b({bx:+d},{by:+d})")
     return " ".join(parts)
 
 

@@ -20,6 +20,13 @@ training); :data:`SET_KINDS` and :func:`set_kind` say what each name means:
 - ``scramble-g2``, ``scramble-g3`` (``scramble-g<k>``, one per ``scramble_grids``) and
   ``displaced``: the capsule paper's part-whole claim (Sabour et al. 2017, Sec. 1), see
   :mod:`bench.data.scramble`.
+- ``overlap``: overlapping digits after MultiMNIST (Sabour et al. 2017, Sec. 6), see
+  :mod:`bench.data.overlap`: each of the ``n_test`` digits (digit A) with a partner of another
+  class (digit B), both shifted by whole pixels up to ``overlap_shift`` (4) in each direction and
+  superimposed by a pixel-wise maximum. Parameters per image: ``source`` (A), ``source2`` (B,
+  also an index into the MNIST test split), ``label2`` (B's class) and ``shift``
+  ``(N, 2, 2)`` = ``[[dxA, dyA], [dxB, dyB]]``. The set's labels are A's classes. The paper
+  trains on such pairs; the benchmark's models see single digits only.
 
 The names are identities, never to be renamed: each seeds its set's generator, keys the cache
 and fills the ``test_set`` column of ``metrics.csv`` (and so the committed baselines). Note that
@@ -58,7 +65,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import AffineConfig, DataConfig
-from bench.data import affine, scramble
+from bench.data import affine, overlap, scramble
 from bench.data.affnist_mat import load_affnist_mat
 from bench.data.canvas import place
 from bench.data.mnist import MNIST_COUNTS, load_split
@@ -72,6 +79,7 @@ __all__ = [
     "AFFNIST_STYLE",
     "CLEAN",
     "DISPLACED",
+    "OVERLAP",
     "SET_KINDS",
     "SWEEPS",
     "SetKind",
@@ -102,7 +110,8 @@ ROUNDING_NOTE = (
 # The kinds of test set: the one place that reads meaning into a set's name
 
 
-FAMILIES = ("clean", "affine", "real", "sweep", "scramble", "displaced", "adversarial")
+FAMILIES = ("clean", "affine", "real", "sweep", "scramble", "displaced", "overlap",
+            "adversarial")
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,8 @@ class SetKind:
         name: the set's name, as it seeds the generator and appears in ``metrics.csv``.
         family: ``"clean"`` (centred digits), ``"affine"`` (the affNIST-style set ``affnist``),
             ``"real"`` (the official affNIST files, ``affnist-real``), ``"sweep"`` (one factor on
-            a grid), ``"scramble"`` (cells of the digit permuted) or ``"displaced"`` (cells
-            pushed apart).
+            a grid), ``"scramble"`` (cells of the digit permuted), ``"displaced"`` (cells
+            pushed apart) or ``"overlap"`` (two digits of different classes superimposed).
         factor: sweeps only: ``"rotation"``, ``"scale"``, ``"shear"`` or ``"translate"``; its
             grid is ``DataConfig.<factor>_grid`` and ``params["value"]`` its magnitude.
         grid: ``scramble-g<k>`` only: k, the digit's box cut into k x k cells.
@@ -179,7 +188,8 @@ SWEEPS = tuple(SetKind(f"sweep-{f}", "sweep", factor=f, order=3 + i)
                for i, f in enumerate(("rotation", "scale", "shear", "translate")))
 _SCRAMBLE_ORDER = 7  # scramble-g<k> for any k >= 2: made by set_kind, not listed
 DISPLACED = SetKind("displaced", "displaced", order=8)
-SET_KINDS = (CLEAN, AFFNIST_STYLE, AFFNIST_REAL, *SWEEPS, DISPLACED)
+OVERLAP = SetKind("overlap", "overlap", order=9, label="overlapping digits")
+SET_KINDS = (CLEAN, AFFNIST_STYLE, AFFNIST_REAL, *SWEEPS, DISPLACED, OVERLAP)
 _BY_NAME = {k.name: k for k in SET_KINDS}
 _SCRAMBLE_NAME = re.compile(r"scramble-g([1-9][0-9]*)")
 # The official affNIST test set: the 10,000 MNIST test digits x 32 transforms each
@@ -232,8 +242,9 @@ def set_kind(name: str) -> SetKind:
     """The kind of set ``name``; an unknown name is a one-line :class:`BenchError`."""
     kind = find_set_kind(name)
     if kind is None:
-        known = [*(k.name for k in SET_KINDS if k is not DISPLACED), "scramble-g<k> (k >= 2)",
-                 DISPLACED.name, "<attack>-<budget> (attack: " + ", ".join(ATTACKS) + ")"]
+        known = [*(k.name for k in SET_KINDS if k not in (DISPLACED, OVERLAP)),
+                 "scramble-g<k> (k >= 2)", DISPLACED.name, OVERLAP.name,
+                 "<attack>-<budget> (attack: " + ", ".join(ATTACKS) + ")"]
         raise BenchError(f"unknown test set '{name}' (known: {', '.join(known)})")
     return kind
 
@@ -258,7 +269,8 @@ def _sweep_grid(cfg: DataConfig, kind: SetKind) -> tuple[float, ...]:
 def _config_names(cfg: DataConfig) -> tuple[str, ...]:
     """Every set ``cfg`` can make, in the order they are built and written."""
     return (CLEAN.name, AFFNIST_STYLE.name, *(k.name for k in SWEEPS),
-            *(scramble_name(g) for g in cfg.scramble_grids), DISPLACED.name, AFFNIST_REAL.name)
+            *(scramble_name(g) for g in cfg.scramble_grids), DISPLACED.name, OVERLAP.name,
+            AFFNIST_REAL.name)
 
 
 def default_set_names(cfg: DataConfig) -> tuple[str, ...]:
@@ -294,7 +306,7 @@ def set_size(cfg: DataConfig, name: str) -> int:
         return min(cfg.sweep_n, digits) * len(_sweep_grid(cfg, kind))
     if kind.family == "real":
         return AFFNIST_REAL_COUNT
-    return digits  # clean, scramble, displaced: one image per digit
+    return digits  # clean, scramble, displaced, overlap: one image per digit
 
 
 @dataclass
@@ -353,7 +365,7 @@ def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> 
         "source_sha256": source_sha,
         "canvas": cfg.canvas,
     }
-    if kind.family in ("clean", "affine", "scramble", "displaced"):  # the first n_test digits
+    if kind.family in ("clean", "affine", "scramble", "displaced", "overlap"):  # first n_test digits
         spec["n_test"] = cfg.n_test
     if kind.family == "affine":
         spec.update(affnist_k=cfg.affnist_k, affine=_affine_spec(cfg.affine))
@@ -363,6 +375,8 @@ def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> 
         spec["g"] = kind.grid
     if kind.family == "displaced":
         spec.update(g=min(cfg.scramble_grids), displace_px=cfg.displace_px)
+    if kind.family == "overlap":
+        spec["overlap_shift"] = cfg.overlap_shift
     if kind.family != "clean":
         spec["seed"] = cfg.seed
     if kind.warped:
@@ -371,7 +385,8 @@ def _spec(name: str, cfg: DataConfig, source_sha: str, device: torch.device) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Generators: (cfg, clean canvases on the device, their bounding boxes, progress bar) -> images, params
+# Generators: (kind, cfg, clean canvases on the device, their bounding boxes, their labels,
+# progress bar) -> images, params
 
 
 def _generator(name: str, seed: int) -> torch.Generator:
@@ -389,7 +404,7 @@ def _warp_blocks(canvases, sources, matrices, bar) -> torch.Tensor:
     return out
 
 
-def _gen_affnist(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+def _gen_affnist(kind: SetKind, cfg: DataConfig, canvases, bboxes, labels, bar):
     n = canvases.shape[0]
     sources = torch.arange(n).repeat_interleave(cfg.affnist_k)
     params = affine.sample_affine_params(
@@ -401,7 +416,7 @@ def _gen_affnist(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
     return images, params
 
 
-def _gen_sweep(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+def _gen_sweep(kind: SetKind, cfg: DataConfig, canvases, bboxes, labels, bar):
     grid = torch.tensor(_sweep_grid(cfg, kind), dtype=torch.float64)
     n = min(cfg.sweep_n, canvases.shape[0])
     sources = torch.arange(n).repeat(grid.numel())  # point-major: every point, the same digits
@@ -414,22 +429,38 @@ def _gen_sweep(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
     return images, params
 
 
-def _gen_scramble(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+def _gen_scramble(kind: SetKind, cfg: DataConfig, canvases, bboxes, labels, bar):
     images, perms = scramble.scramble(canvases, kind.grid, _generator(kind.name, cfg.seed),
                                       bboxes.to(canvases.device))
     bar.update(images.shape[0])
     return images.cpu(), {"perm": perms, "source": torch.arange(images.shape[0])}
 
 
-def _gen_displaced(kind: SetKind, cfg: DataConfig, canvases, bboxes, bar):
+def _gen_displaced(kind: SetKind, cfg: DataConfig, canvases, bboxes, labels, bar):
     g = min(cfg.scramble_grids)
     images, clipped = scramble.displace_cells(canvases, g, cfg.displace_px, bboxes.to(canvases.device))
     bar.update(images.shape[0])
     return images.cpu(), {"clipped": clipped, "source": torch.arange(images.shape[0])}
 
 
+def _gen_overlap(kind: SetKind, cfg: DataConfig, canvases, bboxes, labels, bar):
+    """Digit i (A) over a partner of another class (B), both shifted (Sabour et al. 2017,
+    Sec. 6); see :mod:`bench.data.overlap`."""
+    n = canvases.shape[0]
+    try:
+        drawn = overlap.draw_overlap_params(labels[:n], cfg.overlap_shift,
+                                            _generator(kind.name, cfg.seed))
+    except ValueError as e:
+        raise BenchError(f"test set '{kind.name}': {e} (n_test = {cfg.n_test})") from None
+    source, source2 = torch.arange(n), drawn["partner"]
+    images = overlap.overlap(canvases, source, source2, drawn["shift"])
+    bar.update(n)
+    return images.cpu(), {"source": source, "source2": source2,
+                          "label2": labels[:n][source2].long().cpu(), "shift": drawn["shift"]}
+
+
 _GENERATORS = {"affine": _gen_affnist, "sweep": _gen_sweep, "scramble": _gen_scramble,
-               "displaced": _gen_displaced}
+               "displaced": _gen_displaced, "overlap": _gen_overlap}
 
 
 def _mnist_test(cfg: DataConfig, data_dir, download) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,7 +478,8 @@ def _generate(name, cfg, device, labels, clean_cpu, bboxes, progress) -> TestSet
             images, params = clean_cpu.clone(), {"source": torch.arange(clean_cpu.shape[0])}
             bar.update(clean_cpu.shape[0])
         else:
-            images, params = _GENERATORS[kind.family](kind, cfg, clean_cpu.to(device), bboxes, bar)
+            images, params = _GENERATORS[kind.family](kind, cfg, clean_cpu.to(device), bboxes,
+                                                      labels, bar)
     params = {k: v.cpu() for k, v in params.items()}
     return TestSet(name, images, labels[params["source"]].clone(), params)
 

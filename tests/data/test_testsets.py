@@ -23,7 +23,7 @@ CFG = DataConfig(
     translate_grid=(0.0, 6.0),
 )
 ALL = ("clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear", "sweep-translate",
-       "scramble-g2", "scramble-g3", "displaced")
+       "scramble-g2", "scramble-g3", "displaced", "overlap")
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +198,12 @@ def test_default_set_names(tmp_path):
     real = dataclasses.replace(CFG, real_affnist=str(tmp_path), scramble_grids=(3,))
     assert testsets.default_set_names(real) == (
         "clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear", "sweep-translate",
-        "scramble-g3", "displaced", "affnist-real")
+        "scramble-g3", "displaced", "overlap", "affnist-real")
     no_sweeps = dataclasses.replace(CFG, rotation_grid=(), scale_grid=(), shear_grid=(),
                                     translate_grid=(0.0, 4.0))
     assert testsets.default_set_names(no_sweeps) == (
-        "clean", "affnist", "sweep-translate", "scramble-g2", "scramble-g3", "displaced")
+        "clean", "affnist", "sweep-translate", "scramble-g2", "scramble-g3", "displaced",
+        "overlap")
 
 
 def test_canvas_28_clean(tmp_path, mnist_test):
@@ -252,11 +253,11 @@ def test_cli_data(tmp_path, monkeypatch, capsys):
     args = ["data", "--profile", str(profile), "--set", "data.seed=3", "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for name in ("clean", "affnist", "sweep-rotation", "scramble-g2", "displaced"):
+    for name in ("clean", "affnist", "sweep-rotation", "scramble-g2", "displaced", "overlap"):
         assert name in out
         assert (tmp_path / "results" / "data" / f"{name}.png").stat().st_size > 1000
     assert "images/s" in out and "cached" in out
-    assert len(list((tmp_path / "datasets" / "cache").glob("*.json"))) == 8
+    assert len(list((tmp_path / "datasets" / "cache").glob("*.json"))) == 9
     assert main([*args, "--no-sheets"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()
             if line.split()[:1] == ["affnist"]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ TINY = DataConfig(
     translate_grid=(0.0, 4.0), scramble_grids=(2, 3),
 )
 NAMES = ("clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear", "sweep-translate",
-         "scramble-g2", "scramble-g3", "displaced")
+         "scramble-g2", "scramble-g3", "displaced", "overlap")
 
 # name: (family, factor, grid, warped, scrambled, calibrated), written out by hand
 EXPECTED = {
@@ -44,6 +45,7 @@ EXPECTED = {
     "scramble-g3": ("scramble", None, 3, False, True, False),
     "scramble-g12": ("scramble", None, 12, False, True, False),
     "displaced": ("displaced", None, None, False, True, False),
+    "overlap": ("overlap", None, None, False, False, False),
 }
 
 
@@ -64,17 +66,17 @@ def test_unknown_names(name):
     msg = str(err.value)
     assert "\n" not in msg and f"unknown test set '{name}'" in msg
     for known in ("clean", "affnist", "affnist-real", "sweep-rotation", "scramble-g<k>",
-                  "displaced"):
+                  "displaced", "overlap"):
         assert known in msg
 
 
 def test_order_is_the_tables_and_unknown_names_come_last():
-    shuffled = ["displaced", "zeta", "scramble-g3", "sweep-translate", "clean", "alpha",
+    shuffled = ["overlap", "displaced", "zeta", "scramble-g3", "sweep-translate", "clean", "alpha",
                 "scramble-g10", "affnist-real", "sweep-rotation", "scramble-g2", "affnist",
                 "sweep-shear", "sweep-scale", "clean"]
     assert order_set_names(shuffled) == [
         "clean", "affnist", "affnist-real", "sweep-rotation", "sweep-scale", "sweep-shear",
-        "sweep-translate", "scramble-g2", "scramble-g3", "scramble-g10", "displaced",
+        "sweep-translate", "scramble-g2", "scramble-g3", "scramble-g10", "displaced", "overlap",
         "alpha", "zeta"]
     assert sets_where(shuffled, lambda k: k.scrambled) == [
         "scramble-g2", "scramble-g3", "scramble-g10", "displaced"]
@@ -91,7 +93,7 @@ def test_set_size_hand_worked():
     # 12 digits; affNIST-style 12 x 2; sweeps 5 digits x grid points; one image per digit else
     hand = {"clean": 12, "affnist": 24, "sweep-rotation": 15, "sweep-scale": 10,
             "sweep-shear": 10, "sweep-translate": 10, "scramble-g2": 12, "scramble-g3": 12,
-            "displaced": 12}
+            "displaced": 12, "overlap": 12}
     assert {name: set_size(TINY, name) for name in NAMES} == hand
     # sweep_n above n_test: a sweep uses the n_test digits there are
     assert set_size(dataclasses.replace(TINY, sweep_n=50), "sweep-rotation") == 12 * 3
@@ -120,6 +122,7 @@ def test_contact_sheet_titles_follow_the_kind():
     assert titles["sweep-rotation"].endswith("v=-30")
     assert titles["scramble-g2"].split()[1][0] == "p" and len(titles["scramble-g2"].split()[1]) == 5
     assert titles["displaced"].endswith("clip 0")
+    assert re.fullmatch(r"\d \+\d a\([+-]\d,[+-]\d\) b\([+-]\d,[+-]\d\)", titles["overlap"])
     sweep = generate("sweep-scale", TINY)
     idx, cols = pick_examples(sweep, rows=3)
     assert cols == 2 and idx == [0, 5, 1, 6, 2, 7]  # digit r at each grid point, point-major

@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # 2 models x 2 sizes x 1 seed = 4 cells; 4 steps of batch 8, 2 validations of 16 images each.
 # Test sets (scramble_grids [2]): clean 24, affnist 24 x 1, sweeps 8 x (3 + 2 + 2 + 2) = 72,
-# scramble-g2 24, displaced 24: 8 sets, 168 images.
+# scramble-g2 24, displaced 24, overlap 24: 9 sets, 192 images.
 TINY = TINY_RUN.replace("translate_grid = [0, 6]\n", "translate_grid = [0, 6]\nscramble_grids = [2]\n")
 SET_NAMES = ["clean", "affnist", "sweep-rotation", "sweep-scale", "sweep-shear",
-             "sweep-translate", "scramble-g2", "displaced"]
+             "sweep-translate", "scramble-g2", "displaced", "overlap"]
 CPU = torch.device("cpu")
 CELL_STAGES = ("train", "eval")
 
@@ -137,12 +137,12 @@ def test_the_estimate_of_the_work_left_is_worked_by_hand(tiny, tmp_path):
     keys = {("affnist", "capsnet"), ("affnist", "convnet-maxpool")}
     rates = todo.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys}, 1000.0)
     est = todo.estimate_run(tiny, plan, CPU, rates=rates)
-    # Per cell: train 4 x 8 / 80 = 0.4; validation 2 x 16 / 160 = 0.2; evaluation 168 / 160.
+    # Per cell: train 4 x 8 / 80 = 0.4; validation 2 x 16 / 160 = 0.2; evaluation 192 / 160.
     assert est["train_s"] == pytest.approx(4 * 0.4)
     assert est["val_s"] == pytest.approx(4 * 0.2)
-    assert est["eval_s"] == pytest.approx(4 * 168 / 160)
+    assert est["eval_s"] == pytest.approx(4 * 192 / 160)
     assert est["overhead_s"] == pytest.approx(4 * CELL_OVERHEAD_S)
-    assert est["data_s"] == pytest.approx(168 / 1000)
+    assert est["data_s"] == pytest.approx(192 / 1000)
     # Throughput: per model 2 calls x (4 / 80 + 4 / 160 + 1 / 160), then 24 x 4 images / 1000.
     throughput = 2 * 2 * (4 / 80 + 4 / 160 + 1 / 160) + 24 * 4 / 1000
     assert est["extra_s"] == pytest.approx(throughput + REPORT_S)
