@@ -52,6 +52,12 @@ from bench.config import AttackConfig
 from bench.data.testsets import adversarial_name
 from bench.io import derive_seed
 
+# Run-level files of the adversarial sets, written after the cells
+# (bench.runner.stages.stage_transfer) and read by the report (bench.report.adversarial).
+TRANSFER_FILE = "transfer.csv"
+EXAMPLES_FILE = "adversarial_examples.pt"
+N_EXAMPLES = 8
+
 
 class _Logits(nn.Module):
     """A benchmark model as the attack library sees it: images -> ``logits`` (B, 10)."""

@@ -45,6 +45,7 @@ from bench.data.testsets import (
 )
 from bench.io import load_torch, write_text
 from bench.report import ablation as ablation_report
+from bench.report import adversarial as adversarial_report
 from bench.report import figures, figures_ablation, readout, robustness
 from bench.report import routing as routing_report
 from bench.report import store as store_mod
@@ -125,6 +126,13 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
         conf = store_mod.confidence_frame(store)
     tp = _read_optional(run_dir / "throughput.csv", pd.read_csv, notes)
     examples = _read_optional(run_dir / "examples.pt", load_torch, notes)
+    transfer = adv_examples = None
+    if (run_dir / adversarial_report.TRANSFER_FILE).is_file():
+        transfer = _read_optional(run_dir / adversarial_report.TRANSFER_FILE, pd.read_csv, notes)
+    if (run_dir / adversarial_report.EXAMPLES_FILE).is_file():
+        adv_examples = _read_optional(run_dir / adversarial_report.EXAMPLES_FILE, load_torch,
+                                      notes)
+    stated = adversarial_report.stated_budget(manifest)
 
     main = df[df["setup"] == MAIN_SETUP]
     models = figures.model_order(main["model"])
@@ -168,6 +176,15 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
                 sections.append(("Routing vs pooling: every pair", Table(
                     "routing_pairs", "Routing vs pooling, every pair of heads (the C5 reading "
                     "for each).", pt[0], pt[1], "lrrllr", pt[2]), ""))
+        # -- the adversarial and overlapping-digit sets (bench.report.adversarial) --
+        main_store = None if store is None else store[store["setup"] == MAIN_SETUP]
+        adv = adversarial_report.accuracy_table(main, models, stated, main_store, transfer)
+        if adv is not None:
+            sections.append((adversarial_report.TITLE, adv, ""))
+            masking = adversarial_report.checks_table(main, models, stated, main_store,
+                                                      transfer)
+            if masking is not None:
+                sections.append((adversarial_report.CHECKS_TITLE, masking, ""))
         # -- the component ladder (bench.report.ablation), when the run trains its steps --
         ladder = ablation_report.ablation_table(main)
         if ladder is not None:
@@ -183,6 +200,15 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     written_figures = (_figures(run_dir / "figures", main, conf, tp, examples, notes,
                                 not_converged, claims_frame(board), models)
                        if with_figures else [])
+    if with_figures and not main.empty:
+        main_store = None if store is None else store[store["setup"] == MAIN_SETUP]
+        if adversarial_report.budget_figure(main, models, stated, run_dir / "figures" /
+                                            adversarial_report.FIGURE_STEM):
+            written_figures.append(adversarial_report.FIGURE_STEM)
+        if adversarial_report.examples_figure(examples, adv_examples, main_store, models,
+                                              run_dir / "figures" /
+                                              adversarial_report.EXAMPLES_STEM):
+            written_figures.append(adversarial_report.EXAMPLES_STEM)
 
     tables_dir = run_dir / "tables"
     scoreboard = _claims_table(board, displaced_control(main))

@@ -689,7 +689,8 @@ def _as_images(t: Any, k: int, scale: float) -> np.ndarray:
 
 def _montage(fig: Figure, rows: Sequence[tuple[str, np.ndarray, np.ndarray | None]],
              k: int, gap: int = 2) -> None:
-    """One row of up to ``k`` greyscale tiles per entry (row label, images (K,H,W), labels).
+    """One row of up to ``k`` greyscale tiles per entry (row label, images (K,H,W), labels:
+    class numbers or short strings).
 
     Drawn as a single image on one axes (one embedded bitmap, fast and small): the tiles laid
     out by ``torchvision.utils.make_grid`` with white gaps (its outer border cut off), a smaller
@@ -710,7 +711,8 @@ def _montage(fig: Figure, rows: Sequence[tuple[str, np.ndarray, np.ndarray | Non
     for r, (_, images, labels) in enumerate(rows):
         if labels is not None:
             for c in range(min(k, len(images))):
-                ax.text(c * (w + gap) + 1, r * (h + gap) + 1, str(int(labels[c])),
+                text = labels[c] if isinstance(labels[c], str) else str(int(labels[c]))
+                ax.text(c * (w + gap) + 1, r * (h + gap) + 1, text,
                         color="#FFD54F", fontsize=5, ha="left", va="top")
     ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])

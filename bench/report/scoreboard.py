@@ -13,6 +13,7 @@ from bench.data.testsets import (
     OVERLAP,
     adversarial_name,
 )
+from bench.report import adversarial as adversarial_report
 from bench.report import routing as routing_report
 from bench.report.claims import (
     Claim,
@@ -113,19 +114,10 @@ def _counter_claim(ctx: _Context, other: str, shown: str) -> Claim:
     return _matched_claim(ctx, claim, GU, REFERENCE, other)
 
 
-def stated_budget(ctx: _Context) -> float | None:
-    """The budget the run's adversarial row reads (``data.attack.stated_budget``), or None when
-    the run attacked no cell."""
-    attack = (ctx.config.get("data") or {}).get("attack") or {}
-    if not attack.get("n"):
-        return None
-    return float(attack.get("stated_budget"))
-
-
 def _adversarial_claim(ctx: _Context) -> Claim:
     """C7: accuracy under PGD at the stated budget, at matched clean accuracy, CapsNet minus the
     max-pooling ConvNet (:mod:`bench.cell.adversarial`)."""
-    eps = stated_budget(ctx)
+    eps = adversarial_report.stated_budget(ctx.manifest)
     claim = Claim(
         "C7", "adversarial robustness",
         f"accuracy under white-box PGD (L∞, ε = {eps if eps is not None else '?'}) at matched "

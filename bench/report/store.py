@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from bench.data.testsets import CLEAN, find_set_kind
 
@@ -28,13 +29,20 @@ STORE = "predictions.parquet"
 CELL_KEY = ("setup", "model", "n", "seed")
 # What the report reads of the store (the affine parameters and layout stay in the file for
 # readers who want them).
-READ_COLUMNS = ("setup", "model", "n", "seed", "test_set", "source", "transform", "value",
-                "label", "pred", "correct", "confidence")
+READ_COLUMNS = ("setup", "model", "n", "seed", "test_set", "index", "source", "transform",
+                "value", "label", "label2", "pred", "second", "correct", "confidence")
+# Columns that stores written before them lack, with the value they then mean.
+_LATER_COLUMNS = {"label2": -1}
 
 
 def read_store(path: Path) -> pd.DataFrame:
     """The store's columns the report uses, ``test_set`` etc. as plain strings."""
-    d = pd.read_parquet(path, columns=list(READ_COLUMNS))
+    have = set(pq.read_schema(path).names)
+    d = pd.read_parquet(path, columns=[c for c in READ_COLUMNS if c in have or
+                                       c not in _LATER_COLUMNS])
+    for col, value in _LATER_COLUMNS.items():
+        if col not in d:
+            d[col] = value
     for col in ("setup", "model", "test_set"):
         d[col] = d[col].astype(str)
     d["n"] = d["n"].astype(np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.report import ablation as ablation_report
+from bench.report import adversarial as adversarial_report
 from bench.report import routing as routing_report
 from bench.report.read import REFERENCE
 from bench.report.readout import ALL_EQUAL, CLIPPED, MINUS
@@ -58,7 +59,8 @@ HOW_TO_READ = f"""\
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
                "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
-               "throughput", "generation", "effective_robustness", "ablation")
+               "throughput", "generation", "effective_robustness", "ablation", "adversarial",
+               "masking_checks")
 
 FIGURE_CAPTIONS = {
     "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "
@@ -99,6 +101,8 @@ FIGURE_CAPTIONS = {
     "throughput": "Training and inference throughput (images/s).",
     routing_report.FIGURE_STEM: routing_report.FIGURE_CAPTION,
     ablation_report.FIGURE_STEM: ablation_report.FIGURE_CAPTION,
+    adversarial_report.FIGURE_STEM: adversarial_report.FIGURE_CAPTION,
+    adversarial_report.EXAMPLES_STEM: adversarial_report.EXAMPLES_CAPTION,
     "examples": "The first images of each test set (label in the corner).",
     "reconstructions": "CapsNet reconstructions (from the winning capsule) under each input.",
 }

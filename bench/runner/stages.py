@@ -195,40 +195,69 @@ def _wait_for_cells(elsewhere: list[tuple[PlannedCell, CellTask]]) -> list[Plann
     return [pc for pc, _ in elsewhere]
 
 
-TRANSFER_FILE = "transfer.csv"
-
-
 def stage_transfer(profile: Profile, run_dir: Path, device: torch.device,
                    planned: Sequence[PlannedCell]) -> int:
-    """The black-box check of the adversarial sets: each attacked cell's model scored on the PGD
-    images (the stated budget) made against the next model of the profile's list (the last
-    against the first) with the same setup, n and seed; one row per image in ``transfer.csv``.
-    Cells without those images (not attacked, or not evaluated) are left out. Returns the rows."""
-    by_key = {(pc.cell.setup, pc.cell.model, pc.cell.n, pc.cell.seed): pc for pc in planned}
+    """After the cells: the black-box check of the adversarial sets and the report's examples.
+
+    ``transfer.csv``: each attacked cell's model scored on the PGD images (the stated budget)
+    made against the next model of the profile's list (the last against the first) with the
+    same setup, n and seed; one row per image. ``adversarial_examples.pt``: per model, the first
+    PGD images of its first seed at its largest attacked n, their labels and the model's
+    answers. Cells without kept PGD images (not attacked, or not evaluated) are left out.
+    Returns the number of transfer rows."""
+    attack = profile.data.attack
     models = list(profile.models)
-    eps = profile.data.attack.stated_budget
-    if not profile.data.attack.transfer or len(models) < 2:
-        return 0
+    examples: dict[str, torch.Tensor] = {}
     frames = []
+    kept: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def images_of(pc: PlannedCell) -> tuple[torch.Tensor, torch.Tensor] | None:
+        key = (pc.cell.setup, pc.cell.model, pc.cell.n, pc.cell.seed)
+        if key not in kept:
+            files = CellFiles(pc.folder)
+            got = (adversarial.kept_pgd(load_torch(files.examples), attack.stated_budget)
+                   if files.eval_summary.is_file() and files.examples.is_file() else None)
+            if got is None:
+                return None
+            kept[key] = got
+        return kept[key]
+
+    by_key = {(pc.cell.setup, pc.cell.model, pc.cell.n, pc.cell.seed): pc for pc in planned}
+    first: dict[str, PlannedCell] = {}
     for pc in planned:
         c = pc.cell
-        if c.model not in models or not CellFiles(pc.folder).examples.is_file():
+        if images_of(pc) is None:
+            continue
+        best = first.get(c.model)
+        if best is None or (c.n, -c.seed) > (best.cell.n, -best.cell.seed):
+            first[c.model] = pc
+        if not attack.transfer or len(models) < 2 or c.model not in models:
             continue
         source = models[(models.index(c.model) + 1) % len(models)]
         src = by_key.get((c.setup, source, c.n, c.seed))
-        if src is None or not CellFiles(src.folder).examples.is_file():
+        got = None if src is None else images_of(src)
+        if got is None:
             continue
-        kept = adversarial.kept_pgd(load_torch(CellFiles(src.folder).examples), eps)
-        if kept is None:
-            continue
-        images, labels = kept
+        images, labels = got
         correct = adversarial.transfer_correct(load_model(pc.folder, device), images, labels,
                                                device)
         frames.append(pd.DataFrame({
             "setup": c.setup, "model": c.model, "n": c.n, "seed": c.seed, "source": source,
-            "test_set": adversarial_name("transfer", eps), "index": range(len(correct)),
-            "label": labels.numpy(), "correct": correct}))
-    path = run_dir / TRANSFER_FILE
+            "test_set": adversarial_name("transfer", attack.stated_budget),
+            "index": range(len(correct)), "label": labels.numpy(), "correct": correct}))
+    for model, pc in first.items():
+        images, labels = images_of(pc)
+        k = adversarial.N_EXAMPLES
+        with torch.inference_mode():
+            preds = load_model(pc.folder, device)(images[:k].to(device)).scores.argmax(1).cpu()
+        examples.update({f"images/{model}": images[:k].clone(),
+                         f"labels/{model}": labels[:k].clone(), f"preds/{model}": preds,
+                         f"cell/{model}": torch.tensor([pc.cell.n, pc.cell.seed])})
+    path, ex_path = run_dir / adversarial.TRANSFER_FILE, run_dir / adversarial.EXAMPLES_FILE
+    if examples:
+        save_torch(ex_path, examples)
+    else:
+        ex_path.unlink(missing_ok=True)
     if not frames:
         path.unlink(missing_ok=True)
         return 0
@@ -407,7 +436,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
                     if profile.data.attack.n:
                         rows = stage_transfer(profile, run_dir, device, planned)
                         if progress and rows:
-                            print(f"  transfer attack: {rows} images scored ({TRANSFER_FILE})")
+                            print(f"  transfer attack: {rows} images scored ({adversarial.TRANSFER_FILE})")
                 timing = cell_timing(planned)
                 manifest.update(cell_timing=timing)
                 if progress and timing:
