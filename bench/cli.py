@@ -239,6 +239,14 @@ def _profiles(args: argparse.Namespace) -> int:
             print(f"  {setup.name} ({setup.canvas}x{setup.canvas}): models {', '.join(setup.models)}; "
                   f"n = {', '.join(f'{n:,}' for n in setup.sizes)}; {seeds}")
             print(f"    test sets: {', '.join(sets)}")
+            cfg = data_config(profile, setup)
+            a = cfg.attack
+            if a.n and cfg.canvas >= 40:
+                sizes = ", ".join(f"{n:,}" for n in a.sizes) if a.sizes else "every n"
+                print(f"    adversarial (n = {sizes}): FGSM and PGD ({a.pgd_steps} steps) at "
+                      f"ε = {', '.join(f'{e:g}' for e in a.budgets)} on {a.n:,} digits; vote, "
+                      f"Square ({a.square_n:,} digits) and transfer attacks at ε = "
+                      f"{a.stated_budget:g}")
     return 0
 
 

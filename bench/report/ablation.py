@@ -14,7 +14,9 @@ Written when a run has a step of the ladder of :mod:`bench.models.ladder` beside
   correctly classified intact digits still given their class when scrambled, and the
   label-free part-arrangement score (:data:`bench.report.readout.PART_SCORE`).
 
-The suite has no overlapping-digits set: that read-out of Gu et al. is "not measured" here.
+- with the overlapping-digits set (:data:`bench.data.testsets.OVERLAP`), its top-2 accuracy at
+  the largest n, paired with ``capsnet`` (Gu et al.'s second read-out); runs made before the set
+  existed have no such column.
 :func:`ladder_values` returns the numbers as a frame (the figure of
 :func:`bench.report.figures_ablation.ladder` draws them; the tests compare the two).
 """
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.data.testsets import AFFNIST_STYLE, CLEAN
+from bench.data.testsets import AFFNIST_STYLE, CLEAN, OVERLAP
 from bench.models.ladder import LADDER
 from bench.report import readout
 from bench.report.readout import MINUS, NOT_MEASURED, PART_SCORE
@@ -66,8 +68,11 @@ def matched_difference(main: pd.DataFrame, a: str, b: str,
     return c, stats.paired_difference(ma, mb)
 
 
-def _scramble_difference(main: pd.DataFrame, a: str, b: str, metric: str) -> Interval | None:
-    scr = readout.smallest_scramble(main["test_set"].unique())
+def _scramble_difference(main: pd.DataFrame, a: str, b: str, metric: str,
+                         test_set: str | None = None) -> Interval | None:
+    """``a`` MINUS ``b`` of ``metric`` at each model's largest n on ``test_set`` (default: the
+    scrambled set with the smallest grid), paired by seed."""
+    scr = test_set or readout.smallest_scramble(main["test_set"].unique())
     if scr is None:
         return None
     d = main[main["test_set"] == scr]
@@ -81,7 +86,8 @@ def _scramble_difference(main: pd.DataFrame, a: str, b: str, metric: str) -> Int
 
 def ladder_values(main: pd.DataFrame) -> pd.DataFrame:
     """One row per (step present, comparison, quantity): model, neighbour, component, versus
-    (the other model), quantity (``affnist_matched``, ``kept_scrambled``, ``part_score``), c_star
+    (the other model), quantity (``affnist_matched``, ``kept_scrambled``, ``part_score``,
+    ``overlap_top2`` when the run has the overlapping-digits set), c_star
     (NaN when not matched), estimate, low, high (fractions; NaN when not measured), n (seeds)."""
     present = set(main["model"])
     rows = []
@@ -98,6 +104,9 @@ def ladder_values(main: pd.DataFrame) -> pd.DataFrame:
                              _scramble_difference(main, step.model, REFERENCE, KEPT)))
             rows.append(_row(step, REFERENCE, "part_score", None,
                              _scramble_difference(main, step.model, REFERENCE, PART_SCORE)))
+            if OVERLAP.name in set(main["test_set"]):
+                rows.append(_row(step, REFERENCE, "overlap_top2", None, _scramble_difference(
+                    main, step.model, REFERENCE, "top2_accuracy", OVERLAP.name)))
     return pd.DataFrame(rows, columns=["model", "neighbour", "component", "versus", "quantity",
                                        "c_star", "estimate", "low", "high", "n"])
 
@@ -140,6 +149,7 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
     if not any(s.model not in _BASES for s in steps):
         return None
     values = ladder_values(main)
+    overlap = OVERLAP.name in set(main["test_set"])
     largest = main[main["n"] == main.groupby("model")["n"].transform("max")]
     rows = []
     for s in steps:
@@ -153,6 +163,8 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         change = "— (top of its ladder)" if s.neighbour is None else f"{s.change} (vs {s.neighbour})"
         rows.append([s.model, change, readout.iv(stats.mean_interval(clean), 100) if clean else "—",
                      c_nb, d_nb, c_ref, d_ref, kept, part])
+        if overlap:
+            rows[-1].append(_cell(values, s.model, ref, "overlap_top2", 100, 2)[1])
     scr = readout.smallest_scramble(main["test_set"].unique()) or "no scrambled set"
     notes = [
         f"Each row differs from the model named in brackets in that one component "
@@ -166,8 +178,11 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         f"Scrambled read-outs at each model's largest n on {scr}: kept = the share of correctly "
         f"classified intact digits still given their class when scrambled (a part-aware model "
         f"keeps fewer); part score = the label-free AUROC of telling intact from scrambled "
-        f"digits ({PART_SCORE}). Overlapping digits (Gu et al.'s second read-out): "
-        f"{NOT_MEASURED}, the suite has no such set.",
+        f"digits ({PART_SCORE}). "
+        + (f"Overlap top-2 {MINUS} capsnet: both of two overlapping digits among the two "
+           "highest class scores, at each model's largest n (models trained on single digits)."
+           if overlap else f"Overlapping digits (Gu et al.'s second read-out): {NOT_MEASURED} "
+           "in this run (made before the suite had the set)."),
     ]
     table = Table(
         "ablation",
@@ -176,6 +191,7 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         "at matched clean accuracy, and on the scrambled read-outs.",
         ["Step", "Changed (vs)", "Clean at largest n (%)", "c* (%)",
          f"affNIST-style {MINUS} neighbour (pp)", "c* (%)", f"affNIST-style {MINUS} capsnet (pp)",
-         f"Kept, scrambled {MINUS} capsnet (pp)", f"Part score {MINUS} capsnet"],
-        rows, "llrrrrrrr", notes, wide=True)
+         f"Kept, scrambled {MINUS} capsnet (pp)", f"Part score {MINUS} capsnet",
+         *([f"Overlap top-2 {MINUS} capsnet (pp)"] if overlap else [])],
+        rows, "llrrrrrrr" + ("r" if overlap else ""), notes, wide=True)
     return AblationTable(table, values)

@@ -18,11 +18,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.cell.evaluate import attacked
 from bench.cell.plan import Cell, cells, data_config, setup_by_name, setups, spec_for
 from bench.cell.train import step_budget
-from bench.config import Profile
+from bench.config import AttackConfig, Profile
 from bench.data.testsets import default_set_names, set_size
 from bench.errors import BenchError
+from bench.models.registry import model_info
 
 __all__ = ["CELL_OVERHEAD_S", "ESTIMATE_METHOD", "REPORT_S", "Rates", "estimate_from_measurements",
            "estimate_profile", "format_duration", "pick_rates", "test_images", "throughput_stage_s"]
@@ -34,8 +36,16 @@ ESTIMATE_METHOD = (
     "cell with work (model build, data loading, checkpoints, metrics). Cells already finished "
     "cost 0. Data = images of the test sets to generate / generation rate. Extra = the throughput "
     "stage and the report. Cells run one after another, or `parallel` at once (cell time / "
-    "parallel)."
+    "parallel). Adversarial sets (cells the profile attacks): attack = attacked digits x "
+    "(per budget 1 FGSM + pgd_steps PGD gradient passes, + pgd_steps vote-attack passes for "
+    "capsule models) x ATTACK_PASS_COST / train rate, + square_n x square_queries / inference "
+    "rate."
 )
+
+# Our choice, measured on a trained width-1/8 CapsNet (2-core CPU): one gradient pass of an
+# attack (forward and backward to the input, batch 128) cost about this share of a training
+# step per image at the profile's batch.
+ATTACK_PASS_COST = 0.7
 
 # Our choices for the parts no rate measures, from the quick profile run on this project's
 # 2-core CPU (45 cells): the per-cell time outside the timed steps, validation and predictions
@@ -100,7 +110,8 @@ def estimate_profile(
             raise BenchError(f"estimate: no measured rate for {cell.setup}/{cell.model}")
         t = spec_for(profile, cell).train
         g = groups.setdefault(key, {"setup": cell.setup, "model": cell.model, "cells": 0,
-                                    "steps": 0, "train_s": 0.0, "val_s": 0.0, "eval_s": 0.0})
+                                    "steps": 0, "train_s": 0.0, "val_s": 0.0, "eval_s": 0.0,
+                                    "attack_s": 0.0})
         g["cells"] += 1
         if trains:
             steps = step_budget(t, cell.n)
@@ -110,6 +121,10 @@ def estimate_profile(
             g["val_s"] += n_val * t.val_size / infer_rate[key]
         if evals:
             g["eval_s"] += images[cell.setup] / infer_rate[key]
+            cfg = data_config(profile, setup_by_name(profile, cell.setup))
+            if attacked(cfg, cell.n) and key in train_rate:
+                g["attack_s"] += attack_seconds(cfg.attack, cell.model, train_rate[key],
+                                                infer_rate[key])
     rows = list(groups.values())
     n_cells = sum(g["cells"] for g in rows)
     if build_sets is None:
@@ -127,6 +142,7 @@ def estimate_profile(
         "train_s": sum(g["train_s"] for g in rows) / parallel,
         "val_s": sum(g["val_s"] for g in rows) / parallel,
         "eval_s": sum(g["eval_s"] for g in rows) / parallel,
+        "attack_s": sum(g["attack_s"] for g in rows) / parallel,
         "overhead_s": n_cells * cell_overhead_s / parallel,
         "extra_s": extra_s,
     }
@@ -134,6 +150,16 @@ def estimate_profile(
     return {"profile": profile.name, "cells": n_cells, **parts, "total_s": total,
             "total_h": total / 3600, "test_images": images, "build_images": build_images,
             "parallel": parallel, "by_model": rows, "method": ESTIMATE_METHOD}
+
+
+def attack_seconds(attack: AttackConfig, model: str, train_rate: float, infer_rate: float
+                   ) -> float:
+    """Seconds of one cell's adversarial sets (see :data:`ESTIMATE_METHOD`)."""
+    passes = len(attack.budgets) * (1 + attack.pgd_steps)
+    if attack.votes and model_info(model).family == "capsule":
+        passes += attack.pgd_steps
+    return (attack.n * passes * ATTACK_PASS_COST / train_rate
+            + min(attack.square_n, attack.n) * attack.square_queries / infer_rate)
 
 
 def throughput_stage_s(profile: Profile, train_rate: Mapping[Key, float],

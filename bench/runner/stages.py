@@ -406,7 +406,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
     )
     if estimate is not None:
         manifest.update(estimate={k: estimate[k] for k in (
-            "total_s", "train_s", "val_s", "eval_s", "overhead_s", "data_s", "extra_s", "plan",
+            "total_s", "train_s", "val_s", "eval_s", "attack_s", "overhead_s", "data_s", "extra_s", "plan",
             "parallel", "train_rates", "infer_rates", "generation_rate", "method")})
     outcomes: dict[str, Any] = {}
     wall: dict[str, float] = {}

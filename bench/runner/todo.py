@@ -254,7 +254,8 @@ def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[s
         lines.append(f"  running elsewhere, waited for: {n['elsewhere']} cells (first: {label}, "
                      f"{holder})")
     parts = [("training", est["train_s"]), ("validation", est["val_s"]),
-             ("evaluation", est["eval_s"]), ("per-cell overhead", est["overhead_s"]),
+             ("evaluation", est["eval_s"]), ("attacks", est.get("attack_s", 0.0)),
+             ("per-cell overhead", est["overhead_s"]),
              ("test sets", est["data_s"]), ("throughput and report", est["extra_s"])]
     shown = ", ".join(f"{k} {v / 60:.1f} min" if v >= 90 else f"{k} {v:.0f} s"
                       for k, v in parts if v >= 0.5)
