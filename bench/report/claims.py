@@ -25,7 +25,9 @@ from bench.data.testsets import (
     AFFNIST_STYLE,
     CLEAN,
     DISPLACED,
+    OVERLAP,
     display_name,
+    find_set_kind,
 )
 from bench.report import figures, readout
 from bench.report import store as store_mod
@@ -52,15 +54,16 @@ class _Context:
 
     def digit_tables(self) -> tuple[np.ndarray, dict[str, store_mod.DigitTable]] | None:
         """Digit weights ``(REPLICATES, digits)`` and the tables the claims resample: accuracy
-        on clean and on the affNIST-style set, kept-if-intact-correct on every scrambled set;
-        None without a store."""
+        on clean, the affNIST-style, overlapping-digit (top-2) and adversarial sets,
+        kept-if-intact-correct on every scrambled set; None without a store."""
         if self.store is None or self.store.empty:
             return None
         if self._digits is None:
             sets = set(self.store["test_set"].unique())
             parts = {t: store_mod.accuracy_part(t) for t in sets
-                     if t in (CLEAN.name, AFFNIST_STYLE.name) or t.startswith("sweep-")
-                     or t.startswith("affnist")}
+                     if t in (CLEAN.name, AFFNIST_STYLE.name, OVERLAP.name)
+                     or t.startswith("sweep-") or t.startswith("affnist")
+                     or getattr(find_set_kind(t), "family", None) == "adversarial"}
             parts.update({f"kept/{t}": store_mod.kept_part(t) for t in sets
                           if t == DISPLACED.name or t.startswith("scramble-")})
             digits, tables = store_mod.digit_tables(self.store, MAIN_SETUP, parts)

@@ -265,6 +265,8 @@ CLAIM_SIDES = {
     "C4": ("fully connected head better", "capsule head better"),
     "C5": ("pooling better", "routing better"),  # best routing head - best pooling head
     "C6": (f"{REFERENCE} better", f"{GU} better"),
+    "C7": (f"{MAXPOOL} more robust", f"{REFERENCE} more robust"),
+    "C8": (f"{MAXPOOL} names both more", f"{REFERENCE} names both more"),
     "S1": (f"{MAXPOOL} separates better", f"{REFERENCE} separates better"),
 }
 

@@ -77,7 +77,8 @@ _TEX_ESCAPES = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "<": r"$<$", ">": r"$>$", PM: r"$\pm$", "≤": r"$\le$", "≥": r"$\ge$", "—": "--",
     "×": r"$\times$", "²": r"$^2$", CLIPPED: r"$^\dagger$", BOUNDED: r"$^\ddagger$",
-    MINUS: r"$-$", "–": "--", "÷": r"$\div$", "*": r"$^*$",
+    MINUS: r"$-$", "–": "--", "÷": r"$\div$", "*": r"$^*$", "ε": r"$\varepsilon$",
+    "∞": r"$\infty$", "→": r"$\to$",
 }
 
 

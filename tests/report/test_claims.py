@@ -258,6 +258,8 @@ def test_forest_plot_draws_the_scoreboard(hand, tmp_path):
                             "capsnet more arrangement-specific"),
                      "C4": ("fully connected head better", "capsule head better"),
                      "C6": ("capsnet better", "convnet-gu better"),
+                     "C7": ("convnet-maxpool more robust", "capsnet more robust"),
+                     "C8": ("convnet-maxpool names both more", "capsnet names both more"),
                      "S1": ("convnet-maxpool separates better", "capsnet separates better")}
     assert (hand / "figures" / "claims.png").is_file()
     tex = (hand / "tables" / "claims.tex").read_text()
@@ -330,3 +332,37 @@ def test_counter_claim_reads_gu_et_al_convnet(tmp_path, monkeypatch):
     build_report(constructed_run(no_gu), with_figures=False)
     assert _scoreboard_rows(no_gu / "run")["C6"][2].startswith(
         "not measured (Gu, Tresp & Hu's ConvNet, convnet-gu, has no cells")
+
+
+def test_c7_and_c8_read_their_sets_at_matched_clean_accuracy(tmp_path):
+    """C7 reads pgd-<stated budget> and C8 the overlapping-digit set as C1 reads affnist: along
+    the same clean curves, values constructed so that at c* = 0.905 the paired differences are
+    0.05 + DELTA[s] (C7) and -0.04 (C8): C7 +5.00 [5 - 100 HALF, 5 + 100 HALF] pp, supported;
+    C8 exactly -4.00 pp on every seed, contradicted. A pgd set at another budget holds values
+    that would say otherwise; without data.attack.n the row is not measured."""
+    run = constructed_run(tmp_path)
+    metrics = pd.read_csv(run / "metrics.csv")
+    extra = []
+    for _, r in metrics[(metrics["test_set"] == "clean")].iterrows():
+        m, s, clean = r["model"], int(r["seed"]), r["value"]
+        pgd = {"capsnet": clean - 0.50 + DELTA[s], "convnet-maxpool": clean - 0.55}.get(m)
+        top2 = {"capsnet": clean - 0.60, "convnet-maxpool": clean - 0.56}.get(m)
+        if pgd is None:
+            continue
+        for test_set, value in (("pgd-0.05", pgd), ("pgd-0.3", 1.0 - pgd), ("overlap", top2)):
+            extra.append({**r.to_dict(), "test_set": test_set, "value": value})
+    pd.concat([metrics, pd.DataFrame(extra)]).to_csv(run / "metrics.csv", index=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["profile"]["config"]["data"] = {"attack": {"n": 100, "stated_budget": 0.05}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    board = _board(run)
+    c7, c8 = board["C7"], board["C8"]
+    assert c7.interval.estimate == pytest.approx(0.05, abs=1e-12)
+    assert (c7.interval.low, c7.interval.high) == pytest.approx((0.05 - HALF, 0.05 + HALF),
+                                                                abs=1e-12)
+    assert c7.verdict == "supported" and "ε = 0.05" in c7.effect and "c* = 90.50%" in c7.effect
+    assert c8.interval.estimate == pytest.approx(-0.04, abs=1e-12)
+    assert c8.verdict == "contradicted"
+    manifest["profile"]["config"]["data"] = {"attack": {"n": 0, "stated_budget": 0.05}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert _board(run)["C7"].reason.startswith("not measured (the profile attacks no cell")
