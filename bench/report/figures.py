@@ -305,7 +305,8 @@ def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *,
     """Accuracy against training-set size (log x), one panel per test set.
 
     ``metrics``: tidy rows of one setup (columns model, n, seed, test_set, factor_value, metric,
-    value); the ``accuracy`` rows of the test sets without a sweep factor are drawn: the mean
+    value); the ``accuracy`` rows of the test sets other than sweeps and adversarial sets are
+    drawn (those have figures of their own): the mean
     over seeds, its 95% interval as the band (:func:`interval_bands`, the tables' interval) and
     one point per seed, hollow for the cells (model, n, seed) in ``not_converged``.
 
@@ -316,7 +317,8 @@ def data_efficiency(metrics: pd.DataFrame, stem: str | os.PathLike, *,
     d = metrics[(metrics["metric"] == "accuracy") & metrics["factor_value"].isna()]
     if test_sets is None:
         names = d["test_set"].unique()
-        sweep_sets = set(sets_where(names, lambda k: k.family == "sweep"))
+        # sweeps have their own figure, and so do the adversarial sets (bench.report.adversarial)
+        sweep_sets = set(sets_where(names, lambda k: k.family in ("sweep", "adversarial")))
         test_sets = [t for t in order_set_names(names) if t not in sweep_sets]
     d = d[d["test_set"].isin(list(test_sets))]
     bands = interval_bands(d, ("model", "test_set", "n"))
