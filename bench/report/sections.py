@@ -656,4 +656,16 @@ def _test_set_sizes(manifest: dict | None, main: pd.DataFrame) -> list[str]:
         name = display_name(t)
         shown = name if name == t else f"{name} (`{t}`)"
         lines.append(f"- {shown}: {count:,} images{detail}")
+    attack = ((((manifest or {}).get("profile") or {}).get("config") or {}).get("data")
+              or {}).get("attack") or {}
+    if attack.get("n"):
+        sizes = attack.get("sizes") or []
+        where = ("every n" if not sizes else "n = " + ", ".join(f"{int(n):,}" for n in sizes))
+        budgets = ", ".join(f"{float(e):g}" for e in attack.get("budgets", []))
+        lines.append(
+            f"- adversarial sets, made per cell against its own model ({where}): FGSM and PGD "
+            f"({attack.get('pgd_steps')} steps) at ε = {budgets} on the first "
+            f"{int(attack['n']):,} clean digits; at ε = {float(attack['stated_budget']):g} the "
+            f"vote attack (routing models), Square ({int(attack.get('square_n', 0)):,} digits, "
+            f"{int(attack.get('square_queries', 0)):,} queries) and the transfer attack")
     return lines + [""]
