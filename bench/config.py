@@ -196,6 +196,18 @@ PAPER_MNIST_ERRORS: dict[str, float] = {
 
 
 @dataclass(frozen=True)
+class BudgetCheckConfig:
+    """The budget-stability check (``[budget_check]``): the main setup's cells of ``models`` x
+    ``sizes`` x ``seeds`` trained again for ``factor`` x ``train.steps`` steps, paired with the
+    main cells (:func:`bench.cell.plan.setups`), read by the report's "Budget" column."""
+
+    factor: float = 2.0  # the longer budget: train.steps multiplied by this (rounded)
+    seeds: tuple[int, ...] = ()  # at least 2, each one of the profile's seeds
+    sizes: tuple[int, ...] = ()  # empty: the profile's largest size
+    models: tuple[str, ...] = ()  # empty: every model of the profile
+
+
+@dataclass(frozen=True)
 class Profile:
     """A sweep: models x training-set sizes x seeds, and how to build, train and measure them."""
 
@@ -210,9 +222,15 @@ class Profile:
     train: TrainConfig = field(default_factory=TrainConfig)
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     mnist_table: MnistTableConfig | None = None
+    budget_check: BudgetCheckConfig | None = None  # None: no budget-stability check
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as plain values; ``budget_check`` is left out when None, so a profile
+        without the table records the same dict as before the table existed."""
+        out = dataclasses.asdict(self)
+        if out["budget_check"] is None:
+            del out["budget_check"]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +320,13 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
         pool = 60_000 - obj.train.val_size
         if max(obj.sizes) > pool:
             raise bad("sizes", f"max {max(obj.sizes)} exceeds 60000 - train.val_size = {pool}")
+        if obj.budget_check is not None:
+            _validate_budget_check(obj, bad)
+    elif isinstance(obj, BudgetCheckConfig):
+        if not obj.factor > 1:
+            raise bad("factor", f"must be > 1 (a longer budget), got {obj.factor}")
+        if len(set(obj.seeds)) < 2:
+            raise bad("seeds", f"must list at least 2 distinct seeds, got {list(obj.seeds)}")
     elif isinstance(obj, DataConfig):
         if obj.dataset not in ("mnist", "fashion-mnist", "kmnist"):
             raise bad("dataset", f"must be mnist, fashion-mnist or kmnist, got {obj.dataset!r}")
@@ -356,6 +381,29 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("select", "best_val needs a validation set (val_size > 0); use last")
         if not 0 <= obj.val_size < 60_000:
             raise bad("val_size", f"must be in [0, 60000), got {obj.val_size}")
+
+
+def _validate_budget_check(profile: Profile, bad: Any) -> None:
+    """The ``[budget_check]`` keys against the rest of the profile: its cells must be main cells,
+    and the budget it multiplies must be fixed."""
+    bc = profile.budget_check
+    assert bc is not None
+    for key, chosen, allowed in (("seeds", bc.seeds, profile.seeds),
+                                 ("sizes", bc.sizes, profile.sizes),
+                                 ("models", bc.models, profile.models)):
+        extra = [x for x in chosen if x not in allowed]
+        if extra:
+            raise bad(f"budget_check.{key}", f"must be among the profile's {key} "
+                                             f"{list(allowed)}, got {extra}")
+    steps = profile.train.steps
+    if steps < 1:
+        raise bad("budget_check", "needs train.steps > 0 (a fixed budget to multiply)")
+    if round(steps * bc.factor) <= steps:
+        raise bad("budget_check.factor", f"x train.steps {steps} must round to more steps, "
+                                         f"got {bc.factor}")
+    if profile.data.canvas < 40:
+        raise bad("budget_check", f"needs data.canvas >= 40 (it reads the affNIST-style set), "
+                                  f"got {profile.data.canvas}")
 
 
 def profile_from_dict(values: dict[str, Any], where: str = "profile") -> Profile:

@@ -6,8 +6,10 @@ plan; the stages (:mod:`bench.cell.train`, :mod:`bench.cell.evaluate`) each do o
 A *setup* is a training and evaluation configuration: ``affnist`` (the paper's affNIST
 experiment, Sabour et al. 2017 Section 5.2: train on MNIST placed at random shifts on a 40x40
 canvas, test on affine-transformed digits) and, when the profile has a ``[mnist_table]``,
-``mnist28`` (the paper's Table 1: 28x28, shifts up to 2 px, clean MNIST test set). The setup
-name is part of every seed (:func:`bench.io.derive_seed`), so it is kept as it is.
+``mnist28`` (the paper's Table 1: 28x28, shifts up to 2 px, clean MNIST test set), and, when
+the profile has a ``[budget_check]``, ``affnist-budget`` (the budget-stability check: some
+``affnist`` cells trained ``factor`` x the steps). The setup name is part of every seed
+(:func:`bench.io.derive_seed`), so it is kept as it is.
 
 A *cell* is (setup, model, n, seed). Its folder name carries a hash of everything that decides
 its weights (the :class:`TrainSpec`, the source of the code that trains it, the device type), so
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import DataConfig, Profile, TrainConfig
+from bench.data.testsets import AFFNIST_STYLE, CLEAN
 from bench.errors import BenchError
 from bench.io import stable_hash
 from bench.models.registry import model_info
@@ -32,6 +35,7 @@ from bench.runtime import REPO_ROOT
 
 __all__ = [
     "AFFNIST_SETUP",
+    "BUDGET_SETUP",
     "MNIST28_SETUP",
     "RESULTS_DIR",
     "TRAIN_CODE",
@@ -39,6 +43,7 @@ __all__ = [
     "PlannedCell",
     "Setup",
     "TrainSpec",
+    "budget_steps",
     "cell_dir",
     "cells",
     "code_hash",
@@ -56,6 +61,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # bench/
 # "affnist", the affNIST-style set of bench.data.testsets); the names enter every seed.
 AFFNIST_SETUP = "affnist"
 MNIST28_SETUP = "mnist28"
+# The budget-stability check's setup ([budget_check]): the same (model, n, seed) as AFFNIST_SETUP
+# cells, trained budget_factor x the steps. Our choice of representation: a setup of its own
+# whose cells' TrainSpec carries AFFNIST_SETUP's name (Setup.seed_setup), so that
+#  - the training subset (seeded by the seed alone, bench.cell.train.training_subset), the
+#    initialisation and the batch order (seeded by model, n, seed and TrainSpec.setup,
+#    bench.cell.train._seed) are those of the main cell: the two budgets are paired;
+#  - TrainSpec gets no new field and train.py no change, so the main cells' keys stay the same;
+#  - the check cell's spec differs from the main cell's only in train.steps, which is in the
+#    cache key, and its folder lies under cells/affnist-budget/, so the two never share a folder;
+#  - its rows in metrics.csv and cells.csv carry the setup name "affnist-budget", which every
+#    table of the main setup already leaves out.
+BUDGET_SETUP = "affnist-budget"
 RESULTS_DIR = REPO_ROOT / "results"
 # The source that decides a trained model's weights, and nothing that only prints or orchestrates:
 # the trainer, the models, digit placement and MNIST reading, and the two functions of io.py that
@@ -77,6 +94,10 @@ class Setup:
     sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     test_sets: tuple[str, ...] | None  # None: every set of the profile
+    # The setup name the cells' TrainSpec carries, and so their seeds ("": this setup's name).
+    seed_setup: str = ""
+    # The cells train budget_factor x train.steps (1.0: the profile's budget).
+    budget_factor: float = 1.0
 
 
 @dataclass(frozen=True, order=True)
@@ -115,15 +136,32 @@ class TrainSpec:
 
 
 def setups(profile: Profile) -> list[Setup]:
-    """The profile's setups: ``affnist`` always, ``mnist28`` when it has a ``[mnist_table]``."""
+    """The profile's setups: ``affnist`` always, ``mnist28`` when it has a ``[mnist_table]``,
+    ``affnist-budget`` (:data:`BUDGET_SETUP`) last when it has a ``[budget_check]``."""
     d = profile.data
-    out = [Setup(AFFNIST_SETUP, d.canvas, d.train_shift, profile.train.val_size, profile.models,
-                 profile.sizes, profile.seeds, None)]
+    main = Setup(AFFNIST_SETUP, d.canvas, d.train_shift, profile.train.val_size, profile.models,
+                 profile.sizes, profile.seeds, None)
+    out = [main]
     mt = profile.mnist_table
     if mt is not None:
         out.append(Setup(MNIST28_SETUP, mt.canvas, mt.train_shift, mt.val_size, mt.models, mt.sizes,
                          mt.seeds, ("clean",)))
+    bc = profile.budget_check
+    if bc is not None:
+        # Our choice: the check is scored on the clean and the affNIST-style sets only, the read-out
+        # of the claims it checks (C1, C4, C6) and what matching needs; no adversarial sets
+        # (data_config).
+        out.append(dataclasses.replace(
+            main, name=BUDGET_SETUP, models=bc.models or profile.models,
+            sizes=bc.sizes or (max(profile.sizes),), seeds=bc.seeds,
+            test_sets=(CLEAN.name, AFFNIST_STYLE.name), seed_setup=AFFNIST_SETUP,
+            budget_factor=bc.factor))
     return out
+
+
+def budget_steps(steps: int, factor: float) -> int:
+    """The longer budget of the check: ``steps`` x ``factor``, rounded to the nearest step."""
+    return int(round(steps * factor))
 
 
 def setup_by_name(profile: Profile, name: str) -> Setup:
@@ -145,20 +183,29 @@ def cells(profile: Profile) -> list[Cell]:
 
 
 def data_config(profile: Profile, setup: Setup) -> DataConfig:
-    """The test-set configuration of a setup (the profile's, at the setup's canvas)."""
-    return dataclasses.replace(profile.data, canvas=setup.canvas)
+    """The test-set configuration of a setup (the profile's, at the setup's canvas); the
+    budget-stability check's setup attacks no cell (``attack.n = 0``)."""
+    cfg = dataclasses.replace(profile.data, canvas=setup.canvas)
+    if setup.budget_factor != 1.0:
+        cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, n=0))
+    return cfg
 
 
 def spec_for(profile: Profile, cell: Cell) -> TrainSpec:
-    """The trainer's full specification of ``cell``: its setup's canvas, shift and validation size."""
+    """The trainer's full specification of ``cell``: its setup's canvas, shift and validation
+    size, its budget (:func:`budget_steps` for the check's setup) and the setup name its seeds
+    derive from (:attr:`Setup.seed_setup`)."""
     setup = setup_by_name(profile, cell.setup)
     train = profile.train
+    if setup.budget_factor != 1.0:
+        train = dataclasses.replace(train, steps=budget_steps(train.steps, setup.budget_factor))
     if train.val_size != setup.val_size:
         train = dataclasses.replace(train, val_size=setup.val_size)
     if train.val_size == 0 and train.select != "last":  # nothing to select with: keep the last
         train = dataclasses.replace(train, select="last")
-    return TrainSpec(cell.model, cell.n, cell.seed, setup.name, setup.canvas, setup.train_shift,
-                     profile.model.width, profile.data.dataset, train, profile.model.recon_weight)
+    return TrainSpec(cell.model, cell.n, cell.seed, setup.seed_setup or setup.name, setup.canvas,
+                     setup.train_shift, profile.model.width, profile.data.dataset, train,
+                     profile.model.recon_weight)
 
 
 class _WeightCode(ast.NodeTransformer):

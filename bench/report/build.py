@@ -46,6 +46,7 @@ from bench.data.testsets import (
 from bench.io import load_torch, write_text
 from bench.report import ablation as ablation_report
 from bench.report import adversarial as adversarial_report
+from bench.report import budget as budget_report
 from bench.report import figures, figures_ablation, readout, robustness
 from bench.report import routing as routing_report
 from bench.report import store as store_mod
@@ -139,10 +140,14 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     targets = _targets(manifest, notes)
     board = claims(main, targets, manifest=manifest, cells=cells,
                    store=None if store is None else store[store["setup"] == MAIN_SETUP])
+    checks = budget_report.check_claims(df, board)
+    budget = budget_report.has_check(df)
     train_cfg = (((manifest or {}).get("profile") or {}).get("config") or {}).get("train") or {}
     convergence, convergence_table, not_converged = _convergence(cells, train_cfg)
 
     sections: list[tuple[str, Table | None, str]] = []
+    if budget:
+        sections.append((budget_report.TITLE, budget_report.budget_table(checks, manifest), ""))
     if convergence_table is not None:
         sections.append(("Cells that did not converge", convergence_table, ""))
     if main.empty:
@@ -211,7 +216,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             written_figures.append(adversarial_report.EXAMPLES_STEM)
 
     tables_dir = run_dir / "tables"
-    scoreboard = _claims_table(board, displaced_control(main))
+    scoreboard = _claims_table(board, displaced_control(main), budget=budget)
     written_tables = {scoreboard.name} | {t.name for _, t, _ in sections if t is not None}
     _remove_stale(tables_dir, [f"{n}.tex" for n in TABLE_NAMES if n not in written_tables])
     if with_figures:

@@ -31,6 +31,7 @@ from bench.data.testsets import (
 )
 from bench.report import figures, readout
 from bench.report import store as store_mod
+from bench.report.budget import NOT_CHECKED
 from bench.report.read import MAIN_SETUP, MAXPOOL, REFERENCE, _flag
 from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
 from bench.report.table import _width
@@ -176,6 +177,11 @@ class Claim:
     seed_interval: Interval | None = None  # over seeds for the fixed test digits
     secondary: bool = False  # a read-out beside the claims: outside the Holm family
     p_adjusted: float = float("nan")  # Holm over the scoreboard's claims (set by its builder)
+    # The models (a, b) of a difference a - b of affNIST-style accuracy, the read-out the
+    # budget-stability check repeats (bench.report.budget); None: a read-out it does not repeat.
+    pair: tuple[str, str] | None = None
+    # bench.report.budget.claim_verdict: "budget-stable", "budget-dependent" or NOT_CHECKED
+    budget_stable: str = NOT_CHECKED
 
     @property
     def verdict(self) -> str:
@@ -218,6 +224,8 @@ class Claim:
 
 def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> Claim:
     """``a`` minus ``b`` on ``other`` at the highest clean accuracy both reach on every seed."""
+    if other == AFFNIST_STYLE.name:
+        claim.pair = (a, b)
     if (why := ctx.absent(a, b)) is not None:
         claim.reason = why
         return claim

@@ -15,6 +15,8 @@ from bench.data.testsets import (
 )
 from bench.report import adversarial as adversarial_report
 from bench.report import routing as routing_report
+from bench.report.budget import BUDGET_RULE
+from bench.report.budget import TITLE as BUDGET_TITLE
 from bench.report.claims import (
     Claim,
     _arrangement_claim,
@@ -327,25 +329,29 @@ EXTERNAL_NOTE = (
     "are signed as the claim they repeat.")
 
 
-def _claims_table(rows: list[Claim], control: str | None = None) -> Table:
-    """The scoreboard; ``control`` (:func:`displaced_control`) is its first note when given."""
+def _claims_table(rows: list[Claim], control: str | None = None, budget: bool = False) -> Table:
+    """The scoreboard; ``control`` (:func:`displaced_control`) is its first note when given;
+    ``budget``: the run has budget-stability check cells, and the table a "Budget" column
+    (:attr:`Claim.budget_stable`, :mod:`bench.report.budget`)."""
     header = ["Claim", "Effect", "Estimate [95% interval, seeds and digits]", "No effect",
               "Measured at", "Verdict", "Holm verdict", "Seeds only [95% interval]",
-              "Published (source; conditions)"]
+              "Published (source; conditions)"] + (["Budget"] if budget else [])
     body = [[f"{c.key} {c.name}", c.effect, c.estimate_text(), c.null_text(),
              c.scale or "—", c.verdict, c.holm_verdict, c.seed_text(),
-             published_text(c.key)] for c in rows]
+             published_text(c.key)] + ([c.budget_stable] if budget else []) for c in rows]
     notes = ([control] if control else []) + [SIGN_NOTE]
     if any("/" in c.key for c in rows):
         notes.append(EXTERNAL_NOTE)
     notes += [f"{c.key} supported means: {c.meaning}." for c in rows]
     notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
+    if budget:
+        notes.append(f"Budget: {BUDGET_RULE} The numbers are in the table \"{BUDGET_TITLE}\".")
     return Table("claims", "The claims made for capsules, each measured as one effect with its "
                  "95% interval over seeds and test digits, the verdict its interval gives, and "
                  "the Holm-adjusted verdict.",
-                 header, body, "llrllllrl", notes,
+                 header, body, "llrllllrl" + ("l" if budget else ""), notes,
                  tex_columns=(r"p{0.08\linewidth}p{0.17\linewidth}rlp{0.15\linewidth}ll"
-                              r"rp{0.15\linewidth}"),
+                              r"rp{0.15\linewidth}" + ("l" if budget else "")),
                  wide=True, caption=CLAIMS_CAPTION)
 
 

@@ -60,7 +60,7 @@ HOW_TO_READ = f"""\
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
                "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
                "throughput", "generation", "effective_robustness", "ablation", "adversarial",
-               "masking_checks")
+               "masking_checks", "budget")
 
 FIGURE_CAPTIONS = {
     "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "

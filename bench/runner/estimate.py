@@ -128,7 +128,9 @@ def estimate_profile(
     rows = list(groups.values())
     n_cells = sum(g["cells"] for g in rows)
     if build_sets is None:
-        build_images = sum(images.values())
+        # a setup seeded as another (the budget check) scores a subset of that setup's sets,
+        # which are built once (the same canvas and data settings: the same cache)
+        build_images = sum(images[s.name] for s in setups(profile) if not s.seed_setup)
     else:
         build_images = 0
         for setup, names in build_sets.items():

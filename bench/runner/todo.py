@@ -118,7 +118,8 @@ def plan_run(profile: Profile, stages: Sequence[str], run_dir: Path, device: tor
             status = cached_set_names(data_config(profile, setup), device, names=setup.test_sets,
                                       data_dir=source.data_dir, download=source.download)
             plan.sets_build[setup.name] = [n for n, hit in status.items()
-                                           if not hit and n != AFFNIST_REAL.name]
+                                           if not hit and n != AFFNIST_REAL.name
+                                           and n not in plan.sets_build.get(setup.seed_setup, ())]
             plan.sets_cached[setup.name] = [n for n, hit in status.items()
                                             if hit or n == AFFNIST_REAL.name]
     plan.throughput = "throughput" in stages and (
@@ -133,8 +134,10 @@ def fresh_plan(profile: Profile) -> Plan:
     plan = Plan(profile.name, STAGE_ORDER, train=list(cells(profile)), throughput=True, report=True)
     for setup in setups(profile):
         cfg = data_config(profile, setup)
+        # a setup seeded as another (the budget check) scores sets of that setup: built once
         plan.sets_build[setup.name] = [n for n in (setup.test_sets or default_set_names(cfg))
-                                       if n != AFFNIST_REAL.name]
+                                       if n != AFFNIST_REAL.name
+                                       and n not in plan.sets_build.get(setup.seed_setup, ())]
     return plan
 
 

@@ -151,3 +151,41 @@ def test_throughput_stage_by_hand():
                                                (3 * 3600, "about 3.0 h")])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_the_estimate_counts_the_budget_checks_cells_at_factor_times_the_steps():
+    """A [budget_check] of factor 2 on both models, seeds 0 and 1, the default size (the largest,
+    1000): 4 more cells of 2 x 20 = 40 steps each, scored on clean and affNIST-style only."""
+    import dataclasses
+
+    from bench.config import BudgetCheckConfig
+    from bench.runner.todo import fresh_plan
+
+    p = dataclasses.replace(_tiny_profile(), seeds=(0, 1),
+                            train=dataclasses.replace(TRAIN, steps=20),
+                            budget_check=BudgetCheckConfig(seeds=(0, 1)))
+    rates = {"capsnet": (100.0, 200.0), "convnet-k9": (50.0, 100.0)}
+    train = {(s, m): r[0] for m, r in rates.items() for s in ("affnist", "affnist-budget")}
+    infer = {(s, m): r[1] for m, r in rates.items() for s in ("affnist", "affnist-budget")}
+    est = estimate_profile(p, train, infer, gen_rate=40.0)
+    # main: 2 models x 2 sizes x 2 seeds = 8 cells of 20 steps; check: 2 x 1 x 2 = 4 of 40 steps
+    assert est["cells"] == 12
+    by = {(g["setup"], g["model"]): g for g in est["by_model"]}
+    assert by[("affnist", "capsnet")]["steps"] == 4 * 20
+    assert by[("affnist-budget", "capsnet")]["steps"] == 2 * 40
+    assert by[("affnist-budget", "convnet-k9")]["cells"] == 2
+    # train: capsnet (80 + 80) x 10 / 100 = 16; convnet-k9 (80 + 80) x 10 / 50 = 32
+    assert est["train_s"] == pytest.approx(16 + 32)
+    # validations: main ceil(20/20) = 1 per cell, check ceil(40/20) = 2 per cell, 100 images:
+    # capsnet (4 x 1 + 2 x 2) x 100 / 200 = 4; convnet-k9 the same at 100/s = 8
+    assert est["val_s"] == pytest.approx(4 + 8)
+    # the check scores clean (10) + affNIST-style (10 x 2) = 30 images; a main cell 90 (the
+    # sets of test_images_per_setup's comment and overlapping digits, 10)
+    assert est["test_images"] == {"affnist": 90, "affnist-budget": 30}
+    # capsnet (4 x 90 + 2 x 30) / 200 = 2.1; convnet-k9 (4 x 90 + 2 x 30) / 100 = 4.2
+    assert est["eval_s"] == pytest.approx(2.1 + 4.2)
+    # the check's sets are the main setup's, generated once: 90 images at 40/s
+    assert est["data_s"] == pytest.approx(90 / 40)
+    plan = fresh_plan(p)
+    assert plan.sets_build["affnist-budget"] == []
+    assert "affnist" in plan.sets_build["affnist"] and "clean" in plan.sets_build["affnist"]
