@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.cell.plan import Cell
@@ -28,28 +30,29 @@ def _tiny_profile() -> Profile:
 
 
 def test_test_images_per_setup():
-    # clean 10 + affnist 10 x 2 + sweeps 5 x (2 + 1 + 1 + 2) + scramble-g2 10 + displaced 10 = 80
-    assert test_images(_tiny_profile()) == {"affnist": 80}
+    # clean 10 + affnist 10 x 2 + sweeps 5 x (2 + 1 + 1 + 2) + scramble-g2 10 + displaced 10
+    # + overlap 10 = 90
+    assert test_images(_tiny_profile()) == {"affnist": 90}
 
 
 def test_estimate_profile_matches_a_hand_computation():
     p = _tiny_profile()
     # step_budget: n=100 -> max(20, 100/10) = 20; n=1000 -> max(20, 100) capped at 50.
     # validations: ceil(20/20) + ceil(50/20) = 1 + 3 = 4, of 100 images each.
-    # test images per cell: 80 (above); data = those 80 once.
+    # test images per cell: 90 (above); data = those 90 once.
     train = {("affnist", "capsnet"): 100.0, ("affnist", "convnet-k9"): 50.0}
     infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
     est = estimate_profile(p, train, infer, gen_rate=40.0, cell_overhead_s=1.5, extra_s=0.5)
-    # capsnet: (20 + 50) x 10 / 100 + 4 x 100 / 200 + 2 x 80 / 200 = 7 + 2 + 0.8
-    # convnet-k9: (20 + 50) x 10 / 50 + 4 x 100 / 100 + 2 x 80 / 100 = 14 + 4 + 1.6
-    # total: 9.8 + 19.6 + data 80 / 40 + overhead 4 x 1.5 + extra 0.5 = 37.9
+    # capsnet: (20 + 50) x 10 / 100 + 4 x 100 / 200 + 2 x 90 / 200 = 7 + 2 + 0.9
+    # convnet-k9: (20 + 50) x 10 / 50 + 4 x 100 / 100 + 2 x 90 / 100 = 14 + 4 + 1.8
+    # total: 9.9 + 19.8 + data 90 / 40 + overhead 4 x 1.5 + extra 0.5 = 38.45
     assert est["cells"] == 4
     assert est["train_s"] == pytest.approx(7 + 14)
     assert est["val_s"] == pytest.approx(2 + 4)
-    assert est["eval_s"] == pytest.approx(0.8 + 1.6)
-    assert est["data_s"] == pytest.approx(2.0)
-    assert est["total_s"] == pytest.approx(37.9)
-    assert est["total_h"] == pytest.approx(37.9 / 3600)
+    assert est["eval_s"] == pytest.approx(0.9 + 1.8)
+    assert est["data_s"] == pytest.approx(2.25)
+    assert est["total_s"] == pytest.approx(38.45)
+    assert est["total_h"] == pytest.approx(38.45 / 3600)
 
 
 def test_a_missing_rate_is_a_one_line_error():
@@ -96,17 +99,17 @@ def test_estimate_from_measurements_matches_a_hand_computation():
     est = estimate_from_measurements(_two_setup_profile(), ROWS, LEARN, gen_rate=45.0,
                                      train_batch=10, eval_batch=20, precision="bf16")
     # Every cell: n = 100 -> max(20, 100 / 10) = 20 steps of batch 10.
-    # affnist/capsnet: train 200 / 25 = 8; one validation of 100 / 200 = 0.5; eval 80 / 200 = 0.4
+    # affnist/capsnet: train 200 / 25 = 8; one validation of 100 / 200 = 0.5; eval 90 / 200 = 0.45
     # mnist28/capsnet: train 200 / 40 = 5; no validation (val_size 0); eval 10 / 400 = 0.025
     # mnist28/baseline-cnn: train 200 / 25 = 8; eval 10 / 200 = 0.05
-    # data: (80 + 10) / 45 = 2
+    # data: (90 + 10) / 45 = 2.2222
     # overhead per cell: wall 10 - (train 6 + 2 x 100 / 200) = 3, x 3 cells = 9
     # extra: the 40x40 bf16 rows at the throughput batch 10: 3
-    # total: 21 + 0.5 + 0.475 + 2 + 9 + 3 = 35.975
+    # total: 21 + 0.5 + 0.525 + 100 / 45 + 9 + 3 = 36.247
     assert est["cell_overhead_s"] == pytest.approx(3.0)
     assert est["extra_s"] == pytest.approx(3.0)
-    assert est["test_images"] == {"affnist": 80, "mnist28": 10}
-    assert est["total_s"] == pytest.approx(35.975)
+    assert est["test_images"] == {"affnist": 90, "mnist28": 10}
+    assert est["total_s"] == pytest.approx(21 + 0.5 + 0.525 + 100 / 45 + 9 + 3)
     assert est["train_rates"]["mnist28/capsnet"] == pytest.approx(40.0)
 
 
@@ -120,16 +123,16 @@ def test_only_the_work_left_is_counted():
                            eval_cells=[Cell("affnist", "capsnet", 1000, 0),
                                        Cell("affnist", "convnet-k9", 100, 0)],
                            build_sets={"affnist": ["clean", "affnist"]}, parallel=2)
-    # capsnet n=1000: train 50 x 10 / 100 = 5, validation 3 x 100 / 200 = 1.5, eval 80 / 200 = 0.4
-    # convnet-k9 n=100: evaluation only, 80 / 100 = 0.8; the other two cells: nothing.
+    # capsnet n=1000: train 50 x 10 / 100 = 5, validation 3 x 100 / 200 = 1.5, eval 90 / 200 = 0.45
+    # convnet-k9 n=100: evaluation only, 90 / 100 = 0.9; the other two cells: nothing.
     # Two cells at once halve the cells' parts; data: (10 + 10 x 2) / 40 = 0.75.
     assert est["cells"] == 2
     assert est["train_s"] == pytest.approx(5 / 2)
     assert est["val_s"] == pytest.approx(1.5 / 2)
-    assert est["eval_s"] == pytest.approx((0.4 + 0.8) / 2)
+    assert est["eval_s"] == pytest.approx((0.45 + 0.9) / 2)
     assert est["overhead_s"] == pytest.approx(2 * 1.5 / 2)
     assert est["data_s"] == pytest.approx(0.75) and est["build_images"] == 30
-    assert est["total_s"] == pytest.approx(2.5 + 0.75 + 0.6 + 1.5 + 0.75 + 0.5)
+    assert est["total_s"] == pytest.approx(2.5 + 0.75 + 0.675 + 1.5 + 0.75 + 0.5)
 
 
 def test_nothing_left_costs_nothing():
@@ -189,3 +192,22 @@ def test_the_estimate_counts_the_budget_checks_cells_at_factor_times_the_steps()
     plan = fresh_plan(p)
     assert plan.sets_build["affnist-budget"] == []
     assert "affnist" in plan.sets_build["affnist"] and "clean" in plan.sets_build["affnist"]
+
+
+def test_the_attacks_are_counted_by_hand():
+    """data.attack on the n = 1000 cells only: gradient passes per digit 2 budgets x (1 FGSM +
+    5 PGD) = 12, + 5 vote-attack passes for the capsule model; Square 4 digits x 3 queries."""
+    from bench.config import AttackConfig
+    from bench.runner.estimate import ATTACK_PASS_COST
+
+    attack = AttackConfig(n=10, budgets=(0.1, 0.3), stated_budget=0.1, pgd_steps=5,
+                          square_n=4, square_queries=3, sizes=(1000,))
+    p = dataclasses.replace(_tiny_profile(), data=dataclasses.replace(DATA, attack=attack))
+    train = {("affnist", "capsnet"): 100.0, ("affnist", "convnet-k9"): 50.0}
+    infer = {("affnist", "capsnet"): 200.0, ("affnist", "convnet-k9"): 100.0}
+    est = estimate_profile(p, train, infer, gen_rate=40.0)
+    capsnet = 10 * 17 * ATTACK_PASS_COST / 100 + 4 * 3 / 200
+    k9 = 10 * 12 * ATTACK_PASS_COST / 50 + 4 * 3 / 100
+    assert est["attack_s"] == pytest.approx(capsnet + k9)
+    base = estimate_profile(_tiny_profile(), train, infer, gen_rate=40.0)
+    assert est["total_s"] - base["total_s"] == pytest.approx(capsnet + k9)
