@@ -31,18 +31,22 @@ CELL_KEY = ("setup", "model", "n", "seed")
 # readers who want them).
 READ_COLUMNS = ("setup", "model", "n", "seed", "test_set", "index", "source", "transform",
                 "value", "label", "label2", "pred", "second", "correct", "confidence")
-# Columns that stores written before them lack, with the value they then mean.
-_LATER_COLUMNS = {"label2": -1}
+# Columns a store may lack (written before them, or by hand), and what they then mean: no
+# second digit; the runner-up unknown (the prediction); rows numbered in file order per set.
+_OPTIONAL_COLUMNS = ("label2", "second", "index")
 
 
 def read_store(path: Path) -> pd.DataFrame:
     """The store's columns the report uses, ``test_set`` etc. as plain strings."""
     have = set(pq.read_schema(path).names)
     d = pd.read_parquet(path, columns=[c for c in READ_COLUMNS if c in have or
-                                       c not in _LATER_COLUMNS])
-    for col, value in _LATER_COLUMNS.items():
-        if col not in d:
-            d[col] = value
+                                       c not in _OPTIONAL_COLUMNS])
+    if "label2" not in d:
+        d["label2"] = -1
+    if "second" not in d:
+        d["second"] = d["pred"]
+    if "index" not in d:
+        d["index"] = d.groupby([*CELL_KEY, "test_set"], observed=True, sort=False).cumcount()
     for col in ("setup", "model", "test_set"):
         d[col] = d[col].astype(str)
     d["n"] = d["n"].astype(np.int64)

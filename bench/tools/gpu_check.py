@@ -666,7 +666,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"## estimate of the `{est['profile']}` profile", "",
                   f"total {est['total_s']:,.0f} s = {est['total_h']:.2f} h over {est['cells']} cells: "
                   + ", ".join(f"{k[:-2]} {est[k]:,.0f} s" for k in
-                              ("data_s", "train_s", "val_s", "eval_s", "overhead_s", "extra_s")),
+                              ("data_s", "train_s", "val_s", "eval_s", "attack_s", "overhead_s",
+                               "extra_s") if k in est),
                   "", f"Method: {est['method']}"]
         if est.get("note"):
             lines += ["", est["note"]]

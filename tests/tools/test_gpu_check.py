@@ -76,7 +76,7 @@ def test_quick_rows_are_consistent(quick_run):
     assert all(r["steps"] == 6 and r["val_size"] == 64 for r in learn)
     assert all(r["val_accuracy"] * 64 == pytest.approx(round(r["val_accuracy"] * 64)) for r in learn)
     est = sec["estimate"]
-    parts = ("data_s", "train_s", "val_s", "eval_s", "overhead_s", "extra_s")
+    parts = ("data_s", "train_s", "val_s", "eval_s", "attack_s", "overhead_s", "extra_s")
     assert est["total_s"] == pytest.approx(sum(est[k] for k in parts))
     paper = load_profile("paper")  # every setup's models x sizes x seeds, counted here by hand
     mt = paper.mnist_table
