@@ -44,7 +44,9 @@ FIGURE_STEM = "ablation"
 FIGURE_CAPTION = (f"The component ladder: affNIST-style accuracy at matched clean accuracy, each "
                   f"step {MINUS} its neighbour (left: the named component's effect) and {MINUS} "
                   f"capsnet (right), mean over seeds with the 95% paired interval; dashed: no "
-                  f"effect. Each comparison has its own c* (the table's).")
+                  f"effect. Each comparison has its own c* (the table's). When fewer than half "
+                  f"of the comparisons have a c*, the figure draws the differences at each "
+                  f"model's largest n instead (not matched; the axes say so).")
 REFERENCE = "capsnet"
 _BASES = {"capsnet", "convnet-k9"}  # ladder members that other profiles train too
 KEPT = "kept_given_intact_correct"
@@ -86,7 +88,8 @@ def _scramble_difference(main: pd.DataFrame, a: str, b: str, metric: str,
 
 def ladder_values(main: pd.DataFrame) -> pd.DataFrame:
     """One row per (step present, comparison, quantity): model, neighbour, component, versus
-    (the other model), quantity (``affnist_matched``, ``kept_scrambled``, ``part_score``,
+    (the other model), quantity (``affnist_matched``, ``affnist_same_n`` (at each model's largest
+    n, not matched), ``kept_scrambled``, ``part_score``,
     ``overlap_top2`` when the run has the overlapping-digits set), c_star
     (NaN when not matched), estimate, low, high (fractions; NaN when not measured), n (seeds)."""
     present = set(main["model"])
@@ -99,6 +102,8 @@ def ladder_values(main: pd.DataFrame) -> pd.DataFrame:
         for vs in dict.fromkeys(versus):
             c, iv = matched_difference(main, step.model, vs)
             rows.append(_row(step, vs, "affnist_matched", c, iv))
+            rows.append(_row(step, vs, "affnist_same_n", None, _scramble_difference(
+                main, step.model, vs, "accuracy", AFFNIST_STYLE.name)))
         if REFERENCE in present and step.model != REFERENCE:
             rows.append(_row(step, REFERENCE, "kept_scrambled", None,
                              _scramble_difference(main, step.model, REFERENCE, KEPT)))
@@ -158,11 +163,13 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         c_nb, d_nb = _cell(values, s.model, nb, "affnist_matched", 100, 2)
         ref = REFERENCE if s.model != REFERENCE else None
         c_ref, d_ref = _cell(values, s.model, ref, "affnist_matched", 100, 2)
+        _, n_nb = _cell(values, s.model, nb, "affnist_same_n", 100, 2)
+        _, n_ref = _cell(values, s.model, ref, "affnist_same_n", 100, 2)
         _, kept = _cell(values, s.model, ref, "kept_scrambled", 100, 2)
         _, part = _cell(values, s.model, ref, "part_score", 1, 3)
         change = "— (top of its ladder)" if s.neighbour is None else f"{s.change} (vs {s.neighbour})"
         rows.append([s.model, change, readout.iv(stats.mean_interval(clean), 100) if clean else "—",
-                     c_nb, d_nb, c_ref, d_ref, kept, part])
+                     c_nb, d_nb, c_ref, d_ref, n_nb, n_ref, kept, part])
         if overlap:
             rows[-1].append(_cell(values, s.model, ref, "overlap_top2", 100, 2)[1])
     scr = readout.smallest_scramble(main["test_set"].unique()) or "no scrambled set"
@@ -175,6 +182,9 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         "c*: for each comparison, the highest clean accuracy both models reach on every seed; "
         "each seed's affNIST-style accuracy is read at c* along its curve of increasing n "
         "(linear interpolation between sizes). 'ranges do not overlap': no such c*.",
+        "At largest n: the same difference of affNIST-style accuracy at each model's largest "
+        "n, not matched: it mixes the component's effect on robustness with its effect on "
+        "clean accuracy (the third column), so read it beside that column.",
         f"Scrambled read-outs at each model's largest n on {scr}: kept = the share of correctly "
         f"classified intact digits still given their class when scrambled (a part-aware model "
         f"keeps fewer); part score = the label-free AUROC of telling intact from scrambled "
@@ -191,7 +201,8 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         "at matched clean accuracy, and on the scrambled read-outs.",
         ["Step", "Changed (vs)", "Clean at largest n (%)", "c* (%)",
          f"affNIST-style {MINUS} neighbour (pp)", "c* (%)", f"affNIST-style {MINUS} capsnet (pp)",
+         f"At largest n: {MINUS} neighbour (pp)", f"At largest n: {MINUS} capsnet (pp)",
          f"Kept, scrambled {MINUS} capsnet (pp)", f"Part score {MINUS} capsnet",
          *([f"Overlap top-2 {MINUS} capsnet (pp)"] if overlap else [])],
-        rows, "llrrrrrrr" + ("r" if overlap else ""), notes, wide=True)
+        rows, "llrrrrrrrrr" + ("r" if overlap else ""), notes, wide=True)
     return AblationTable(table, values)

@@ -314,11 +314,17 @@ def _figures(out: Path, main: pd.DataFrame, conf: pd.DataFrame | None, tp: pd.Da
         done.append(routing_report.FIGURE_STEM)
     # -- the component ladder's figure (bench.report.figures_ablation) --
     ladder = ablation_report.ablation_table(main) if not main.empty else None
-    matched_rows = None if ladder is None else ladder.values[
-        ladder.values["quantity"] == "affnist_matched"]
-    if matched_rows is not None and np.isfinite(matched_rows["estimate"].to_numpy(float)).any():
-        figures_ablation.ladder(ladder.values, out / ablation_report.FIGURE_STEM)
-        done.append(ablation_report.FIGURE_STEM)
+    if ladder is not None:
+        # the matched read-out when most comparisons have a c*, else the same-n one
+        finite = {q: int(np.isfinite(ladder.values.loc[ladder.values["quantity"] == q,
+                                                       "estimate"].to_numpy(float)).sum())
+                  for q in ("affnist_matched", "affnist_same_n")}
+        total = int((ladder.values["quantity"] == "affnist_matched").sum())
+        quantity = ("affnist_matched" if finite["affnist_matched"] * 2 >= total
+                    else "affnist_same_n")
+        if finite[quantity]:
+            figures_ablation.ladder(ladder.values, out / ablation_report.FIGURE_STEM, quantity)
+            done.append(ablation_report.FIGURE_STEM)
     if examples is not None:
         if any(k.startswith("images/") for k in examples):
             figures.example_grid(examples, out / "examples")

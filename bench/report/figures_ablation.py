@@ -16,21 +16,26 @@ from bench.report import figures
 __all__ = ["ladder"]
 
 
-def ladder(values: pd.DataFrame, stem: str | os.PathLike) -> pd.DataFrame:
+def ladder(values: pd.DataFrame, stem: str | os.PathLike,
+           quantity: str = "affnist_matched") -> pd.DataFrame:
     """Two panels, one row per ladder step (top to bottom in ladder order, labelled with the
     component it changes): affNIST-style
     accuracy at matched clean accuracy, step minus its neighbour (left) and step minus capsnet
     (right), mean with its 95% paired interval, in pp. ``values`` is
-    :func:`bench.report.ablation.ladder_values`'s frame. Writes ``<stem>.pdf`` and ``<stem>.png``.
+    :func:`bench.report.ablation.ladder_values`'s frame; ``quantity`` "affnist_same_n" draws the
+    differences at each model's largest n instead (not matched). Writes ``<stem>.pdf`` and
+    ``<stem>.png``.
 
     Returns:
         the points drawn: panel, model, estimate, low, high (pp), y (row, top = 0).
     """
-    v = values[values["quantity"] == "affnist_matched"]
+    v = values[values["quantity"] == quantity]
+    where = "" if quantity == "affnist_matched" else ", largest n, not matched"
     order = list(dict.fromkeys(values["model"]))
     component = dict(zip(values["model"], values["component"], strict=True))
     labels = [f"{m} ({component[m]})" if component[m] else m for m in order]
-    panels = (("neighbour", "step − neighbour (pp)"), ("capsnet", "step − capsnet (pp)"))
+    panels = (("neighbour", f"step − neighbour (pp{where})"),
+              ("capsnet", f"step − capsnet (pp{where})"))
     drawn = []
     with figures._style():
         fig = plt.figure(figsize=(figures.PAGE_IN, 0.7 + 0.26 * max(len(order), 1)),
