@@ -33,7 +33,10 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
     where = "" if quantity == "affnist_matched" else ", largest n, not matched"
     order = list(dict.fromkeys(values["model"]))
     component = dict(zip(values["model"], values["component"], strict=True))
-    labels = [f"{m} ({component[m]})" if component[m] else m for m in order]
+    failed = (set(values.loc[values["model_failed"].astype(bool), "model"])
+              if "model_failed" in values else set())
+    labels = [(f"{m} ({component[m]})" if component[m] else m)
+              + (" [failed to train]" if m in failed else "") for m in order]
     panels = (("neighbour", f"step − neighbour (pp{where})"),
               ("capsnet", f"step − capsnet (pp{where})"))
     drawn = []
@@ -48,7 +51,8 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
                 if r.empty or not np.isfinite(r["estimate"].iloc[0]):
                     continue
                 est, low, high = (100 * float(r[c].iloc[0]) for c in ("estimate", "low", "high"))
-                color = figures.model_color(m)
+                failed_pair = bool(r["failed"].iloc[0]) if "failed" in r else False
+                color = "0.65" if failed_pair else figures.model_color(m)
                 if np.isfinite(low) and np.isfinite(high):
                     ax.errorbar([est], [y], xerr=[[est - low], [high - est]], fmt="o",
                                 color=color, ecolor=color, elinewidth=1.2, capsize=2.5,
@@ -62,7 +66,8 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
             ax.set_yticks(range(len(order)), labels)
             ax.set_ylim(len(order) - 0.5, -0.5)
             ax.grid(axis="x", lw=0.3, alpha=0.5)
-        axes[0].set_title("the named component's effect", loc="left", fontsize=7)
+        axes[0].set_title("step − neighbour" + ("" if not where else " (not matched)")
+                          + "; grey: a failed step in the pair", loc="left", fontsize=7)
         axes[1].set_title("paired with the CapsNet", loc="left", fontsize=7)
         figures.save(fig, stem)
     return pd.DataFrame(drawn, columns=["panel", "model", "estimate", "low", "high", "y"])

@@ -122,8 +122,9 @@ def _adversarial_claim(ctx: _Context) -> Claim:
     eps = adversarial_report.stated_budget(ctx.manifest)
     claim = Claim(
         "C7", "adversarial robustness",
-        f"accuracy under white-box PGD (L∞, ε = {eps if eps is not None else '?'}) at matched "
-        f"clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
+        "accuracy under white-box PGD (L∞, "
+        + (f"ε = {eps:g}" if eps is not None else "the profile's stated budget")
+        + f") at matched clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
         "the CapsNet keeps more accuracy under a white-box L∞ attack than the max-pooling "
         "ConvNet at the same clean accuracy (Hinton, Sabour & Frosst 2018; disputed by "
         "Michels et al. 2019 and Gu, Wu & Tresp 2021); read with the gradient-masking checks",
