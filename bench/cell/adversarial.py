@@ -5,8 +5,10 @@ Convention
 - Images are the models' input: float ``(B, 1, C, C)`` in [0, 1] (:func:`bench.data.canvas.to_float`
   of the clean set's uint8 digits). A budget ``eps`` is the L-infinity radius in that range
   (0.1 = 25.5 grey levels); every attacked image stays in [0, 1].
-- Attacked loss: cross-entropy on the model's ``logits`` (what its classification loss reads: the
-  class-capsule lengths for the capsule models, unnormalised scores for the ConvNets). Our choice:
+- Attacked loss: softmax cross-entropy on the model's ``logits`` (for the capsule models the
+  class-capsule lengths in [0, 1] used as logits, which mostly shrinks the true capsule rather
+  than raising the strongest rival: a weaker objective than a margin on the ConvNets' unnormalised
+  scores, so the two families face objectives of different strength). Our choice:
   the margin loss (Sabour et al. 2017, Eq. 4) is zero, and so is its gradient, once the true class's
   length is above 0.9 and every other below 0.1, so a gradient attack on it stalls on confident
   digits; that is a masked gradient of the loss, not robustness. The reconstruction term is not in
@@ -22,9 +24,9 @@ Sets (names from :func:`adversarial_name`, kinds in :mod:`bench.data.testsets`, 
   steps of 2.5 eps / steps (Madry et al., ICLR 2018, Sec. 5 and Appendix A; the step rule is theirs
   for MNIST: 100 steps of 0.01 at 0.3).
 - ``pgd-votes-<eps>`` (models with dynamic routing): PGD on the same weights with one routing
-  iteration, so the class capsules are the squashed uniform sum of the votes, scored on the model
-  as trained: the idea of the vote attack of Gu, Wu & Tresp (ICLR 2021, Sec. 4: attack the votes,
-  bypassing routing), not their code.
+  iteration (r = 1: the class capsules squash the sum of the votes with c_ij = 1/10), scored on
+  the model as trained (r = 3): a surrogate attack in the spirit of the vote attack of Gu, Wu &
+  Tresp (ICLR 2021: attack the votes, bypassing routing), not their method or code.
 - ``square-<eps>``: Square Attack (Andriushchenko et al., ECCV 2020), gradient-free (queries to the
   scores only), at the stated budget on the first ``square_n`` digits.
 - ``transfer-<eps>``: the PGD images made on another model of the run, scored on this one (a

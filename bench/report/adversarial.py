@@ -203,17 +203,21 @@ def accuracy_table(main: pd.DataFrame, models: Sequence[str], stated: float | No
     if not rows:
         return None
     notes = [
-        "Accuracy (%) at each model's largest attacked n, mean over seeds. Attacks (Adversarial "
-        "Robustness Toolbox): white-box L∞ on the first clean test digits, cross-entropy on the "
-        "model's logits (capsule lengths for capsule models); votes: PGD with the routing "
-        "bypassed (one iteration), scored on the trained model; Square: gradient-free; "
-        "transfer: PGD images made on the next model of the profile's list.",
+        "Accuracy (%) at each model's largest attacked n, mean over seeds; clean: on the whole "
+        "clean set (the attacked digits are its first ones). Attacks (Adversarial Robustness "
+        "Toolbox): white-box L∞ on the first clean test digits, softmax cross-entropy on the "
+        "model's logits (for capsule models the capsule lengths used as logits, a weaker "
+        "objective than a margin on real logits); votes: PGD on the same weights with one "
+        "routing iteration (uniform coupling), scored on the model as trained; Square: "
+        "gradient-free, on fewer digits (the profile's square_n); transfer: PGD images made on "
+        "the next model of the profile's list. Every attack's accuracy is an upper bound on "
+        "robust accuracy.",
         "Overlap: two test digits of different classes, each shifted up to 4 px, pixel-wise "
         "max; top-2: both digits are the two highest class scores; digit recall: the share of "
         "digits among their image's top two. The models were trained on single digits "
         "(Sabour et al. 2017 trained on MultiMNIST).",
-        "masking: 'flagged' when a gradient-masking check failed (next table); its white-box "
-        "numbers are then an upper bound on robustness, not a measurement of it.",
+        "masking: 'flagged' when a gradient-masking check failed (next table): the attack "
+        "then failed for a reason other than robustness; 'passed': these checks found none.",
     ]
     return Table("adversarial", "Adversarial and overlapping-digit accuracy (%).", header, rows,
                  "lr" + "r" * (len(header) - 2), notes)
@@ -230,9 +234,13 @@ def checks_table(main: pd.DataFrame, models: Sequence[str], stated: float | None
             rows.append([m, name, {True: "passed", False: "FAILED", None: "—"}[passed], numbers])
     if not rows:
         return None
-    notes = [f"Each model's attacked cells at its largest attacked n, all seeds pooled; "
-             f"tolerance {100 * metrics.MASKING_TOLERANCE:g} points (our choice, about 2 "
-             "binomial standard errors on 500 images). After Carlini et al. 2019 (On Evaluating "
+    notes = [f"Each model's attacked cells at its largest attacked n only (not the sizes the "
+             f"scoreboard interpolates between), all seeds pooled, compared as aggregates; "
+             f"tolerance {100 * metrics.MASKING_TOLERANCE:g} points (our choice). Weak checks at "
+             "small scale: passing means only that these checks found no masking (a few "
+             "thousand Square queries, several PGD restarts and a same-architecture transfer "
+             "source would be stronger; the profile's settings are in its report header). "
+             "After Carlini et al. 2019 (On Evaluating "
              "Adversarial Robustness, Sec. 5) and Athalye, Carlini & Wagner 2018: an iterative "
              "attack weaker than one step, accuracy that does not fall to near 0 as the budget "
              "grows, or a black-box or gradient-free attack stronger than the white-box one "

@@ -126,8 +126,10 @@ def _adversarial_claim(ctx: _Context) -> Claim:
         + (f"ε = {eps:g}" if eps is not None else "the profile's stated budget")
         + f") at matched clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}",
         "the CapsNet keeps more accuracy under a white-box L∞ attack than the max-pooling "
-        "ConvNet at the same clean accuracy (Hinton, Sabour & Frosst 2018; disputed by "
-        "Michels et al. 2019 and Gu, Wu & Tresp 2021); read with the gradient-masking checks",
+        "ConvNet at the same clean accuracy (claimed for EM-routing capsules on smallNORB by "
+        "Hinton, Sabour & Frosst 2018, not for this dynamic-routing CapsNet; disputed by "
+        "Michels et al. 2019 and Gu, Wu & Tresp 2021); an attack's accuracy is an upper bound "
+        "on robust accuracy; read with the gradient-masking checks",
         0.0, "pp")
     if eps is None:
         claim.reason = f"{NOT_MEASURED} (the profile attacks no cell: data.attack.n = 0)"
@@ -143,8 +145,9 @@ def _overlap_claim(ctx: _Context) -> Claim:
         f"top-2 accuracy on overlapping digits (both among the two highest scores) at matched "
         f"clean accuracy c*, {REFERENCE} {MINUS} {MAXPOOL}; trained on single digits",
         "the CapsNet names both of two overlapping digits more often than the max-pooling "
-        "ConvNet at the same clean accuracy (Sabour et al. 2017, Sec. 6, where both were "
-        "trained on MultiMNIST)", 0.0, "pp")
+        "ConvNet at the same clean accuracy; models trained on single digits, so not the "
+        "experiment of Sabour et al. 2017, Sec. 6 (trained on MultiMNIST) and not comparable "
+        "with its numbers; chance for top-2 is 1 in 45", 0.0, "pp")
     if OVERLAP.name not in set(ctx.main["test_set"]):
         claim.reason = f"{NOT_MEASURED} (no {OVERLAP.display} set in this run)"
         return claim
@@ -220,8 +223,9 @@ def claim_sides(key: str) -> tuple[str, str]:
 
 
 SCOREBOARD_RULES = [
-    f"C1, C4 and C6 compare the {AFFNIST_STYLE.display} accuracy of two models at the same clean "
-    "accuracy c*, the highest clean accuracy both reach on every seed: each seed's accuracy is "
+    f"C1, C4 and C6 compare the {AFFNIST_STYLE.display} accuracy of two models (C7 their accuracy "
+    "under PGD, C8 their top-2 accuracy on overlapping digits) at the same clean accuracy c*, "
+    "the highest clean accuracy both reach on every seed: each seed's accuracy is "
     "read at c* along its curve of increasing n by linear interpolation between sizes (the "
     "interpolation's error is not in the interval).",
     "C2 takes the training-set size at which each seed's clean accuracy first reaches the "
@@ -275,7 +279,7 @@ CLAIM_SIDES = {
 
 SIGN_NOTE = (
     "Signs: each effect is signed so that a positive value (above 1 for the ratio C2) is the "
-    f"claim's direction: C1, C3, C4 and S1 are {REFERENCE} {MINUS} the other model, C2 is "
+    f"claim's direction: C1, C3, C4, C7, C8 and S1 are {REFERENCE} {MINUS} the other model, C2 is "
     f"{MAXPOOL} ÷ {REFERENCE}, C6 is {GU} {MINUS} {REFERENCE}. The tables below write model "
     f"{MINUS} {REFERENCE} (model ÷ {REFERENCE} for ratios), so C1 and C4 appear in the "
     "matched-accuracy table with the opposite sign. C5 (runs with routing heads) is routing "

@@ -18,7 +18,8 @@ CURVES = {
     "capsnet-no-routing": ((0.92, 0.98), (0.64, 0.76), 0.01),
     "convnet-k9": ((0.97, 0.99), (0.50, 0.52), 0.0),  # clean range above capsnet's: no c*
 }
-KEPT = {"capsnet": 0.30, "capsnet-no-routing": 0.40, "convnet-k9": 0.50}
+KEPT = {"capsnet": 0.30, "capsnet-no-routing": 0.40, "convnet-k9": 0.50}  # on scramble-g2
+KEPT_DISPLACED = {"capsnet": 0.50, "capsnet-no-routing": 0.70, "convnet-k9": 0.60}
 
 
 def frame() -> pd.DataFrame:
@@ -33,6 +34,9 @@ def frame() -> pd.DataFrame:
             rows.append(dict(setup="affnist", model=m, n=3000, seed=s, factor_value=np.nan,
                              test_set="scramble-g2", metric="kept_given_intact_correct",
                              value=KEPT[m] + 0.01 * s * (m == "capsnet-no-routing")))
+            rows.append(dict(setup="affnist", model=m, n=3000, seed=s, factor_value=np.nan,
+                             test_set="displaced", metric="kept_given_intact_correct",
+                             value=KEPT_DISPLACED[m]))
     return pd.DataFrame(rows)
 
 
@@ -55,11 +59,25 @@ def test_table_rows_in_ladder_order_with_neighbour_and_capsnet_columns():
     assert [r[0] for r in t.table.rows] == ["capsnet", "capsnet-no-routing", "convnet-k9"]
     r = t.table.rows[1]
     assert r[1] == "no routing (uniform coupling) (vs capsnet)"
-    assert r[3] == "96.00" and r[4].startswith("+3.00 [")  # mean of 2, 3, 4 pp
-    assert r[6] == r[4]  # its neighbour is capsnet
-    assert r[7].startswith("+11.00 [")  # kept: 0.40 + 0.01 s - 0.30
-    assert t.table.rows[2][6] == "ranges do not overlap"
-    assert t.table.rows[0][4] == "—"  # the top has no neighbour
+    assert r[2] == "uniform / per position / yes / margin / yes / —"  # the step's state
+    assert r[4] == "96.00" and r[5].startswith("+3.00 [")  # mean of 2, 3, 4 pp
+    assert r[7] == r[5]  # its neighbour is capsnet
+    # at n = 3,000, not matched: 0.76 + 0.01 s - 0.70 -> 6, 7, 8 pp
+    assert r[8].startswith("+7.00 [") and r[9] == r[8]
+    # arrangement specificity (displaced - scramble-g2): (0.70 - 0.40 - 0.01 s) - (0.50 - 0.30)
+    assert r[10].startswith("+9.00 [")
+    assert t.table.rows[2][7] == "ranges do not overlap"
+    assert t.table.rows[0][5] == "—"  # the top has no neighbour
+
+
+def test_a_step_far_below_capsnet_is_marked_failed():
+    d = frame()
+    low = (d["model"] == "convnet-k9") & (d["test_set"] == "clean") & (d["n"] == 3000)
+    d.loc[low, "value"] = 0.85  # capsnet 0.96: more than 10 points below
+    t = ablation_table(d)
+    assert [r[0] for r in t.table.rows][2] == "convnet-k9 (failed to train)"
+    values = ladder_values(d)
+    assert set(values.loc[values["model_failed"], "model"]) == {"convnet-k9"}
 
 
 def test_no_section_without_a_ladder_step_beyond_the_bases():
