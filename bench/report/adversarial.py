@@ -44,11 +44,17 @@ EXAMPLES_CAPTION = ("Top: overlapping digits (the two digits' classes in the cor
 TRANSFER_FILE, EXAMPLES_FILE = adversarial.TRANSFER_FILE, adversarial.EXAMPLES_FILE
 
 
+def attack_settings(manifest: dict | None) -> dict:
+    """The run's ``data.attack`` settings as ``manifest.json`` recorded them ({} for a run made
+    before the adversarial sets)."""
+    config = ((manifest or {}).get("profile") or {}).get("config") or {}
+    return (config.get("data") or {}).get("attack") or {}
+
+
 def stated_budget(manifest: dict | None) -> float | None:
     """The budget C7 reads (the profile's ``data.attack.stated_budget``), or None when the run
     attacked no cell (``data.attack.n = 0``, or a run made before the adversarial sets)."""
-    config = ((manifest or {}).get("profile") or {}).get("config") or {}
-    attack = (config.get("data") or {}).get("attack") or {}
+    attack = attack_settings(manifest)
     if not attack.get("n"):
         return None
     return float(attack["stated_budget"])

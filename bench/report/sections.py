@@ -28,6 +28,7 @@ from bench.data.testsets import (
 )
 from bench.errors import BenchError
 from bench.flops import param_counts
+from bench.report import adversarial as adversarial_report
 from bench.report import figures, readout
 from bench.report.read import MAIN_SETUP, MNIST_SETUP, REFERENCE, _flag
 from bench.report.readout import BOUNDED, CLIPPED, MINUS, PART_SCORE, Needed
@@ -656,8 +657,7 @@ def _test_set_sizes(manifest: dict | None, main: pd.DataFrame) -> list[str]:
         name = display_name(t)
         shown = name if name == t else f"{name} (`{t}`)"
         lines.append(f"- {shown}: {count:,} images{detail}")
-    attack = ((((manifest or {}).get("profile") or {}).get("config") or {}).get("data")
-              or {}).get("attack") or {}
+    attack = adversarial_report.attack_settings(manifest)
     if attack.get("n"):
         sizes = attack.get("sizes") or []
         where = ("every n" if not sizes else "n = " + ", ".join(f"{int(n):,}" for n in sizes))
