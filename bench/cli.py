@@ -143,6 +143,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from bench.cell.plan import RESULTS_DIR
+    from bench.config import load_profile
+    from bench.runner.cell import DataSource
+    from bench.runtime import resolve_device
+    from bench.tools.tune import lr_table, run_tune, tuning_settings
+
+    profile = load_profile(args.profile, args.overrides)
+    t = tuning_settings(profile)
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{profile.name}-tune-{device.type}"
+    print(f"tune {profile.name}: {len(t.models)} models x {len(t.lrs)} rates "
+          f"({', '.join(f'{lr:g}' for lr in t.lrs)}) x {len(t.seeds)} seeds at n = {t.n}, "
+          f"{t.steps} steps each, scored on validation images -> {out}")
+    table, chosen = run_tune(profile, out, str(device), DataSource(args.data_dir, args.download))
+    wide = table.pivot_table(index="model", columns="lr", values="final_val_accuracy",
+                             aggfunc="mean", sort=False)
+    print((100 * wide).round(2).to_string())
+    print(f"\nchosen (written to {out / 'tuning.toml'}):\n{lr_table(chosen, t.models)}", end="")
+    return 0
+
+
 def _throughput(args: argparse.Namespace) -> int:
     import json
     import math
@@ -196,9 +218,12 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"run {profile.name} on {device} -> {run_dir}" + (" (dry run)" if args.dry_run else ""))
     source = DataSource(args.data_dir, args.download)
+    from bench.config import profile_path
+
     outcomes = run(profile, stages, run_dir, device, config, source,
                    force_throughput=args.stage == "throughput", dry_run=args.dry_run,
-                   max_hours=args.max_hours)
+                   max_hours=args.max_hours, profile_file=profile_path(args.profile),
+                   overrides=args.overrides)
     if args.dry_run:
         print("dry run: nothing was run or written")
         return 0
@@ -374,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="training-set size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default results/<profile>-<device>)")
+
+    p = _command(sub, "tune", _tune,
+                 "choose each model's learning rate from the profile's [tune] rates on validation "
+                 "images")
+    _common(p)
+    p.add_argument("--out", default=None,
+                   help="folder for the search's cells and tuning.csv (default "
+                        "results/<profile>-tune-<device>)")
 
     p = _command(sub, "models", _models,
                  "list the models (parameters, FLOPs, the paper's counts), or check one with --check")

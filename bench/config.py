@@ -9,6 +9,7 @@ the defaults below, with a comment saying where each comes from.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -155,6 +156,14 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory format for the convolutions (CPU and CUDA)
     fused_optimizer: bool = True  # torch's fused Adam kernel (CPU and CUDA): same update, fewer passes
     compile: bool = False  # torch.compile the training step
+    # A learning rate per model, replacing ``lr`` for the models it names (``[train.lr_by_model]``,
+    # e.g. what ``python -m bench tune`` chose on validation images). A cell's spec carries only its
+    # own model's rate (bench.cell.plan.spec_for), so naming one model retrains no other.
+    lr_by_model: dict[str, float] = field(default_factory=dict)
+
+    def lr_for(self, model: str) -> float:
+        """The learning rate the cells of ``model`` train with."""
+        return self.lr_by_model.get(model, self.lr)
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,31 @@ class BudgetCheckConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """The learning-rate search of ``python -m bench tune`` (``[tune]``): every model of ``models``
+    trained once per rate of ``lrs`` on ``seeds`` at ``n``, for ``steps`` steps, scored by its
+    final accuracy on the cell's validation images (held out of the training pool, never the test
+    set). The same search for every model: an equal tuning budget."""
+
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # our choice: a factor of about 3 around Adam's 1e-3
+    steps: int = 0  # 0: the profile's train.steps
+    n: int = 0  # 0: the profile's largest training-set size
+    seeds: tuple[int, ...] = (100,)  # our choice: a seed outside the profiles' main seeds
+    models: tuple[str, ...] = ()  # empty: every model of the profile
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """A pre-registered analysis (``[analysis]``; its plan is the profile's ``plan``): the primary
+    claim, tested alone at 5 %, and the secondary claims, Holm-adjusted among themselves and tested
+    only when the primary rejects no effect (a gatekeeping order, so the family-wise error over
+    both stays at 5 %). Every other row of the scoreboard is exploratory."""
+
+    primary: str = ""  # a scoreboard key, e.g. "C1"
+    secondary: tuple[str, ...] = ()  # e.g. ("C3", "C4", "C6", "C8"); a row not measured counts p = 1
+
+
+@dataclass(frozen=True)
 class Profile:
     """A sweep: models x training-set sizes x seeds, and how to build, train and measure them."""
 
@@ -223,13 +257,31 @@ class Profile:
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     mnist_table: MnistTableConfig | None = None
     budget_check: BudgetCheckConfig | None = None  # None: no budget-stability check
+    tune: TuneConfig | None = None  # None: no [tune] table (python -m bench tune uses the defaults)
+    # A pre-registered analysis plan (a path under the checkout, e.g. "docs/plans/confirm.md"):
+    # the run records its last commit in the manifest and the report quotes it. "": none.
+    plan: str = ""
+    analysis: AnalysisConfig | None = None  # None: Holm over the measured claims (no plan)
+
+    def untuned(self) -> list[str]:
+        """The models of ``[tune]`` without a rate in ``train.lr_by_model``: a profile that names
+        a plan must have none before it runs (bench.runner.stages); empty without ``[tune]``."""
+        if self.tune is None:
+            return []
+        return [m for m in (self.tune.models or self.models) if m not in self.train.lr_by_model]
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain values; ``budget_check`` is left out when None, so a profile
-        without the table records the same dict as before the table existed."""
+        """The settings as plain values; ``budget_check``, ``tune``, ``plan`` and an empty
+        ``train.lr_by_model`` are left out when unset, so a profile without them records the same
+        dict as before they existed."""
         out = dataclasses.asdict(self)
-        if out["budget_check"] is None:
-            del out["budget_check"]
+        for key in ("budget_check", "tune", "analysis"):
+            if out[key] is None:
+                del out[key]
+        if not out["train"]["lr_by_model"]:
+            del out["train"]["lr_by_model"]
+        if not out["plan"]:
+            del out["plan"]
         return out
 
 
@@ -253,6 +305,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise BenchError(f"{where}: '{key}' must be a table, got {value!r}")
         return from_dict(tp, value, where, prefix=f"{key}.")
+    if origin is dict:
+        _key_type, elem = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise BenchError(f"{where}: '{key}' must be a table of {_type_name(elem)}, got {value!r}")
+        return {str(k): _coerce(v, elem, f"{key}.{k}", where) for k, v in value.items()}
     if origin is tuple:
         (elem, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -322,6 +379,30 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("sizes", f"max {max(obj.sizes)} exceeds 60000 - train.val_size = {pool}")
         if obj.budget_check is not None:
             _validate_budget_check(obj, bad)
+        extra = [m for m in obj.train.lr_by_model if m not in obj.models]
+        if extra:
+            raise bad("train.lr_by_model", f"names models not in the profile's models "
+                                           f"{list(obj.models)}: {extra}")
+        if obj.analysis is not None and not obj.plan:
+            raise bad("analysis", "needs the profile's plan (the file that pre-registers it)")
+        if obj.tune is not None:
+            extra = [m for m in obj.tune.models if m not in obj.models]
+            if extra:
+                raise bad("tune.models", f"must be among the profile's models {list(obj.models)}, "
+                                         f"got {extra}")
+    elif isinstance(obj, AnalysisConfig):
+        keys = (obj.primary, *obj.secondary)
+        if not re.fullmatch(r"C\d+", obj.primary) or not all(re.fullmatch(r"C\d+", k) for k in keys):
+            raise bad("primary", f"and secondary must be scoreboard keys like 'C1', got {list(keys)}")
+        if len(set(keys)) != len(keys):
+            raise bad("secondary", f"must not repeat a claim or the primary, got {list(keys)}")
+    elif isinstance(obj, TuneConfig):
+        if len(obj.lrs) < 2 or any(lr <= 0 for lr in obj.lrs) or len(set(obj.lrs)) != len(obj.lrs):
+            raise bad("lrs", f"must list at least 2 distinct positive rates, got {list(obj.lrs)}")
+        if obj.steps < 0 or obj.n < 0:
+            raise bad("steps", f"and n must be >= 0 (0: the profile's), got {obj.steps}, {obj.n}")
+        if not obj.seeds:
+            raise bad("seeds", "must list at least one seed")
     elif isinstance(obj, BudgetCheckConfig):
         if not obj.factor > 1:
             raise bad("factor", f"must be > 1 (a longer budget), got {obj.factor}")
@@ -371,6 +452,9 @@ def _validate(obj: Any, where: str, prefix: str) -> None:
             raise bad("batch_size", "lr, min_steps and eval_every must be positive")
         if obj.steps < 0:
             raise bad("steps", f"must be >= 0 (0: the epochs rule), got {obj.steps}")
+        bad_lrs = {m: lr for m, lr in obj.lr_by_model.items() if not lr > 0}
+        if bad_lrs:
+            raise bad("lr_by_model", f"rates must be positive, got {bad_lrs}")
         if not 0 < obj.converged_alpha < 1:
             raise bad("converged_alpha", f"must be in (0, 1), got {obj.converged_alpha}")
         if obj.lr_schedule not in ("exponential", "cosine"):

@@ -122,6 +122,45 @@ def git_commit(root: Path | None = None) -> str:
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
+def _git(args: list[str], root: Path) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def plan_record(plan: str, profile_file: Path | None, root: Path | None = None) -> dict[str, object]:
+    """Where a run's pre-registered analysis plan stands in git, for the manifest: the last commit
+    that changed ``plan`` (a path under the checkout) and its date, whether the plan file or the
+    profile file differs from that commit now (``git diff``: committed or not), and the file's
+    SHA-256. A missing plan file is a one-line :class:`BenchError`; no git: ``commit`` "unknown"."""
+    root = root or _CHECKOUT
+    path = root / plan
+    if not path.is_file():
+        raise BenchError(f"analysis plan {path}: no such file (the profile's 'plan' names it)")
+    import hashlib
+
+    out: dict[str, object] = {"path": plan,
+                              "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    log = _git(["log", "-1", "--format=%H %cI", "--", plan], root)
+    fields = log.stdout.split() if log is not None and log.returncode == 0 else []
+    if len(fields) != 2:
+        return out | {"commit": "unknown"}
+    commit, date = fields
+    out |= {"commit": commit, "date": date}
+    for key, target in (("plan_changed_since", plan), ("profile_changed_since", profile_file)):
+        if target is None:
+            continue
+        where = Path(target) if Path(target).is_absolute() else root / target
+        try:
+            rel = str(where.resolve().relative_to(root.resolve()))
+        except ValueError:  # a profile outside the checkout: git cannot say
+            continue
+        diff = _git(["diff", "--quiet", commit, "--", rel], root)
+        out[key] = None if diff is None else diff.returncode != 0
+    return out
+
+
 def environment(device: torch.device | str) -> dict[str, str]:
     """Columns that say where a number came from (benchopt-style environment columns)."""
     return {

@@ -10,7 +10,7 @@ def test_bare_command_lists_every_command_and_an_example(capsys):
     out = capsys.readouterr().out
     commands = build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"run", "profiles", "data", "train", "models", "throughput", "report",
-                             "check", "gpu-check"}
+                             "check", "gpu-check", "tune"}
     for name, sub in commands.items():
         assert name in out
         assert sub.description  # every command has a one-line description

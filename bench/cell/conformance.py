@@ -230,7 +230,8 @@ class _Checker:
         x, y = self.x(self.canvas, cfg.channels_last), self.y
         model.train()
         before = _loss_at(model, x, y)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=cfg.fused_optimizer or None)
+        lr = cfg.lr_for(self.name)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=cfg.fused_optimizer or None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEEDS[0])
             for _ in range(self.steps):
@@ -238,7 +239,7 @@ class _Checker:
         after = _loss_at(model, x, y)
         self.trained = model
         if not math.isfinite(after) or not after < (1 - MIN_DROP) * before:
-            raise _Fail(f"{self.steps} Adam steps (lr {cfg.lr:g}) on one batch of {BATCH} took the "
+            raise _Fail(f"{self.steps} Adam steps (lr {lr:g}) on one batch of {BATCH} took the "
                         f"loss from {before:.4g} to {after:.4g}, not below {1 - MIN_DROP:g} x "
                         "the start")
         return f"{self.steps} steps on one batch: loss {before:.4g} -> {after:.4g}"

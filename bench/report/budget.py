@@ -3,9 +3,10 @@ longer training budget?
 
 The run trains some of its main (``affnist``) cells again for ``factor`` x the steps, in the
 setup :data:`bench.cell.plan.BUDGET_SETUP`, paired with the main cells (same training subset,
-initialisation and batch order). For every claim that is a difference of affNIST-style accuracy
-between two models (:attr:`bench.report.claims.Claim.pair`: C1, C4, C6 and their external
-repeats) this module reads that difference again at each n of the check, paired over seeds
+initialisation and batch order). For every claim that is a difference of accuracy between two
+models on the affNIST-style set or on overlapping digits (:attr:`bench.report.claims.Claim.pair`
+and ``pair_set``: C1, C4, C6, C8 and their external repeats) this module reads that difference
+again at each n of the check, paired over seeds
 (:func:`bench.stats.paired_difference`):
 
 - main budget, every seed of the run at that n (``main_all``);
@@ -27,7 +28,7 @@ import pandas as pd
 
 from bench import stats
 from bench.cell.plan import BUDGET_SETUP, budget_steps
-from bench.data.testsets import AFFNIST_STYLE
+from bench.data.testsets import AFFNIST_STYLE, display_name
 from bench.report import readout
 from bench.report.read import MAIN_SETUP
 from bench.report.readout import MINUS
@@ -65,7 +66,7 @@ BUDGET_RULE = (
 
 @dataclass(frozen=True)
 class BudgetCheck:
-    """One claim's difference ``a`` minus ``b`` of affNIST-style accuracy at one n, at both
+    """One claim's difference ``a`` minus ``b`` of accuracy on ``test_set`` at one n, at both
     budgets."""
 
     claim: str  # the claim's key, "C1"
@@ -75,6 +76,7 @@ class BudgetCheck:
     main_all: Interval  # main budget, every seed of the run with both models at n
     main_seeds: Interval  # main budget, the check's seeds
     longer: Interval  # longer budget, the check's seeds
+    test_set: str = AFFNIST_STYLE.name
 
     @property
     def verdict(self) -> str:
@@ -99,29 +101,30 @@ def has_check(metrics: pd.DataFrame) -> bool:
     return bool((metrics["setup"] == BUDGET_SETUP).any())
 
 
-def _accuracy(d: pd.DataFrame, model: str, n: int) -> dict[int, float]:
-    return readout.by_seed(readout.rows(d, model, AFFNIST_STYLE.name, "accuracy", n=n))
+def _accuracy(d: pd.DataFrame, model: str, n: int, test_set: str) -> dict[int, float]:
+    return readout.by_seed(readout.rows(d, model, test_set, "accuracy", n=n))
 
 
-def budget_checks(metrics: pd.DataFrame, key: str, a: str, b: str) -> list[BudgetCheck]:
-    """``a`` minus ``b`` of affNIST-style accuracy at each n where the check has both models,
-    at both budgets (:class:`BudgetCheck`); empty without check rows of both. ``metrics``: the
-    rows of ``metrics.csv`` of every setup."""
+def budget_checks(metrics: pd.DataFrame, key: str, a: str, b: str,
+                  test_set: str = AFFNIST_STYLE.name) -> list[BudgetCheck]:
+    """``a`` minus ``b`` of accuracy on ``test_set`` (affNIST-style by default) at each n where
+    the check has both models, at both budgets (:class:`BudgetCheck`); empty without check rows
+    of both. ``metrics``: the rows of ``metrics.csv`` of every setup."""
     main = metrics[metrics["setup"] == MAIN_SETUP]
     check = metrics[metrics["setup"] == BUDGET_SETUP]
     out = []
-    for n in sorted(set(readout.rows(check, a, AFFNIST_STYLE.name, "accuracy")["n"])
-                    & set(readout.rows(check, b, AFFNIST_STYLE.name, "accuracy")["n"])):
+    for n in sorted(set(readout.rows(check, a, test_set, "accuracy")["n"])
+                    & set(readout.rows(check, b, test_set, "accuracy")["n"])):
         n = int(n)
-        la, lb = _accuracy(check, a, n), _accuracy(check, b, n)
+        la, lb = _accuracy(check, a, n, test_set), _accuracy(check, b, n, test_set)
         seeds = sorted(set(la) & set(lb))
-        ma, mb = _accuracy(main, a, n), _accuracy(main, b, n)
+        ma, mb = _accuracy(main, a, n, test_set), _accuracy(main, b, n, test_set)
         out.append(BudgetCheck(
             key, a, b, n,
             main_all=stats.paired_difference(ma, mb),
             main_seeds=stats.paired_difference({s: ma[s] for s in seeds if s in ma},
                                                {s: mb[s] for s in seeds if s in mb}),
-            longer=stats.paired_difference(la, lb)))
+            longer=stats.paired_difference(la, lb), test_set=test_set))
     return out
 
 
@@ -145,7 +148,7 @@ def check_claims(metrics: pd.DataFrame, rows: Sequence[Any]) -> list[BudgetCheck
         if claim.pair is None:
             claim.budget_stable = NOT_CHECKED
             continue
-        checks = budget_checks(metrics, claim.key, *claim.pair)
+        checks = budget_checks(metrics, claim.key, *claim.pair, claim.pair_set)
         claim.budget_stable = claim_verdict(checks)
         out += checks
     return out
@@ -173,12 +176,13 @@ def budget_table(checks: Sequence[BudgetCheck], manifest: dict | None = None) ->
 
     header = ["Claim", "Difference", "n", f"{main}, all seeds [95% interval]",
               f"{main}, check seeds", f"{longer}, check seeds", "Budget"]
-    body = [[c.claim, f"{c.a} {MINUS} {c.b}", readout.integer(c.n),
+    body = [[c.claim, f"{c.a} {MINUS} {c.b}, {display_name(c.test_set)}", readout.integer(c.n),
              f"{pp(c.main_all)} ({c.main_all.n})", f"{pp(c.main_seeds)} ({c.main_seeds.n})",
              f"{pp(c.longer)} ({c.longer.n})", c.verdict] for c in checks]
     notes = [
-        f"Each cell: the mean paired difference of {AFFNIST_STYLE.display} accuracy between the "
-        "two models at the same n (not at matched clean accuracy), its 95 % interval over seeds "
+        "Each cell: the mean paired difference of accuracy on the named test set (overlapping "
+        "digits: both digits among the top two) between the two models at the same n (not at "
+        "matched clean accuracy), its 95 % interval over seeds "
         "(Student t on the per-seed differences) and the number of paired seeds in brackets. "
         "The longer budget's cells repeat the main cells of their seeds (same training subset, "
         "initialisation and batch order) with the steps multiplied; the learning-rate schedule "
@@ -189,6 +193,6 @@ def budget_table(checks: Sequence[BudgetCheck], manifest: dict | None = None) ->
         "sampling (the intervals are over seeds only); with few seeds the longer budget's "
         "interval is wide, and a wide interval overlaps easily.",
     ]
-    return Table("budget", "The scoreboard's differences of affNIST-style accuracy at the "
+    return Table("budget", "The scoreboard's differences of accuracy at the same n at the "
                  "main budget and at the longer budget of the budget-stability check.",
                  header, body, "llrrrrl", notes)

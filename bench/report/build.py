@@ -67,6 +67,7 @@ from bench.report.scoreboard import (
     claims_frame,
 )
 from bench.report.sections import (
+    DEVIATIONS_FILE,
     _calibration_table,
     _convergence,
     _data_efficiency_table,
@@ -80,6 +81,7 @@ from bench.report.sections import (
     _sweeps_table,
     _test_set_sizes,
     _throughput_tables,
+    plan_section,
 )
 from bench.report.table import Table
 from bench.report.text import FIGURE_CAPTIONS, HOW_TO_READ, NOTE_MEAN, TABLE_NAMES
@@ -89,8 +91,10 @@ __all__ = ["build_report"]
 
 def _targets(manifest: dict | None, notes: list[str]) -> list[float]:
     prof = (manifest or {}).get("profile") or {}
-    targets = prof.get("targets") or (prof.get("config") or {}).get("targets")
-    if targets:
+    targets = prof.get("targets")
+    if targets is None:
+        targets = (prof.get("config") or {}).get("targets")
+    if isinstance(targets, list):  # an empty list: the profile names no target (no C2)
         return [float(t) for t in targets]
     targets = list(Profile().targets)
     notes.append(f"No profile targets in `manifest.json`: the data-efficiency table and claim "
@@ -224,7 +228,10 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
                                             if s not in written_figures for ext in ("pdf", "png")])
     write_text(tables_dir / f"{scoreboard.name}.tex", scoreboard.latex())
     rows_end = scoreboard.markdown().split("\n\n", 1)
-    md = ["# capsbench report", "", "## Claims scoreboard", "", scoreboard.title, "",
+    deviations = run_dir / DEVIATIONS_FILE
+    md = ["# capsbench report", "",
+          *plan_section(manifest, deviations.read_text() if deviations.is_file() else None),
+          "## Claims scoreboard", "", scoreboard.title, "",
           rows_end[0], "", f"### {CANNOT_SHOW_TITLE}", "", *cannot_show(manifest, board), "",
           "### Notes to the scoreboard", "", rows_end[1] if len(rows_end) > 1 else "", ""]
     if "claims" in written_figures:

@@ -14,6 +14,7 @@ matched read-out from the resampled digits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.cell.plan import BUDGET_TEST_SETS
 from bench.data.testsets import (
     AFFNIST_STYLE,
     CLEAN,
@@ -39,6 +41,9 @@ from bench.stats import Interval
 
 # --------------------------------------------------------------------------------------------
 # The context every table and claim reads
+
+# The read-outs the budget-stability check repeats: every set of its cells but the clean one.
+BUDGET_CHECKED_SETS = tuple(t for t in BUDGET_TEST_SETS if t != CLEAN.name)
 
 
 REPLICATES = 1000  # test-digit resamples (our choice: a bootstrap SE to about 2 %)
@@ -177,15 +182,29 @@ class Claim:
     seed_interval: Interval | None = None  # over seeds for the fixed test digits
     secondary: bool = False  # a read-out beside the claims: outside the Holm family
     p_adjusted: float = float("nan")  # Holm over the scoreboard's claims (set by its builder)
-    # The models (a, b) of a difference a - b of affNIST-style accuracy, the read-out the
-    # budget-stability check repeats (bench.report.budget); None: a read-out it does not repeat.
+    # The models (a, b) of a difference a - b of accuracy on the test set ``pair_set``
+    # (affNIST-style or overlapping digits), the read-out the budget-stability check repeats
+    # (bench.report.budget); None: a read-out it does not repeat.
     pair: tuple[str, str] | None = None
+    pair_set: str = AFFNIST_STYLE.name
     # bench.report.budget.claim_verdict: "budget-stable", "budget-dependent" or NOT_CHECKED
     budget_stable: str = NOT_CHECKED
+    # The run has the per-image store but the digit resampling left the read-out undefined too
+    # often (_digit_var): the interval is the seeds-only one, and the verdict inconclusive.
+    digits_undefined: bool = False
+    # A pre-registered analysis ([analysis], bench.report.scoreboard._holm): "primary",
+    # "secondary", "exploratory", or "" without one; gate_closed: a secondary claim not tested
+    # because the primary did not reject no effect.
+    role: str = ""
+    gate_closed: bool = False
 
     @property
     def verdict(self) -> str:
-        return NOT_MEASURED if self.interval is None else stats.verdict(self.interval, self.null)
+        if self.interval is None:
+            return NOT_MEASURED
+        if self.digits_undefined:
+            return "inconclusive"
+        return stats.verdict(self.interval, self.null)
 
     @property
     def holm_verdict(self) -> str:
@@ -193,6 +212,12 @@ class Claim:
             return NOT_MEASURED
         if self.secondary:
             return "— (secondary)"
+        if self.role == "exploratory":
+            return "— (exploratory)"
+        if self.gate_closed:
+            return "not tested (the primary claim did not reject no effect)"
+        if self.digits_undefined:
+            return "inconclusive"
         return stats.adjusted_verdict(self.interval, self.p_adjusted, self.null)
 
     @property
@@ -210,7 +235,10 @@ class Claim:
         return readout.iv(interval, 1, 3, signed=True)
 
     def estimate_text(self) -> str:
-        return self._text(self.interval)
+        text = self._text(self.interval)
+        if self.interval is not None and self.digits_undefined:
+            text += " (seeds only: the digit resampling left the read-out undefined)"
+        return text
 
     def seed_text(self) -> str:
         """The seed-only interval, or an em dash when it is the one shown already."""
@@ -224,8 +252,6 @@ class Claim:
 
 def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> Claim:
     """``a`` minus ``b`` on ``other`` at the highest clean accuracy both reach on every seed."""
-    if other == AFFNIST_STYLE.name:
-        claim.pair = (a, b)
     if (why := ctx.absent(a, b)) is not None:
         claim.reason = why
         return claim
@@ -241,9 +267,12 @@ def _matched_claim(ctx: _Context, claim: Claim, a: str, b: str, other: str) -> C
         claim.reason = (f"{NOT_MEASURED} (the clean accuracies of {a} and {b} do not overlap on "
                         "every seed)")
         return claim
+    if other in BUDGET_CHECKED_SETS:  # measured: the budget check repeats it
+        claim.pair, claim.pair_set = (a, b), other
     claim.seed_interval = stats.paired_difference(readout.matched(ca, c), readout.matched(cb, c))
-    claim.interval = _widened(claim.seed_interval,
-                              _matched_digit_var(ctx, a, b, other, common))
+    digit_var = _matched_digit_var(ctx, a, b, other, common)
+    claim.interval = _widened(claim.seed_interval, digit_var)
+    claim.digits_undefined = digit_var is not None and math.isnan(digit_var)
     claim.effect = claim.effect.replace("c*", f"c* = {100 * c:.2f}%")
     sizes = set(readout.curve_sizes(ctx.main, a, other)) | set(readout.curve_sizes(ctx.main, b, other))
     claim.scale = ctx.scale([a, b], sizes, common, claim.interval.n, lead="along the n-curve")
@@ -275,6 +304,9 @@ def _data_claim(ctx: _Context, claim: Claim, num: str, den: str,
         claim.scale = ctx.scale([num, den], sizes, common, claim.interval.n,
                                 lead="along the n-curve")
         return claim
+    if not targets:
+        claim.reason = f"{NOT_MEASURED} (the profile names no clean-accuracy target)"
+        return claim
     listed = ", ".join(f"{100 * t:g}%" for t in targets)
     claim.reason = (f"{NOT_MEASURED} (no target of {listed} reached by both models on every "
                     "seed)")
@@ -285,16 +317,19 @@ def _widened(seed_iv: Interval, digit_var: float | None,
              bounds: tuple[float, float] = (-1.0, 1.0)) -> Interval:
     """The seeds-and-digits interval (clipped to ``bounds``: a difference of two fractions),
     or ``seed_iv`` itself without a digit variance."""
-    if digit_var is None:
+    if digit_var is None or math.isnan(digit_var):
         return seed_iv
     return stats.with_digit_variance(seed_iv, digit_var, bounds=bounds)
 
 
 def _digit_var(replicates: list[float], total: int) -> float | None:
-    """The variance of the replicates; None when fewer than 90 % of them could be read (our
-    choice: then the resampled read-out is too often undefined to trust its spread)."""
-    if total < 2 or len(replicates) < 0.9 * total:
+    """The variance of the replicates; NaN when fewer than 90 % of them could be read (our
+    choice: then the resampled read-out is too often undefined to trust its spread; the claim
+    says so, :attr:`Claim.digits_undefined`); None without resamples."""
+    if total < 2:
         return None
+    if len(replicates) < 0.9 * total:
+        return math.nan
     return float(np.var(replicates, ddof=1))
 
 
@@ -409,8 +444,9 @@ def _arrangement_claim(ctx: _Context, claim: Claim, a: str, b: str) -> Claim:
         return claim
     seed_iv, ts, n, seeds = got
     claim.seed_interval = seed_iv
-    claim.interval = _widened(seed_iv, _arrangement_digit_var(ctx, a, b, ts, n, seeds),
-                              bounds=(-2.0, 2.0))
+    digit_var = _arrangement_digit_var(ctx, a, b, ts, n, seeds)
+    claim.interval = _widened(seed_iv, digit_var, bounds=(-2.0, 2.0))
+    claim.digits_undefined = digit_var is not None and math.isnan(digit_var)
     claim.effect = claim.effect.replace("scrambled", ts)
     claim.scale = ctx.scale([a, b], [n], seeds, seed_iv.n, lead="at the largest n")
     return claim

@@ -87,6 +87,19 @@ PALETTE: dict[str, str] = {
     "baseline-cnn": "#D55E00",
     "convnet-maxpool": "#E69F00",
     "convnet-k9": "#009E73",
+    # Gu et al.'s ConvNet (shares baseline-cnn's colour: no packaged profile draws both) and the
+    # component ladder (bench/models/ladder.py), distinct among the ablation profile's 12 models:
+    # Okabe-Ito and Paul Tol's muted colours; CapsNet steps cool, fully connected steps green/olive.
+    "convnet-gu": "#D55E00",
+    "capsnet-no-routing": "#56B4E9",
+    "capsnet-shared-w": "#6699CC",
+    "capsnet-no-squash": "#CC79A7",
+    "capsnet-ce": "#882255",
+    "capsnet-ce-no-recon": "#AA4499",
+    "convnet-k9-squash": "#44BB99",
+    "convnet-k9-margin": "#117733",
+    "convnet-k9-recon": "#999933",
+    "convnet-k9-avgpool": "#DDCC77",
     # The heads of bench/models/heads.py (the routing profile), distinct among themselves:
     # Okabe-Ito (and Tol green), pooling warm, routing cool. They share colours with the models
     # above, which a packaged profile never draws in the same figure.

@@ -94,9 +94,14 @@ def claims(main: pd.DataFrame, targets: Sequence[float], *, manifest: dict | Non
         "the max-pooling ConvNet's, by the same label-free density score; a read-out of "
         "distortion detection, not of part arrangement", 0.0, "AUROC", secondary=True),
         REFERENCE, MAXPOOL))
-    _holm(rows)
+    config = ((manifest or {}).get("profile") or {}).get("config") or {}
+    analysis = config.get("analysis") if isinstance(config.get("analysis"), dict) else None
+    _holm(rows, analysis)
     external = external_claims(ctx, targets)
-    _holm(external)  # a family of its own: the suite's verdicts do not depend on what is added
+    _holm(external)
+    if analysis:  # the plan names the suite's rows only: every external row is exploratory
+        for c in external:
+            c.role = "exploratory"  # a family of its own: the suite's verdicts do not depend on what is added
     return rows + external
 
 
@@ -154,13 +159,43 @@ def _overlap_claim(ctx: _Context) -> Claim:
     return _matched_claim(ctx, claim, REFERENCE, MAXPOOL, OVERLAP.name)
 
 
-def _holm(rows: list[Claim]) -> None:
+def _holm(rows: list[Claim], analysis: dict | None = None) -> None:
     """Holm-adjusted p-values over the rows that are claims (not secondary, measured), from
-    each interval's t statistic (:func:`bench.stats.p_value`)."""
-    family = [c for c in rows if not c.secondary and c.interval is not None]
-    adjusted = stats.holm_adjusted([stats.p_value(c.interval, c.null) for c in family])
-    for c, p in zip(family, adjusted, strict=True):
-        c.p_adjusted = float(p)
+    each interval's t statistic (:func:`bench.stats.p_value`).
+
+    With a pre-registered ``analysis`` (the profile's ``[analysis]``, :class:`AnalysisConfig`
+    as the manifest recorded it): the primary claim alone at 5 % (its p-value unadjusted); the
+    secondary claims Holm-adjusted among themselves, a claim not measured (or whose digit
+    resampling is undefined) counted with p = 1 so that the family is the plan's and not the
+    data's; the secondary claims are tested only when the primary rejects no effect (a
+    gatekeeping order: the family-wise error over both stays at 5 %); every other row of the
+    suite's scoreboard is exploratory."""
+    if not analysis:
+        family = [c for c in rows if not c.secondary and c.interval is not None]
+        adjusted = stats.holm_adjusted([stats.p_value(c.interval, c.null) for c in family])
+        for c, p in zip(family, adjusted, strict=True):
+            c.p_adjusted = float(p)
+        return
+    by_key = {c.key: c for c in rows}
+    primary_key, secondary_keys = str(analysis.get("primary", "")), list(analysis.get("secondary", []))
+
+    def p_of(c: Claim | None) -> float:
+        if c is None or c.interval is None or c.digits_undefined:
+            return 1.0
+        return float(stats.p_value(c.interval, c.null))
+
+    for c in rows:
+        if c.key != primary_key and c.key not in secondary_keys and not c.secondary:
+            c.role = "exploratory"
+    primary = by_key.get(primary_key)
+    p_primary = p_of(primary)
+    if primary is not None:
+        primary.role, primary.p_adjusted = "primary", p_primary
+    gate_open = p_primary <= 0.05
+    adjusted = stats.holm_adjusted([p_of(by_key.get(k)) for k in secondary_keys])
+    for k, p in zip(secondary_keys, adjusted, strict=True):
+        if (c := by_key.get(k)) is not None:
+            c.role, c.p_adjusted, c.gate_closed = "secondary", float(p), not gate_open
 
 
 def external_models(manifest: dict | None, main: pd.DataFrame) -> list[tuple[str, str]]:
@@ -261,6 +296,10 @@ SCOREBOARD_RULES = [
     "in this run, at family-wise 5 %; S1 is outside the family. With 3 to 5 seeds the seed "
     "spread is itself estimated from a handful of values: a narrow interval can be luck.",
 ]
+# The claims each rule of SCOREBOARD_RULES explains: a note is printed when one of them is
+# measured in the run (an empty tuple: always).
+RULE_KEYS: list[tuple[str, ...]] = [("C1", "C4", "C6", "C7", "C8"), ("C2",), ("C3", "S1"),
+                                    ("C4",), ("C5",), (), ()]
 
 
 # What an effect below and above no effect means, per claim key (the forest plot writes them in
@@ -313,18 +352,69 @@ def cannot_show(manifest: dict | None, rows: list[Claim]) -> list[str]:
         f"matched at c* = {c_star} % clean" if c_star else "") if x)
     return [
         f"- {scale}; Sabour et al. matched at 99.23 / 99.22 %, with full-size models.",
-        "- Budget: the verdicts are pre-asymptotic; in a separate 3-seed run (the committed "
-        "decoder example: n = 3,000, another test-digit draw) the CapsNet at 2,400 steps scored "
-        "about 10 points more affNIST-style (3 more clean) than quick's CapsNet at 800; not a "
-        "like-for-like budget effect, and no run has measured the ConvNets' response.",
-        "- Design: the profile, sizes and targets were chosen after earlier runs of this suite, "
-        "not fixed before this one; no verdict here is confirmatory.",
+        budget_line(config),
+        design_line(manifest),
         "- Test set: affNIST-style, generated in-house after affNIST's recipe, not the official "
         "affNIST test set.",
-        f"- Controls: {MAXPOOL} is matched to the CapsNet's classifier parameters with a smaller "
-        f"trunk; {K9} is the CapsNet's trunk with a fully connected head (an ablation); "
-        f"Gu et al.'s ConvNet is {GU}.",
+        controls_line(config.get("models")),
     ]
+
+
+CONTROLS = {
+    MAXPOOL: f"{MAXPOOL} is matched to the CapsNet's classifier parameters with a smaller trunk",
+    K9: f"{K9} is the CapsNet's trunk with a fully connected head (an ablation)",
+    GU: f"{GU} is our reading of Gu et al.'s ConvNet (bench/models/convnet_gu.py)",
+}
+
+
+def controls_line(models: object) -> str:
+    """The "Controls" line of :func:`cannot_show`: what each ConvNet of the run stands for (every
+    one when the manifest does not list the models)."""
+    named = [m for m in CONTROLS if not isinstance(models, list) or m in models]
+    if not named:
+        return "- Controls: no ConvNet of the scoreboard's claims is in this run."
+    return "- Controls: " + "; ".join(CONTROLS[m] for m in named) + "."
+
+
+def budget_line(config: dict) -> str:
+    """The "Budget" line of :func:`cannot_show`: what the run's budget-stability check (if any)
+    does and does not settle."""
+    check = config.get("budget_check")
+    if isinstance(check, dict) and isinstance(check.get("factor"), (int, float)):
+        return (f"- Budget: the Budget column says whether each difference it repeats kept its "
+                f"sign and an overlapping interval at {check['factor']:g}× the steps on the "
+                "check's seeds (same n, not matched); a still longer budget may move it again, "
+                "and rows without a check (not checked) say nothing about the budget.")
+    return ("- Budget: the verdicts are pre-asymptotic; in a separate 3-seed run (the committed "
+            "decoder example: n = 3,000, another test-digit draw) the CapsNet at 2,400 steps "
+            "scored about 10 points more affNIST-style (3 more clean) than quick's CapsNet at "
+            "800; not a like-for-like budget effect, and no run has measured the ConvNets' "
+            "response.")
+
+
+def design_line(manifest: dict | None) -> str:
+    """The "Design" line of :func:`cannot_show`: pre-registered (the manifest's ``plan``) or not,
+    and qualified when the run departed from the plan's commit (the plan or the profile changed
+    after it, uncommitted changes, ``--set`` values)."""
+    plan = (manifest or {}).get("plan")
+    if not (isinstance(plan, dict) and plan.get("commit") not in (None, "unknown")):
+        return ("- Design: the profile, sizes and targets were chosen after earlier runs of this "
+                "suite, not fixed before this one; no verdict here is confirmatory.")
+    departures = [what for what, flag in (
+        ("the plan changed after its commit", plan.get("plan_changed_since")),
+        ("the profile changed after the plan's commit", plan.get("profile_changed_since")),
+        ("the run's code had uncommitted changes",
+         str((manifest or {}).get("git_commit", "")).endswith("+dirty")),
+        (f"values were overridden with --set ({', '.join(plan.get('overrides') or [])})",
+         bool(plan.get("overrides")))) if flag]
+    line = (f"- Design: the profile and its analysis plan (`{plan.get('path')}`, commit "
+            f"`{str(plan['commit'])[:12]}`) were committed before this run; the "
+            "Pre-registration section lists the deviations. Rows the plan does not name are "
+            "exploratory.")
+    if departures:
+        line += (" But " + "; ".join(departures) + ": the run is not the pre-registered one "
+                 "unless the deviations say why that cannot change a verdict.")
+    return line
 
 
 EXTERNAL_NOTE = (
@@ -347,8 +437,28 @@ def _claims_table(rows: list[Claim], control: str | None = None, budget: bool = 
     notes = ([control] if control else []) + [SIGN_NOTE]
     if any("/" in c.key for c in rows):
         notes.append(EXTERNAL_NOTE)
-    notes += [f"{c.key} supported means: {c.meaning}." for c in rows]
-    notes += SCOREBOARD_RULES + [f"Verdicts: {VERDICT_RULE}"]
+    # Only the measured rows' meanings and the rules that explain them (our choice: a note on a
+    # model or table the run lacks misleads more than it helps).
+    measured = [c for c in rows if c.interval is not None]
+    keys = {c.key.split("/")[0] for c in measured}
+    notes += [f"{c.key} supported means: {c.meaning}." for c in measured]
+    notes += [rule for rule, rule_keys in zip(SCOREBOARD_RULES, RULE_KEYS, strict=True)
+              if not rule_keys or keys & set(rule_keys)]
+    notes += [f"Verdicts: {VERDICT_RULE}"]
+    roles = {c.role: [d.key for d in rows if d.role == c.role] for c in rows if c.role}
+    if roles:
+        notes.append(
+            "Pre-registered analysis (the run's plan, its [analysis] table): the primary claim "
+            f"({', '.join(roles.get('primary', [])) or 'none'}) is tested alone at 5 % (its "
+            "Holm verdict is its own); the secondary claims "
+            f"({', '.join(roles.get('secondary', [])) or 'none'}) are Holm-adjusted among "
+            "themselves, a claim not measured counted with p = 1, and tested only when the "
+            "primary rejects no effect (a gatekeeping order: the family-wise error over both is "
+            "at most 5 %); the other rows are exploratory. This replaces the Holm family above.")
+    if any(c.digits_undefined for c in rows):
+        notes.append("Seeds only: where the per-image store's digit resampling left a read-out "
+                     "undefined in more than 10 % of the resamples (c* or a size missing), the "
+                     "interval shown is the seeds-only one and the verdict is inconclusive.")
     if budget:
         notes.append(f"Budget: {BUDGET_RULE} The numbers are in the table \"{BUDGET_TITLE}\".")
     return Table("claims", "The claims made for capsules, each measured as one effect with its "

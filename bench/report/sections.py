@@ -344,6 +344,9 @@ def _ratio_text(nd: Needed, ref: Needed) -> str:
     iv = stats.ratio_interval(num, den)
     if iv.n == 0:
         return f"not reached ({dropped} of {len(common)} seeds)"
+    if iv.n == 1:  # our choice: no ratio printed from a single seed
+        return (f"no ratio (one seed: {dropped} of {len(common)} dropped, not reached)"
+                if dropped else "no ratio (one seed)")
     used = [s for s in common if num[s] is not None and den[s] is not None]
     if all(s in nd.at_first and s in ref.at_first for s in used):
         return "no ratio (both reached it at the smallest n)"
@@ -357,7 +360,7 @@ def _ratio_text(nd: Needed, ref: Needed) -> str:
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
                            targets: Sequence[float]) -> Table | None:
     d = readout.rows(main, test_set=CLEAN.name, metric="accuracy")
-    if d.empty:
+    if d.empty or not targets:  # no target: no table (the profile names none)
         return None
     need = {m: [readout.needed(main, m, t) for t in targets] for m in models}
     ref = REFERENCE if REFERENCE in need else None
@@ -617,6 +620,36 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
         )
     lines += external_model_lines(manifest)
     return lines + convergence + [""]
+
+
+DEVIATIONS_FILE = "deviations.md"  # beside a run's results: what departed from its plan, by hand
+
+
+def plan_section(manifest: dict | None, deviations: str | None) -> list[str]:
+    """"## Pre-registration": the analysis plan the run recorded (:func:`bench.runtime.plan_record`)
+    and the deviations from it (the run folder's :data:`DEVIATIONS_FILE`, written by hand after the
+    run); nothing when the run named no plan."""
+    plan = (manifest or {}).get("plan")
+    if not isinstance(plan, dict):
+        return []
+    run_commit = str((manifest or {}).get("git_commit") or "unknown")
+
+    def changed(key: str) -> str:
+        value = plan.get(key)
+        return "not known" if value is None else ("yes" if value else "no")
+
+    lines = ["## Pre-registration", "",
+             f"- analysis plan: `{plan.get('path')}`, last changed in commit "
+             f"`{plan.get('commit', 'unknown')}` ({plan.get('date', 'date unknown')}); "
+             f"SHA-256 `{str(plan.get('sha256', ''))[:16]}…`",
+             f"- the run's code: commit `{run_commit}`",
+             f"- when the run started, changed since the plan's commit: the plan "
+             f"{changed('plan_changed_since')}, the profile {changed('profile_changed_since')}",
+             "", "Deviations from the plan:", ""]
+    text = (deviations or "").strip()
+    lines += [text] if text else [f"None recorded (a `{DEVIATIONS_FILE}` beside the results "
+                                  "lists them)."]
+    return lines + [""]
 
 
 def external_model_lines(manifest: dict | None) -> list[str]:

@@ -86,7 +86,7 @@ from bench.runner.collect import cell_timing, collect
 from bench.runner.estimate import format_duration
 from bench.runner.executor import ExecutorConfig, run_cells
 from bench.runner.todo import STAGE_ORDER, estimate_run, format_plan, plan_run
-from bench.runtime import environment, say, set_deterministic
+from bench.runtime import environment, plan_record, say, set_deterministic
 
 
 class Manifest:
@@ -304,8 +304,12 @@ def stage_throughput(profile: Profile, run_dir: Path, device: torch.device,
 def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
         executor_config=None, source: DataSource | None = None,
         progress: bool = True, force_throughput: bool = False, dry_run: bool = False,
-        max_hours: float | None = None) -> dict[str, Any]:
+        max_hours: float | None = None, profile_file: Path | None = None,
+        overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the given stages in order; returns the per-cell outcomes (empty if no cell stage).
+
+    ``profile_file`` and ``overrides``: where the profile was read from and the ``--set`` values
+    applied to it, recorded with a pre-registered plan (:func:`bench.runtime.plan_record`).
 
     With ``progress``, ``dry_run`` or ``max_hours``, the plan and its estimate come first
     (:func:`plan_run`, :func:`estimate_run`), printed unless ``progress`` and ``dry_run`` are
@@ -323,6 +327,10 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
     if max_hours is not None and not max_hours > 0:
         raise BenchError(f"--max-hours must be a number of hours > 0, got {max_hours:g}")
     source = source or DataSource()
+    if profile.plan and "train" in stages and not dry_run and (missing := profile.untuned()):
+        raise BenchError(f"profile {profile.name} names a plan ({profile.plan}) but no "
+                         f"learning rate for {missing} in [train.lr_by_model]: run "
+                         f"python -m bench tune --profile {profile.name} first")
     if "train" in stages:
         conformance(profile, run_dir, source.data_dir, progress, write=not dry_run)
     estimate = None
@@ -342,7 +350,7 @@ def run(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.de
             return {}
     try:
         return _run_stages(profile, stages, run_dir, device, executor_config, source, planned,
-                           progress, force_throughput, estimate)
+                           progress, force_throughput, estimate, profile_file, overrides)
     except (DiskFullStop, DiskFullError) as e:
         raise BenchError(str(e)) from None
 
@@ -384,7 +392,8 @@ def conformance(profile: Profile, run_dir: Path, data_dir: str | None, progress:
 def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: torch.device,
                 executor_config, source: DataSource, planned: Sequence[PlannedCell],
                 progress: bool, force_throughput: bool,
-                estimate: dict[str, Any] | None) -> dict[str, Any]:
+                estimate: dict[str, Any] | None, profile_file: Path | None = None,
+                overrides: Sequence[str] = ()) -> dict[str, Any]:
     make_dirs(run_dir)
     set_deterministic(profile.train.deterministic)
     manifest = Manifest(run_dir)
@@ -404,6 +413,18 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
         torch_threads=torch.get_num_threads(),
         executor=dataclasses.asdict(executor_config),
     )
+    # The plan's record is made once, when the run of this configuration starts (a resume or a
+    # later stage keeps it); a profile without a plan leaves none.
+    recorded = manifest.data.get("plan")
+    if not profile.plan:
+        if recorded is not None:
+            manifest.data.pop("plan")
+            manifest.update()
+    elif not (isinstance(recorded, dict) and old == _jsonable(profile.to_dict())
+              and recorded.get("path") == profile.plan):
+        manifest.data.pop("plan", None)
+        manifest.update(plan=plan_record(profile.plan, profile_file) | {
+            "overrides": list(overrides)})
     if estimate is not None:
         manifest.update(estimate={k: estimate[k] for k in (
             "total_s", "train_s", "val_s", "eval_s", "attack_s", "overhead_s", "data_s", "extra_s", "plan",

@@ -27,7 +27,8 @@ def test_a_packaged_profile_without_the_table_has_no_check_cells(name):
     """Without the table a profile plans no cell of the check's setup, and its recorded
     configuration has no such key (so the manifests of earlier runs still match)."""
     profile = load_profile(name)
-    assert profile.budget_check is None
+    if profile.budget_check is not None:
+        pytest.skip(f"{name} has a [budget_check] table")
     assert "budget_check" not in profile.to_dict()
     assert all(pc.cell.setup != BUDGET_SETUP for pc in planned_cells(profile, Path("run"), "cpu"))
 
@@ -75,13 +76,13 @@ def test_a_check_cell_pairs_with_its_main_cell_and_trains_factor_times_the_steps
     assert fb.parent.parent.name == BUDGET_SETUP
 
 
-def test_the_check_scores_clean_and_affnist_style_without_attacks():
+def test_the_check_scores_clean_affnist_style_and_overlap_without_attacks():
     from bench.cell.plan import data_config, setup_by_name
     from bench.config import AttackConfig, DataConfig
 
     profile = dataclasses.replace(_with_check(seeds=(0, 1)),
                                   data=DataConfig(attack=AttackConfig(n=100)))
     setup = setup_by_name(profile, BUDGET_SETUP)
-    assert setup.test_sets == ("clean", "affnist")
+    assert setup.test_sets == ("clean", "affnist", "overlap")
     assert data_config(profile, setup).attack.n == 0
     assert data_config(profile, setup_by_name(profile, AFFNIST_SETUP)).attack.n == 100

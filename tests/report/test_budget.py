@@ -115,6 +115,32 @@ def test_the_scoreboard_has_a_budget_column_only_with_check_cells_and_the_table_
     assert table is not None and table.name == "budget"
     assert "main budget, 800 steps, all seeds [95% interval]" in table.header
     assert "longer budget, 1,600 steps (2×), check seeds" in table.header
-    assert table.rows[0][:3] == ["C1", "capsnet − convnet-maxpool", "1,000"]
+    assert table.rows[0][:3] == ["C1", "capsnet − convnet-maxpool, affNIST-style", "1,000"]
     assert table.rows[0][5].startswith("+12.00") and table.rows[0][-1] == BUDGET_STABLE
     assert budget_table([], manifest) is None
+
+
+def test_an_overlap_claim_is_checked_on_overlapping_digits_not_on_affnist_style():
+    # overlap accuracy (top-2) per seed, written apart from the affNIST-style numbers above:
+    # main capsnet - maxpool = +0.05 on every seed; longer = -0.10 on both: a sign flip
+    frame = _frame()
+    rows = []
+    for setup, per_model in (("affnist", {"capsnet": (0.55,) * 3, "convnet-maxpool": (0.50,) * 3}),
+                             ("affnist-budget", {"capsnet": (0.40,) * 2,
+                                                 "convnet-maxpool": (0.50,) * 2})):
+        for model, values in per_model.items():
+            for seed, v in enumerate(values):
+                rows.append({"setup": setup, "model": model, "n": 1000, "seed": seed,
+                             "test_set": "overlap", "factor_value": math.nan,
+                             "metric": "accuracy", "value": v})
+    frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+    c8 = _claim("C8", ("capsnet", "convnet-maxpool"))
+    c8.pair_set = "overlap"
+    c1 = _claim("C1", ("capsnet", "convnet-maxpool"))  # the same pair on affNIST-style: stable
+    checks = check_claims(frame, [c1, c8])
+    assert [c.test_set for c in checks] == ["affnist", "overlap"]
+    assert checks[1].main_all.estimate == pytest.approx(0.05)
+    assert checks[1].longer.estimate == pytest.approx(-0.10)
+    assert (c1.budget_stable, c8.budget_stable) == (BUDGET_STABLE, BUDGET_DEPENDENT)
+    table = budget_table(checks)
+    assert table is not None and table.rows[1][1] == "capsnet − convnet-maxpool, overlapping digits"

@@ -497,6 +497,15 @@ def test_model_colours_are_fixed_with_a_stable_fallback():
     assert figures.model_order(["zz", "convnet-k9", "capsnet"]) == ["capsnet", "convnet-k9", "zz"]
 
 
+def test_every_packaged_profile_draws_its_models_in_distinct_colours():
+    from bench.config import load_profile, profile_names
+
+    for name in profile_names():
+        models = load_profile(name).models
+        colours = [figures.model_color(m) for m in models]
+        assert len(set(colours)) == len(models), (name, dict(zip(models, colours, strict=True)))
+
+
 def test_missing_metrics_is_a_one_line_error(tmp_path, capsys):
     run = write_run(tmp_path, omit=["metrics.csv"])
     with pytest.raises(BenchError, match="metrics.csv") as err:

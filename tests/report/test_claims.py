@@ -363,6 +363,9 @@ def test_c7_and_c8_read_their_sets_at_matched_clean_accuracy(tmp_path):
     assert c7.verdict == "supported" and "ε = 0.05" in c7.effect and "c* = 90.50%" in c7.effect
     assert c8.interval.estimate == pytest.approx(-0.04, abs=1e-12)
     assert c8.verdict == "contradicted"
+    # the budget check repeats C8 on overlapping digits and not C7's attacked accuracy
+    assert (c8.pair, c8.pair_set) == (("capsnet", "convnet-maxpool"), "overlap")
+    assert c7.pair is None and board["C1"].pair_set == "affnist"
     manifest["profile"]["config"]["data"] = {"attack": {"n": 0, "stated_budget": 0.05}}
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert _board(run)["C7"].reason.startswith("not measured (the profile attacks no cell")

@@ -158,7 +158,8 @@ def test_format_duration(seconds, text):
 
 def test_the_estimate_counts_the_budget_checks_cells_at_factor_times_the_steps():
     """A [budget_check] of factor 2 on both models, seeds 0 and 1, the default size (the largest,
-    1000): 4 more cells of 2 x 20 = 40 steps each, scored on clean and affNIST-style only."""
+    1000): 4 more cells of 2 x 20 = 40 steps each, scored on clean, affNIST-style and
+    overlapping digits only."""
     import dataclasses
 
     from bench.config import BudgetCheckConfig
@@ -182,11 +183,11 @@ def test_the_estimate_counts_the_budget_checks_cells_at_factor_times_the_steps()
     # validations: main ceil(20/20) = 1 per cell, check ceil(40/20) = 2 per cell, 100 images:
     # capsnet (4 x 1 + 2 x 2) x 100 / 200 = 4; convnet-k9 the same at 100/s = 8
     assert est["val_s"] == pytest.approx(4 + 8)
-    # the check scores clean (10) + affNIST-style (10 x 2) = 30 images; a main cell 90 (the
-    # sets of test_images_per_setup's comment and overlapping digits, 10)
-    assert est["test_images"] == {"affnist": 90, "affnist-budget": 30}
-    # capsnet (4 x 90 + 2 x 30) / 200 = 2.1; convnet-k9 (4 x 90 + 2 x 30) / 100 = 4.2
-    assert est["eval_s"] == pytest.approx(2.1 + 4.2)
+    # the check scores clean (10) + affNIST-style (10 x 2) + overlapping (10) = 40 images; a
+    # main cell 90 (the sets of test_images_per_setup's comment and overlapping digits, 10)
+    assert est["test_images"] == {"affnist": 90, "affnist-budget": 40}
+    # capsnet (4 x 90 + 2 x 40) / 200 = 2.2; convnet-k9 (4 x 90 + 2 x 40) / 100 = 4.4
+    assert est["eval_s"] == pytest.approx(2.2 + 4.4)
     # the check's sets are the main setup's, generated once: 90 images at 40/s
     assert est["data_s"] == pytest.approx(90 / 40)
     plan = fresh_plan(p)

@@ -156,3 +156,32 @@ def test_a_run_computes_its_cell_folders_once(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(the_plan, "spec_for", real)
     assert [m["dir"] for m in manifest["cells"]] == [
         str(the_plan.cell_dir(run_dir, tiny, c, "cpu")) for c in cells]
+
+
+def test_a_plan_is_recorded_once_and_a_planned_profile_needs_its_rates(tiny, tmp_path):
+    import dataclasses
+
+    from bench.config import TuneConfig
+    from bench.errors import BenchError
+
+    planned = dataclasses.replace(tiny, plan="README.md", models=("convnet-maxpool",),
+                                  sizes=(20,), tune=TuneConfig())
+    with pytest.raises(BenchError, match=r"no learning rate for \['convnet-maxpool'\]"):
+        runner.run(planned, ("train",), tmp_path / "r", torch.device("cpu"), progress=False)
+    assert not (tmp_path / "r" / "manifest.json").exists()  # refused before anything is written
+    tuned = dataclasses.replace(planned, train=dataclasses.replace(
+        planned.train, lr_by_model={"convnet-maxpool": 0.002}))
+    runner.run(tuned, ("train",), tmp_path / "r", torch.device("cpu"), progress=False,
+               overrides=["seeds=[0]"])
+    record = json.loads((tmp_path / "r" / "manifest.json").read_text())["plan"]
+    assert record["path"] == "README.md" and record["overrides"] == ["seeds=[0]"]
+    # a later stage of the same configuration keeps the first record
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(
+        json.loads((tmp_path / "r" / "manifest.json").read_text())
+        | {"plan": record | {"sha256": "kept"}}))
+    runner.run(tuned, ("train",), tmp_path / "r", torch.device("cpu"), progress=False)
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["plan"]["sha256"] == "kept"
+    # a profile without a plan in the same folder leaves none
+    runner.run(dataclasses.replace(tuned, plan="", tune=None), ("train",), tmp_path / "r",
+               torch.device("cpu"), progress=False)
+    assert "plan" not in json.loads((tmp_path / "r" / "manifest.json").read_text())

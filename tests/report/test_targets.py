@@ -1,0 +1,56 @@
+"""A profile that names no clean-accuracy target (``targets = []``) has no C2 and no
+data-efficiency table; one whose manifest records no targets at all gets the defaults, said so."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.report.build import _targets
+from bench.report.scoreboard import claims
+from bench.report.sections import _data_efficiency_table
+
+
+def _main() -> pd.DataFrame:
+    rows = []
+    for model, accs in (("capsnet", (0.80, 0.95)), ("convnet-maxpool", (0.78, 0.96))):
+        for seed in (0, 1):
+            for n, acc in zip((50, 3000), accs, strict=True):
+                rows.append({"setup": "affnist", "model": model, "n": n, "seed": seed,
+                             "test_set": "clean", "factor_value": math.nan,
+                             "metric": "accuracy", "value": acc})
+    return pd.DataFrame(rows)
+
+
+def test_an_empty_target_list_is_kept_and_a_missing_one_is_the_default_said_so():
+    notes: list[str] = []
+    assert _targets({"profile": {"targets": []}}, notes) == [] and notes == []
+    assert _targets({"profile": {"config": {"targets": [0.9]}}}, notes) == [0.9] and notes == []
+    assert _targets({}, notes) == [0.9, 0.95, 0.98] and len(notes) == 1
+
+
+def test_no_target_means_no_c2_and_no_data_efficiency_table():
+    main = _main()
+    c2 = next(c for c in claims(main, []) if c.key == "C2")
+    assert c2.interval is None and "names no clean-accuracy target" in c2.reason
+    assert _data_efficiency_table(main, ["capsnet", "convnet-maxpool"], []) is None
+    # with a target both reach between the sizes on both seeds, C2 is measured
+    c2 = next(c for c in claims(main, [0.9]) if c.key == "C2")
+    assert c2.interval is not None
+
+
+def test_a_ratio_is_not_printed_from_a_single_seed():
+    # capsnet reaches 90 % between the sizes on both seeds; convnet-maxpool on seed 0 only
+    rows = []
+    for model, per_seed in (("capsnet", ((0.80, 0.95), (0.80, 0.95))),
+                            ("convnet-maxpool", ((0.80, 0.95), (0.80, 0.85)))):
+        for seed, accs in enumerate(per_seed):
+            for n, acc in zip((50, 3000), accs, strict=True):
+                rows.append({"setup": "affnist", "model": model, "n": n, "seed": seed,
+                             "test_set": "clean", "factor_value": math.nan,
+                             "metric": "accuracy", "value": acc})
+    table = _data_efficiency_table(pd.DataFrame(rows), ["capsnet", "convnet-maxpool"], [0.9])
+    assert table is not None
+    row = next(r for r in table.rows if r[0] == "convnet-maxpool")
+    assert row[-1] == "no ratio (one seed: 1 of 2 dropped, not reached)"
