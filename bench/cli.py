@@ -197,7 +197,7 @@ def _throughput(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bench.cell.plan import default_run_dir
-    from bench.config import load_profile_with_executor
+    from bench.config import load_profile_with_executor, profile_path
     from bench.runner.cell import DataSource
     from bench.runner.executor import load_executor_config
     from bench.runner.stages import run
@@ -218,8 +218,6 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"run {profile.name} on {device} -> {run_dir}" + (" (dry run)" if args.dry_run else ""))
     source = DataSource(args.data_dir, args.download)
-    from bench.config import profile_path
-
     outcomes = run(profile, stages, run_dir, device, config, source,
                    force_throughput=args.stage == "throughput", dry_run=args.dry_run,
                    max_hours=args.max_hours, profile_file=profile_path(args.profile),

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError
+from bench.io import sha256_file
 
 _CHECKOUT = Path(__file__).resolve().parents[1]
 # The checkout holding datasets/ and results/: the package's own (an editable install, or running
@@ -109,22 +110,19 @@ def versions() -> dict[str, str]:
 
 def git_commit(root: Path | None = None) -> str:
     root = root or _CHECKOUT
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    head = _git(["rev-parse", "HEAD"], root, timeout=5)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], root, timeout=5)
+    if head is None or status is None:
         return "unknown"
+    sha, dirty = head.stdout.strip(), status.stdout.strip()
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
-def _git(args: list[str], root: Path) -> subprocess.CompletedProcess | None:
+def _git(args: list[str], root: Path, timeout: float = 10) -> subprocess.CompletedProcess | None:
+    """``git ARGS`` in ``root``; None when git cannot be run (absent, timed out)."""
     try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -138,10 +136,7 @@ def plan_record(plan: str, profile_file: Path | None, root: Path | None = None) 
     path = root / plan
     if not path.is_file():
         raise BenchError(f"analysis plan {path}: no such file (the profile's 'plan' names it)")
-    import hashlib
-
-    out: dict[str, object] = {"path": plan,
-                              "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    out: dict[str, object] = {"path": plan, "sha256": sha256_file(path)}
     log = _git(["log", "-1", "--format=%H %cI", "--", plan], root)
     fields = log.stdout.split() if log is not None and log.returncode == 0 else []
     if len(fields) != 2:
