@@ -3,10 +3,12 @@ in image classification", Sec. 3): a secondary read-out beside the scoreboard.
 
 Across every cell of a run, the affNIST-style accuracy is fitted against the clean accuracy on
 the logit scale, by least squares on the ConvNets' cells only (the baseline every model is read
-against); a model's effective robustness is its cells' mean residual from that line, averaged
-per seed over the sizes, with a Student-t interval over seeds. Above 0: more affNIST-style
-accuracy than a ConvNet of the same clean accuracy would have. No verdict: the line is fitted on
-the run's own cells, and its error is not in the interval.
+against), leaving out the models that failed to train (:func:`bench.report.ablation.failed_steps`:
+their cells measure a failed optimisation, not a ConvNet's trade-off); a model's effective
+robustness is its cells' mean residual from that line, averaged per seed over the sizes, with a
+Student-t interval over seeds. Above 0: more affNIST-style accuracy than a ConvNet of the same
+clean accuracy would have. No verdict: the line is fitted on the run's own cells, and its error
+is not in the interval.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from matplotlib import pyplot as plt
 from bench import stats
 from bench.data.testsets import AFFNIST_STYLE, CLEAN
 from bench.report import figures, readout
+from bench.report.ablation import failed_steps
 from bench.report.table import Table
 
 FIGURE_STEM = "effective_robustness"
@@ -44,6 +47,7 @@ class EffectiveRobustness:
     intercept: float
     cells: pd.DataFrame  # model, n, seed, clean, other, residual (logit units)
     per_model: dict[str, stats.Interval]
+    fitted: tuple[str, ...] = ()  # the models whose cells the line is fitted on
 
 
 def effective_robustness(main: pd.DataFrame) -> EffectiveRobustness | None:
@@ -56,7 +60,8 @@ def effective_robustness(main: pd.DataFrame) -> EffectiveRobustness | None:
         return None
     cells = wide.reset_index().rename(columns={CLEAN.name: "clean",
                                                AFFNIST_STYLE.name: "other"})
-    base = cells[cells["model"].map(is_convnet)]
+    failed = failed_steps(main)
+    base = cells[cells["model"].map(is_convnet) & ~cells["model"].isin(failed)]
     if base["clean"].nunique() < 3:
         return None
     slope, intercept = np.polyfit(logit(base["clean"]), logit(base["other"]), 1)
@@ -65,17 +70,19 @@ def effective_robustness(main: pd.DataFrame) -> EffectiveRobustness | None:
     for m in figures.model_order(cells["model"]):
         per_seed = cells[cells["model"] == m].groupby("seed")["residual"].mean()
         per_model[m] = stats.mean_interval(per_seed.to_dict(), bounds=None)
-    return EffectiveRobustness(float(slope), float(intercept), cells, per_model)
+    return EffectiveRobustness(float(slope), float(intercept), cells, per_model,
+                               tuple(sorted(set(base["model"]))))
 
 
 def table(er: EffectiveRobustness) -> Table:
     rows = [[m, readout.iv(iv, 1, 3, signed=True), str(iv.n),
-             "yes" if is_convnet(m) else "no"] for m, iv in er.per_model.items()]
+             "yes" if m in er.fitted else "no"] for m, iv in er.per_model.items()]
     return Table(
         "effective_robustness",
         f"Effective robustness (Taori et al. 2020): each model's mean residual, in logits, from "
         f"the line logit({AFFNIST_STYLE.display}) = {er.intercept:.3f} + {er.slope:.3f} "
-        "logit(clean) fitted on the ConvNets' cells of this run (every n and seed); mean over "
+        "logit(clean) fitted on the cells of this run's ConvNets that trained (every n and "
+        "seed; 'In the fit'); mean over "
         "each seed's sizes, Student-t interval over seeds. A secondary read-out, no verdict.",
         ["Model", "Mean residual (logit) [95% interval]", "Seeds", "In the fit"], rows, "lrrl",
         ["The line's own error is not in the intervals; the ConvNets' residuals average to 0 "

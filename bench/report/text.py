@@ -28,10 +28,8 @@ HOW_TO_READ = f"""\
   (99.23% vs 99.22%) the CapsNet reached 79% on affNIST and the ConvNet 66%.
 - **The counter-claim.** Gu, Tresp & Hu (CVPR 2021) ablated CapsNet's components and report that
   dynamic routing and the transformation process do not help robustness to affine transforms,
-  and that ConvNets given CapsNet's other components can be more robust than CapsNet. The
-  scoreboard reads it (C6) on their ConvNet, `convnet-gu`, when the run has it; `convnet-k9`
-  (C4) is the CapsNet's own 9x9 trunk with a fully connected head, an ablation of the capsule
-  layer that their account predicts to lose.
+  and that ConvNets given CapsNet's other components can be more robust than CapsNet.
+  {{counter}}
 - **What is compared here.** The scoreboard and the matched-accuracy table compare models at
   the same clean accuracy, as the paper does; the headline tables compare them at the largest
   n, whatever their clean accuracy; the data-efficiency table and figures compare them across
@@ -56,6 +54,21 @@ HOW_TO_READ = f"""\
   n to reach a target) is not in the intervals either.
 """
 
+COUNTER_GU = "The scoreboard reads it (C6) on their ConvNet, `convnet-gu`."
+COUNTER_NO_GU = ("This run does not train their ConvNet (`convnet-gu`), so the scoreboard does "
+                 "not read it.")
+COUNTER_K9 = ("`convnet-k9` (C4) is the CapsNet's own 9x9 trunk with a fully connected head, an "
+              "ablation of the capsule layer that their account predicts to lose.")
+
+
+def how_to_read(models: set[str]) -> str:
+    """The reading guide, naming the counter-claim's models only where the run has them."""
+    counter = COUNTER_GU if "convnet-gu" in models else COUNTER_NO_GU
+    if "convnet-k9" in models:
+        counter += " " + COUNTER_K9
+    return HOW_TO_READ.replace("{counter}", counter)
+
+
 # Every table this module can write (file stems under tables/).
 TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", "scrambled",
                "calibration", "probe", "sweeps", "data_efficiency", "recon", "routing", "mnist",
@@ -65,7 +78,7 @@ TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", 
 FIGURE_CAPTIONS = {
     "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "
                             "affNIST-style against clean accuracy on logit axes, and the line "
-                            "fitted on the ConvNets' cells; a model above the line keeps more "
+                            "fitted on the cells of the ConvNets that trained; a model above the line keeps more "
                             "affNIST-style accuracy than a ConvNet of the same clean accuracy.",
     "claims": "The claims scoreboard as a forest plot: each effect with the scoreboard's 95% "
               "interval (over seeds and test digits where the run has the per-image store; C2, "
