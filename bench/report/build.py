@@ -84,7 +84,7 @@ from bench.report.sections import (
     plan_section,
 )
 from bench.report.table import Table
-from bench.report.text import FIGURE_CAPTIONS, HOW_TO_READ, NOTE_MEAN, TABLE_NAMES
+from bench.report.text import FIGURE_CAPTIONS, NOTE_MEAN, TABLE_NAMES, how_to_read
 
 __all__ = ["build_report"]
 
@@ -240,7 +240,7 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
     md += ["LaTeX: `tables/claims.tex`", ""]
     md += _run_section(manifest, df, convergence)
     md += _test_set_sizes(manifest, main)
-    md += [HOW_TO_READ]
+    md += [how_to_read(set(df['model']))]
     for title, table, sentence in sections:
         if table is None:
             notes.append(f"{title}: no matching rows in `metrics.csv`, skipped.")

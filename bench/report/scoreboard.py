@@ -316,13 +316,36 @@ CLAIM_SIDES = {
     "S1": (f"{MAXPOOL} separates better", f"{REFERENCE} separates better"),
 }
 
-SIGN_NOTE = (
-    "Signs: each effect is signed so that a positive value (above 1 for the ratio C2) is the "
-    f"claim's direction: C1, C3, C4, C7, C8 and S1 are {REFERENCE} {MINUS} the other model, C2 is "
-    f"{MAXPOOL} ÷ {REFERENCE}, C6 is {GU} {MINUS} {REFERENCE}. The tables below write model "
-    f"{MINUS} {REFERENCE} (model ÷ {REFERENCE} for ratios), so C1 and C4 appear in the "
-    "matched-accuracy table with the opposite sign. C5 (runs with routing heads) is routing "
-    f"head {MINUS} pooling head: positive means the routing head keeps more.")
+def sign_note(keys: set[str]) -> str:
+    """How each of the measured claims ``keys`` is signed (only those: a note on a claim the run
+    did not measure misleads more than it helps)."""
+    diffs = [k for k in ("C1", "C3", "C4", "C7", "C8", "S1") if k in keys]
+    parts = []
+    if diffs:
+        parts.append(f"{_join(diffs)} {'is' if len(diffs) == 1 else 'are'} {REFERENCE} {MINUS} "
+                     "the other model")
+    if "C2" in keys:
+        parts.append(f"C2 is {MAXPOOL} ÷ {REFERENCE}")
+    if "C6" in keys:
+        parts.append(f"C6 is {GU} {MINUS} {REFERENCE}")
+    ratio = " (above 1 for the ratio C2)" if "C2" in keys else ""
+    text = (f"Signs: each effect is signed so that a positive value{ratio} is the claim's "
+            "direction" + (": " + ", ".join(parts) if parts else "") + ".")
+    flipped = [k for k in ("C1", "C4") if k in keys]
+    if flipped:
+        text += (f" The tables below write model {MINUS} {REFERENCE}"
+                 + (f" (model ÷ {REFERENCE} for ratios)" if "C2" in keys else "")
+                 + f", so {_join(flipped)} appear{'s' if len(flipped) == 1 else ''} in the "
+                 "matched-accuracy table with the opposite sign.")
+    if "C5" in keys:
+        text += (f" C5 (runs with routing heads) is routing head {MINUS} pooling head: positive "
+                 "means the routing head keeps more.")
+    return text
+
+
+def _join(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+
 
 # What this run's design cannot show; printed under the scoreboard (report.md) and pointed to by
 # the LaTeX caption.
@@ -434,13 +457,13 @@ def _claims_table(rows: list[Claim], control: str | None = None, budget: bool = 
     body = [[f"{c.key} {c.name}", c.effect, c.estimate_text(), c.null_text(),
              c.scale or "—", c.verdict, c.holm_verdict, c.seed_text(),
              published_text(c.key)] + ([c.budget_stable] if budget else []) for c in rows]
-    notes = ([control] if control else []) + [SIGN_NOTE]
-    if any("/" in c.key for c in rows):
-        notes.append(EXTERNAL_NOTE)
-    # Only the measured rows' meanings and the rules that explain them (our choice: a note on a
-    # model or table the run lacks misleads more than it helps).
+    # Only the measured rows' signs, meanings and the rules that explain them (our choice: a note
+    # on a model or table the run lacks misleads more than it helps).
     measured = [c for c in rows if c.interval is not None]
     keys = {c.key.split("/")[0] for c in measured}
+    notes = ([control] if control else []) + [sign_note(keys)]
+    if any("/" in c.key for c in rows):
+        notes.append(EXTERNAL_NOTE)
     notes += [f"{c.key} supported means: {c.meaning}." for c in measured]
     notes += [rule for rule, rule_keys in zip(SCOREBOARD_RULES, RULE_KEYS, strict=True)
               if not rule_keys or keys & set(rule_keys)]

@@ -369,3 +369,28 @@ def test_c7_and_c8_read_their_sets_at_matched_clean_accuracy(tmp_path):
     manifest["profile"]["config"]["data"] = {"attack": {"n": 0, "stated_budget": 0.05}}
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert _board(run)["C7"].reason.startswith("not measured (the profile attacks no cell")
+
+
+def test_sign_note_names_only_the_measured_claims():
+    from bench.report.scoreboard import sign_note
+
+    assert sign_note({"C4"}) == (
+        "Signs: each effect is signed so that a positive value is the claim's direction: C4 is "
+        "capsnet − the other model. The tables below write model − capsnet, so C4 appears in the "
+        "matched-accuracy table with the opposite sign.")
+    text = sign_note({"C2", "C6"})
+    assert "(above 1 for the ratio C2)" in text and "C2 is convnet-maxpool ÷ capsnet" in text
+    assert "C6 is convnet-gu − capsnet" in text
+    for absent in ("C1", "C3", "C4", "C5", "C7", "C8", "S1"):
+        assert absent not in text
+
+
+def test_how_to_read_names_the_counter_claims_models_only_where_the_run_has_them():
+    from bench.report.text import how_to_read
+
+    without = how_to_read({"capsnet", "convnet-maxpool"})
+    assert "does not train their ConvNet (`convnet-gu`)" in without
+    assert "(C6)" not in without and "(C4)" not in without and "{counter}" not in without
+    full = how_to_read({"capsnet", "convnet-gu", "convnet-k9"})
+    assert "The scoreboard reads it (C6) on their ConvNet, `convnet-gu`." in full
+    assert "`convnet-k9` (C4) is the CapsNet's own 9x9 trunk" in full
