@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,11 @@ def test_scoreboard_first_then_every_section(run):
         assert f"\n## {section}\n" in md, section
     assert "## Skipped" not in md  # every input file is present
     assert f"- git commit: `{'0' * 40}`" in md  # the manifest's git_commit (bench.runner)
+    # the code that built the report: this checkout's HEAD, as git itself prints it
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent)
+    if head.returncode == 0:
+        assert f"- report built at commit: `{head.stdout.strip()}" in md
     assert "79%" in md and "66%" in md and "Gu, Tresp & Hu" in md
     assert "bootstrap" not in md  # the bands are the tables' intervals now
     assert "Equivariance probe" not in md
