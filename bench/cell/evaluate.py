@@ -573,9 +573,12 @@ def evaluate_cell(folder: CellFiles | str | Path, cell: Cell, cfg: DataConfig, n
     predictions = store_frame(store, ident)
     recon = {f"recon/{k}": p.recon for k, p in preds.items() if p.recon is not None}
     recon.update(kept_images)
+    # The summary's accuracy is the metrics table's (one definition: top-2 on the overlapping
+    # digits, top-1 elsewhere; set_metrics).
+    overall = {r["test_set"]: float(r["value"]) for r in rows
+               if r["metric"] == "accuracy" and math.isnan(r["factor_value"])}
     summary = {"key": key, "cell": cell.label, "test_sets": checksums,
-               **{f"accuracy/{k}": float((p.pred == labels[k]).float().mean())
-                  for k, p in preds.items()},
+               **{f"accuracy/{k}": overall[k] for k in preds},
                "heldout_images": int(held_labels.numel()),
                # Where the evaluation's time went (seconds): test sets and model loading, the
                # forward passes per set (and on the held-out images), and the metrics (the
