@@ -108,14 +108,36 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Tracked files that a run may overwrite (the committed example runs): changing them does not
+# change the code, so they do not make a checkout "dirty" (our choice).
+_GENERATED = ":(exclude)results"
+# The paths whose last commit names the code that built a report (our choice: the package and
+# its build settings; a commit that changes only documents or results leaves them alone).
+CODE_PATHS = ("bench", "pyproject.toml")
+
+
 def git_commit(root: Path | None = None) -> str:
+    """HEAD's commit, with "+dirty" when a tracked file outside ``results/`` differs from it."""
     root = root or _CHECKOUT
     head = _git(["rev-parse", "HEAD"], root, timeout=5)
-    status = _git(["status", "--porcelain", "--untracked-files=no"], root, timeout=5)
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", _GENERATED], root,
+                  timeout=5)
     if head is None or status is None:
         return "unknown"
     sha, dirty = head.stdout.strip(), status.stdout.strip()
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def code_commit(root: Path | None = None) -> str:
+    """The last commit that changed :data:`CODE_PATHS`, with "+dirty" when they differ from it
+    now; "unknown" outside a git checkout."""
+    root = root or _CHECKOUT
+    last = _git(["log", "-1", "--format=%H", "--", *CODE_PATHS], root, timeout=5)
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], root,
+                  timeout=5)
+    if last is None or status is None or not last.stdout.strip():
+        return "unknown"
+    return last.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _git(args: list[str], root: Path, timeout: float = 10) -> subprocess.CompletedProcess | None:

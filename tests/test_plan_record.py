@@ -9,7 +9,7 @@ import pytest
 
 from bench.errors import BenchError
 from bench.report.sections import plan_section
-from bench.runtime import plan_record
+from bench.runtime import code_commit, git_commit, plan_record
 
 
 def _git(root, *args) -> str:
@@ -69,3 +69,29 @@ def test_the_report_quotes_the_plan_and_its_deviations():
     assert "None recorded" in text
     assert "- seeds 0-7 only" in "\n".join(plan_section(manifest, "- seeds 0-7 only\n"))
     assert plan_section({"git_commit": "bbbb"}, "ignored") == []
+
+
+def test_generated_results_do_not_make_a_checkout_dirty_and_code_does(tmp_path):
+    root = tmp_path
+    _git(root, "init", "-q")
+    _git(root, "config", "user.email", "t@example.org")
+    _git(root, "config", "user.name", "t")
+    (root / "bench").mkdir()
+    (root / "results").mkdir()
+    (root / "bench" / "a.py").write_text("x = 1\n")
+    (root / "results" / "m.csv").write_text("v\n1\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "code")
+    code = _git(root, "rev-parse", "HEAD")
+    (root / "README.md").write_text("docs\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "docs only")
+    head = _git(root, "rev-parse", "HEAD")
+    # a run overwrites a committed result: HEAD stays clean; the code's commit is the first one
+    (root / "results" / "m.csv").write_text("v\n2\n")
+    assert git_commit(root) == head
+    assert code_commit(root) == code
+    # a code change makes both dirty
+    (root / "bench" / "a.py").write_text("x = 2\n")
+    assert git_commit(root) == head + "+dirty"
+    assert code_commit(root) == code + "+dirty"

@@ -227,9 +227,10 @@ def ablation_table(main: pd.DataFrame) -> AblationTable | None:
         "At largest n: the same difference of affNIST-style accuracy at each model's largest "
         "n, not matched: it mixes the component's effect on robustness with its effect on "
         "clean accuracy (the third column), so read it beside that column.",
-        f"Each step keeps the changes above it (State: routing / W / squash / loss / "
-        f"reconstruction / pooling), so '{MINUS} capsnet' compares models that differ in "
-        f"every change down to that step. '(failed to train)': mean clean accuracy at the "
+        f"Each step keeps the changes of the steps it descends from ('vs' names its neighbour; "
+        f"the CapsNet's ladder forks after capsnet-no-routing; State: routing / W / squash / "
+        f"loss / reconstruction / pooling), so '{MINUS} capsnet' compares models that differ "
+        f"in every change down that branch. '(failed to train)': mean clean accuracy at the "
         f"largest n more than {100 * FAILED_GAP:g} points below capsnet's (our rule); its "
         f"differences measure a failed optimisation, not a component.",
         f"At each model's largest n: arrangement specificity = kept if intact correct on the "

@@ -23,8 +23,9 @@ reach a target, ...) and the number formats are :mod:`bench.report.readout`'s, s
 "Routing vs pooling, same backbone" (:mod:`bench.report.routing`, written when the run has
 ``head-*`` models).
 
-Everything is a function of the input files only (no dates, no absolute paths), so rebuilding
-a report gives byte-identical files, and the CI can compare them.
+Everything is a function of the input files and the report's code (no dates, no absolute
+paths; the Run section names the last commit that changed the code), so rebuilding a report
+with the same code gives byte-identical files, and the CI can compare them.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
     ``<stem>.png``.
 
     Returns:
-        the points drawn: panel, model, estimate, low, high (pp), y (row, top = 0).
+        the points drawn: panel, model, label (its row's), estimate, low, high (pp), y (row, top = 0).
     """
     v = values[values["quantity"] == quantity]
     where = "" if quantity == "affnist_matched" else ", largest n, not matched"
@@ -35,8 +35,12 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
     component = dict(zip(values["model"], values["component"], strict=True))
     failed = (set(values.loc[values["model_failed"].astype(bool), "model"])
               if "model_failed" in values else set())
-    labels = [(f"{m} ({component[m]})" if component[m] else m)
-              + (" [failed to train]" if m in failed else "") for m in order]
+    neighbour = dict(zip(values["model"], values["neighbour"], strict=True))
+    # A step read against a model other than the row above it (a fork) names its neighbour.
+    labels = [(f"{m} ({component[m]}"
+               + (f", vs {neighbour[m]}" if neighbour[m] and (i == 0 or order[i - 1] != neighbour[m])
+                  else "") + ")" if component[m] else m)
+              + (" [failed to train]" if m in failed else "") for i, m in enumerate(order)]
     panels = (("neighbour", f"step − neighbour (pp{where})"),
               ("capsnet", f"step − capsnet (pp{where})"))
     drawn = []
@@ -59,8 +63,8 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
                                 markersize=3.5)
                 else:
                     ax.plot([est], [y], "o", color=color, markersize=3.5)
-                drawn.append({"panel": kind, "model": m, "estimate": est, "low": low,
-                              "high": high, "y": float(y)})
+                drawn.append({"panel": kind, "model": m, "label": labels[y], "estimate": est,
+                              "low": low, "high": high, "y": float(y)})
             ax.axvline(0, ls="--", lw=0.7, color="0.4")
             ax.set_xlabel(label)
             ax.set_yticks(range(len(order)), labels)
@@ -70,4 +74,4 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
                           + "; grey: a failed step in the pair", loc="left", fontsize=7)
         axes[1].set_title("paired with the CapsNet", loc="left", fontsize=7)
         figures.save(fig, stem)
-    return pd.DataFrame(drawn, columns=["panel", "model", "estimate", "low", "high", "y"])
+    return pd.DataFrame(drawn, columns=["panel", "model", "label", "estimate", "low", "high", "y"])

@@ -32,7 +32,7 @@ EPS = 1e-4  # our choice: accuracies clipped to [EPS, 1 - EPS] before the logit
 
 
 def is_convnet(model: str) -> bool:
-    """The models the baseline line is fitted on: the suite's ConvNets."""
+    """The suite's ConvNets: the models the baseline line is fitted on, unless they failed to train."""
     return model.startswith("convnet-") or model == "baseline-cnn"
 
 
@@ -85,12 +85,12 @@ def table(er: EffectiveRobustness) -> Table:
         "seed; 'In the fit'); mean over "
         "each seed's sizes, Student-t interval over seeds. A secondary read-out, no verdict.",
         ["Model", "Mean residual (logit) [95% interval]", "Seeds", "In the fit"], rows, "lrrl",
-        ["The line's own error is not in the intervals; the ConvNets' residuals average to 0 "
-         "together by construction, not each."])
+        ["The line's own error is not in the intervals; the residuals of the models in the fit "
+         "average to 0 together by construction, not each."])
 
 
 def figure(er: EffectiveRobustness, stem: str | os.PathLike) -> list[Path]:
-    """Every cell on logit axes, coloured by model, and the ConvNets' line."""
+    """Every cell on logit axes, coloured by model, and the line fitted on the ConvNets that trained."""
     c = er.cells
     with figures._style():
         fig = plt.figure(figsize=(figures.COLUMN_IN, figures.COLUMN_IN * 0.9),
@@ -102,7 +102,7 @@ def figure(er: EffectiveRobustness, stem: str | os.PathLike) -> list[Path]:
                        color=figures.model_color(m), alpha=0.8, linewidths=0, label=m)
         x = np.linspace(logit(c["clean"]).min(), logit(c["clean"]).max(), 50)
         ax.plot(x, er.intercept + er.slope * x, ls="--", lw=0.8, color="0.3",
-                label="ConvNets' fit")
+                label="fit: ConvNets that trained")
         ax.set_xlabel("clean accuracy (logit)")
         ax.set_ylabel(f"{AFFNIST_STYLE.display} accuracy (logit)")
         ax.legend(fontsize=5.5, frameon=False)

@@ -461,7 +461,7 @@ def _claims_table(rows: list[Claim], control: str | None = None, budget: bool = 
     # on a model or table the run lacks misleads more than it helps).
     measured = [c for c in rows if c.interval is not None]
     keys = {c.key.split("/")[0] for c in measured}
-    notes = ([control] if control else []) + [sign_note(keys)]
+    notes = ([control] if control else []) + ([sign_note(keys)] if keys else [])
     if any("/" in c.key for c in rows):
         notes.append(EXTERNAL_NOTE)
     notes += [f"{c.key} supported means: {c.meaning}." for c in measured]

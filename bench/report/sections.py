@@ -34,7 +34,7 @@ from bench.report.read import MAIN_SETUP, MNIST_SETUP, REFERENCE, _flag
 from bench.report.readout import BOUNDED, CLIPPED, MINUS, PART_SCORE, Needed
 from bench.report.table import Table, _num, _width
 from bench.report.text import NOTE_DIFF, NOTE_MEAN
-from bench.runtime import git_commit
+from bench.runtime import code_commit
 from bench.stats import Interval
 
 # --------------------------------------------------------------------------------------------
@@ -594,8 +594,9 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
         for label, value in (
             ("profile", prof.get("name")),
             ("git commit", manifest.get("git_commit")),  # written by bench.runner.stages
-            # The code that wrote this report, which may be newer than the run's (a rebuilt report).
-            ("report built at commit", git_commit()),
+            # The code that wrote this report, which may be newer than the run's (a rebuilt
+            # report): the last commit that changed it (bench.runtime.code_commit).
+            ("report code", code_commit()),
             ("device", manifest.get("device")),
         ):
             if value not in (None, "", {}):

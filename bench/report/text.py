@@ -20,7 +20,7 @@ NOTE_DIFF = (f"Differences: model {MINUS} {REFERENCE} per seed on the seeds both
 # The report
 
 
-HOW_TO_READ = f"""\
+_HOW_TO_READ = f"""\
 ## How to read this report
 
 - **The claim.** Sabour, Frosst & Hinton (2017, Sec. 5.2) trained a CapsNet and a traditional
@@ -66,7 +66,7 @@ def how_to_read(models: set[str]) -> str:
     counter = COUNTER_GU if "convnet-gu" in models else COUNTER_NO_GU
     if "convnet-k9" in models:
         counter += " " + COUNTER_K9
-    return HOW_TO_READ.replace("{counter}", counter)
+    return _HOW_TO_READ.replace("{counter}", counter)
 
 
 # Every table this module can write (file stems under tables/).
@@ -78,8 +78,9 @@ TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", 
 FIGURE_CAPTIONS = {
     "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "
                             "affNIST-style against clean accuracy on logit axes, and the line "
-                            "fitted on the cells of the ConvNets that trained; a model above the line keeps more "
-                            "affNIST-style accuracy than a ConvNet of the same clean accuracy.",
+                            "fitted on the cells of the ConvNets that trained; a model above "
+                            "the line keeps more affNIST-style accuracy than a ConvNet of the "
+                            "same clean accuracy.",
     "claims": "The claims scoreboard as a forest plot: each effect with the scoreboard's 95% "
               "interval (over seeds and test digits where the run has the per-image store; C2, "
               "S1 and C5 over seeds only) and its verdict, with the Holm-adjusted one where it "

@@ -22,9 +22,9 @@ KEPT = {"capsnet": 0.30, "capsnet-no-routing": 0.40, "convnet-k9": 0.50}  # on s
 KEPT_DISPLACED = {"capsnet": 0.50, "capsnet-no-routing": 0.70, "convnet-k9": 0.60}
 
 
-def frame() -> pd.DataFrame:
+def frame(curves: dict | None = None) -> pd.DataFrame:
     rows = []
-    for m, (clean, aff, extra) in CURVES.items():
+    for m, (clean, aff, extra) in (curves or CURVES).items():
         for s in SEEDS:
             for n, c, a in zip((300, 3000), clean, aff, strict=True):
                 base = dict(setup="affnist", model=m, n=n, seed=s, factor_value=np.nan,
@@ -33,10 +33,10 @@ def frame() -> pd.DataFrame:
                 rows.append({**base, "test_set": "affnist", "value": a + extra * s})
             rows.append(dict(setup="affnist", model=m, n=3000, seed=s, factor_value=np.nan,
                              test_set="scramble-g2", metric="kept_given_intact_correct",
-                             value=KEPT[m] + 0.01 * s * (m == "capsnet-no-routing")))
+                             value=KEPT.get(m, 0.3) + 0.01 * s * (m == "capsnet-no-routing")))
             rows.append(dict(setup="affnist", model=m, n=3000, seed=s, factor_value=np.nan,
                              test_set="displaced", metric="kept_given_intact_correct",
-                             value=KEPT_DISPLACED[m]))
+                             value=KEPT_DISPLACED.get(m, 0.5)))
     return pd.DataFrame(rows)
 
 
@@ -92,3 +92,25 @@ def test_figure_draws_the_table_values(tmp_path):
     row = drawn[(drawn["model"] == "capsnet-no-routing") & (drawn["panel"] == "capsnet")].iloc[0]
     assert row["estimate"] == pytest.approx(3.0)
     assert set(drawn["model"]) == {"capsnet-no-routing"}  # k9: no c*; capsnet: no pair
+
+
+def test_two_steps_forking_from_one_neighbour_are_each_read_against_it(tmp_path):
+    """capsnet-shared-w and capsnet-no-squash both descend from capsnet-no-routing
+    (bench/models/ladder.py): each is read against it, and the second's figure row, which is not
+    under its neighbour, names it."""
+    curves = {**CURVES,
+              "capsnet-shared-w": ((0.88, 0.95), (0.60, 0.74), 0.0),
+              "capsnet-no-squash": ((0.91, 0.97), (0.62, 0.70), 0.0)}
+    values = ladder_values(frame(curves))
+    m = values[(values["quantity"] == "affnist_matched")
+               & values["model"].isin(["capsnet-shared-w", "capsnet-no-squash"])
+               & (values["versus"] == values["neighbour"])]
+    assert set(m["neighbour"]) == {"capsnet-no-routing"} and len(m) == 2
+    # capsnet-no-squash vs no-routing: c* = 0.97 (the lower top); no-squash reads 0.70, no-routing
+    # 0.64 + (0.05 / 0.06) * 0.12 + 0.01 s = 0.74 + 0.01 s -> -4, -5, -6 pp
+    r = m[m["model"] == "capsnet-no-squash"].iloc[0]
+    assert r["estimate"] == pytest.approx(-0.05)
+    drawn = ladder(values, tmp_path / "ladder")
+    labels = dict(zip(drawn["model"], drawn["label"], strict=False))
+    assert labels["capsnet-shared-w"] == "capsnet-shared-w (W)"
+    assert labels["capsnet-no-squash"] == "capsnet-no-squash (squash, vs capsnet-no-routing)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +176,7 @@ def test_scoreboard_first_then_every_section(run):
         assert f"\n## {section}\n" in md, section
     assert "## Skipped" not in md  # every input file is present
     assert f"- git commit: `{'0' * 40}`" in md  # the manifest's git_commit (bench.runner)
-    # the code that built the report: this checkout's HEAD, as git itself prints it
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    if head.returncode == 0:
-        assert f"- report built at commit: `{head.stdout.strip()}" in md
+    assert "- report code: `" in md  # bench.runtime.code_commit (tests/test_plan_record.py)
     assert "79%" in md and "66%" in md and "Gu, Tresp & Hu" in md
     assert "bootstrap" not in md  # the bands are the tables' intervals now
     assert "Equivariance probe" not in md

@@ -57,11 +57,12 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
     # eval.json's accuracies are the per-image answers' means: top-1 (pred == label), and on the
     # overlapping digits both digits among the top two ({pred, second} == {label, label2}).
     store = pd.read_parquet(run_dir / "predictions.parquet")
+    checked = set()
     for f in run_dir.glob("cells/*/*/*/eval.json"):
         summary = json.loads(f.read_text())
         cell = json.loads((f.parent / "train.json").read_text())["spec"]
-        mine = store[(store["model"] == cell["model"]) & (store["n"] == cell["n"])
-                     & (store["seed"] == cell["seed"])]
+        mine = store[(store["setup"] == cell["setup"]) & (store["model"] == cell["model"])
+                     & (store["n"] == cell["n"]) & (store["seed"] == cell["seed"])]
         for name, rows in mine.groupby("test_set"):
             if name == "overlap":
                 hits = [{p, q} == {a, b} for p, q, a, b in
@@ -70,6 +71,8 @@ def test_run_all_writes_every_output_and_resumes(tiny, tmp_path):
             else:
                 hits = list(rows["pred"] == rows["label"])
             assert summary[f"accuracy/{name}"] == pytest.approx(np.mean(hits)), name
+            checked.add(name)
+    assert {"clean", "affnist", "overlap"} <= checked
     # Resume: nothing is retrained, results are identical.
     markers = sorted(run_dir.glob("cells/*/*/*/train.json"))
     assert len(markers) == len(the_plan.cells(tiny))
