@@ -17,19 +17,27 @@ def _git(root, *args) -> str:
                           text=True).stdout.strip()
 
 
+def _init(root) -> None:
+    _git(root, "init", "-q")
+    _git(root, "config", "user.email", "t@example.org")
+    _git(root, "config", "user.name", "t")
+
+
+def _commit(root, message: str) -> str:
+    """Commit everything in ``root``; the new commit's SHA."""
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", message)
+    return _git(root, "rev-parse", "HEAD")
+
+
 @pytest.fixture
 def repo(tmp_path):
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "config", "user.email", "t@example.org")
-    _git(tmp_path, "config", "user.name", "t")
+    _init(tmp_path)
     (tmp_path / "plan.md").write_text("primary: C1\n")
     (tmp_path / "p.toml").write_text("seeds = [0]\n")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "plan")
-    plan_commit = _git(tmp_path, "rev-parse", "HEAD")
+    plan_commit = _commit(tmp_path, "plan")
     (tmp_path / "other.txt").write_text("later work\n")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "later")
+    _commit(tmp_path, "later")
     return tmp_path, plan_commit
 
 
@@ -73,20 +81,14 @@ def test_the_report_quotes_the_plan_and_its_deviations():
 
 def test_generated_results_do_not_make_a_checkout_dirty_and_code_does(tmp_path):
     root = tmp_path
-    _git(root, "init", "-q")
-    _git(root, "config", "user.email", "t@example.org")
-    _git(root, "config", "user.name", "t")
+    _init(root)
     (root / "bench").mkdir()
     (root / "results").mkdir()
     (root / "bench" / "a.py").write_text("x = 1\n")
     (root / "results" / "m.csv").write_text("v\n1\n")
-    _git(root, "add", ".")
-    _git(root, "commit", "-qm", "code")
-    code = _git(root, "rev-parse", "HEAD")
+    code = _commit(root, "code")
     (root / "README.md").write_text("docs\n")
-    _git(root, "add", ".")
-    _git(root, "commit", "-qm", "docs only")
-    head = _git(root, "rev-parse", "HEAD")
+    head = _commit(root, "docs only")
     # a run overwrites a committed result: HEAD stays clean; the code's commit is the first one
     (root / "results" / "m.csv").write_text("v\n2\n")
     assert git_commit(root) == head
