@@ -120,12 +120,10 @@ def git_commit(root: Path | None = None) -> str:
     """HEAD's commit, with "+dirty" when a tracked file outside ``results/`` differs from it."""
     root = root or _CHECKOUT
     head = _git(["rev-parse", "HEAD"], root, timeout=5)
-    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", _GENERATED], root,
-                  timeout=5)
-    if head is None or status is None:
+    dirty = _dirty(root, (".", _GENERATED))
+    if head is None or dirty is None or not head.stdout.strip():
         return "unknown"
-    sha, dirty = head.stdout.strip(), status.stdout.strip()
-    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    return head.stdout.strip() + dirty
 
 
 def code_commit(root: Path | None = None) -> str:
@@ -133,11 +131,17 @@ def code_commit(root: Path | None = None) -> str:
     now; "unknown" outside a git checkout."""
     root = root or _CHECKOUT
     last = _git(["log", "-1", "--format=%H", "--", *CODE_PATHS], root, timeout=5)
-    status = _git(["status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], root,
-                  timeout=5)
-    if last is None or status is None or not last.stdout.strip():
+    dirty = _dirty(root, CODE_PATHS)
+    if last is None or dirty is None or not last.stdout.strip():
         return "unknown"
-    return last.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    return last.stdout.strip() + dirty
+
+
+def _dirty(root: Path, paths: tuple[str, ...]) -> str | None:
+    """"+dirty" when a tracked file under ``paths`` differs from HEAD, "" when none does, None
+    when git cannot be run."""
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", *paths], root, timeout=5)
+    return None if status is None else ("+dirty" if status.stdout.strip() else "")
 
 
 def _git(args: list[str], root: Path, timeout: float = 10) -> subprocess.CompletedProcess | None:

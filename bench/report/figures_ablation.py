@@ -36,11 +36,13 @@ def ladder(values: pd.DataFrame, stem: str | os.PathLike,
     failed = (set(values.loc[values["model_failed"].astype(bool), "model"])
               if "model_failed" in values else set())
     neighbour = dict(zip(values["model"], values["neighbour"], strict=True))
-    # A step read against a model other than the row above it (a fork) names its neighbour.
-    labels = [(f"{m} ({component[m]}"
-               + (f", vs {neighbour[m]}" if neighbour[m] and (i == 0 or order[i - 1] != neighbour[m])
-                  else "") + ")" if component[m] else m)
-              + (" [failed to train]" if m in failed else "") for i, m in enumerate(order)]
+    labels = []
+    for i, m in enumerate(order):
+        what = [component[m]] if component[m] else []
+        if neighbour[m] and (i == 0 or order[i - 1] != neighbour[m]):
+            what.append(f"vs {neighbour[m]}")  # a fork: the row above is not its neighbour
+        labels.append(m + (f" ({', '.join(what)})" if what else "")
+                      + (" [failed to train]" if m in failed else ""))
     panels = (("neighbour", f"step − neighbour (pp{where})"),
               ("capsnet", f"step − capsnet (pp{where})"))
     drawn = []
