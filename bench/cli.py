@@ -238,9 +238,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     from bench.cell.plan import cells, data_config, setups
-    from bench.config import load_profile, profile_names
+    from bench.config import load_profile_with_executor, profile_names
     from bench.data.testsets import default_set_names
     from bench.runner.estimate import format_duration
+    from bench.runner.executor import load_executor_config
     from bench.runner.todo import device_words, estimate_run, fresh_plan
     from bench.runtime import resolve_device
 
@@ -250,11 +251,14 @@ def _profiles(args: argparse.Namespace) -> int:
         print(f"estimated wall time of `run all` from scratch on {device_words(device)}, from "
               "a few timed steps of each model here (a minute or two in all)", flush=True)
     for name in names:
-        profile = load_profile(name)
+        profile, table = load_profile_with_executor(name)
         line = f"{profile.name}: {len(cells(profile))} cells"
         if args.estimate:
-            est = estimate_run(profile, fresh_plan(profile), device)
+            config = load_executor_config(profile_table=table)
+            est = estimate_run(profile, fresh_plan(profile), device, config)
             line += f", {format_duration(est['total_s'])} on this device"
+            if est["parallel"] > 1:
+                line += f" ({est['parallel']} cells at once, as its [executor] says)"
         print(line)
         for setup in setups(profile):
             sets = setup.test_sets or default_set_names(data_config(profile, setup))

@@ -224,7 +224,7 @@ class TuneConfig:
     set). The same search for every model: an equal tuning budget."""
 
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # our choice: a factor of about 3 around Adam's 1e-3
-    steps: int = 0  # 0: the profile's train.steps
+    steps: int = 0  # 0: the profile's step budget at n (bench.cell.train.step_budget)
     n: int = 0  # 0: the profile's largest training-set size
     seeds: tuple[int, ...] = (100,)  # our choice: a seed outside the profiles' main seeds
     models: tuple[str, ...] = ()  # empty: every model of the profile

@@ -86,7 +86,22 @@ def table(er: EffectiveRobustness) -> Table:
         "each seed's sizes, Student-t interval over seeds. A secondary read-out, no verdict.",
         ["Model", "Mean residual (logit) [95% interval]", "Seeds", "In the fit"], rows, "lrrl",
         ["The line's own error is not in the intervals; the residuals of the models in the fit "
-         "average to 0 together by construction, not each."])
+         "average to 0 together by construction, not each.", *_off_line_note(er)])
+
+
+def _off_line_note(er: EffectiveRobustness) -> list[str]:
+    """A note naming the models of the fit whose own interval excludes 0: the line then averages
+    ConvNets with different trade-offs and is the trade-off of none of them."""
+    def excludes_0(iv: stats.Interval) -> bool:  # at the table's 3 decimals
+        return round(iv.low, 3) > 0 or round(iv.high, 3) < 0
+
+    off = [m for m in er.fitted if m in er.per_model and excludes_0(er.per_model[m])]
+    if not off:
+        return []
+    return [f"{len(off)} of the {len(er.fitted)} models in the fit lie off the line themselves "
+            f"(interval excluding 0: {', '.join(off)}): the line averages different ConvNet "
+            "trade-offs, so a residual measures the distance from that average, not from any one "
+            "ConvNet."]
 
 
 def figure(er: EffectiveRobustness, stem: str | os.PathLike) -> list[Path]:

@@ -78,9 +78,11 @@ TABLE_NAMES = ("claims", "convergence", "headline", "headline_diff", "matched", 
 FIGURE_CAPTIONS = {
     "effective_robustness": "Effective robustness (Taori et al. 2020): every cell's "
                             "affNIST-style against clean accuracy on logit axes, and the line "
-                            "fitted on the cells of the ConvNets that trained; a model above "
-                            "the line keeps more affNIST-style accuracy than a ConvNet of the "
-                            "same clean accuracy.",
+                            "fitted on the cells of the ConvNets that trained. Above the "
+                            "line: more affNIST-style accuracy than the line predicts at that "
+                            "clean accuracy. The line averages the fitted ConvNets; where their "
+                            "own residuals differ from 0 (the table's note), it is the "
+                            "trade-off of none of them.",
     "claims": "The claims scoreboard as a forest plot: each effect with the scoreboard's 95% "
               "interval (over seeds and test digits where the run has the per-image store; C2, "
               "S1 and C5 over seeds only) and its verdict, with the Holm-adjusted one where it "

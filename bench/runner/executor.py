@@ -42,7 +42,8 @@ from bench.config import from_dict
 from bench.errors import BenchError
 from bench.runtime import say
 
-__all__ = ["ExecutorConfig", "Outcome", "load_executor_config", "run_cells"]
+__all__ = ["ExecutorConfig", "Outcome", "cell_threads", "load_executor_config", "run_cells",
+           "worker_threads"]
 
 KINDS = ("local", "slurm")
 # Slurm states in which a job may still produce its result (submitit's list): anything else is final.
@@ -202,6 +203,22 @@ def _set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
+def worker_threads(n_workers: int) -> int:
+    """Torch threads in each of ``n_workers`` local worker processes: this process's CPUs split
+    evenly, at least 1 (our choice: whole cores per worker, none shared)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // n_workers)
+
+
+def cell_threads(config: ExecutorConfig) -> int | None:
+    """Torch threads a cell runs with under ``config``: a Slurm job's CPUs, a local worker's share
+    of the cores when cells run in parallel, or None when cells run in this process (then its
+    own thread count)."""
+    if config.kind == "slurm":
+        return config.cpus_per_job
+    return worker_threads(config.max_parallel) if config.max_parallel > 1 else None
+
+
 def _report_failures(outcomes: list[Outcome]) -> None:
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -269,8 +286,7 @@ def _call_in_worker(fn, task, key: str) -> tuple[bool, Any, str]:
 
 def _run_pool(fn, tasks, keys, config: ExecutorConfig, log_dir: Path, progress) -> list[Outcome]:
     n_workers = min(config.max_parallel, len(tasks))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cpus or 1) // n_workers)
+    threads = worker_threads(n_workers)
     gpus = _visible_gpus()
     # One worker per GPU when several are visible (round-robin if more workers than GPUs);
     # with one or none, the workers share what the parent sees.

@@ -32,7 +32,7 @@ from bench.runner.estimate import (
     format_duration,
     throughput_stage_s,
 )
-from bench.runner.executor import ExecutorConfig
+from bench.runner.executor import ExecutorConfig, cell_threads
 
 # The stages in the order they run, one line each (``python -m bench run --help`` prints them).
 STAGE_HELP = {
@@ -152,13 +152,26 @@ class MeasuredRates:
 
 
 def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
-                  generation: bool) -> MeasuredRates:
+                  generation: bool, threads: int | None = None) -> MeasuredRates:
     """Time a few steps of each (setup, model) of ``keys`` with :func:`bench.cell.throughput.measure`:
     training at the profile's batch, width and canvas with the trainer's switches (bf16 as the
     trainer decides, ``channels_last``, ``fused_optimizer``), inference at the evaluation batch
     (fp32, as evaluation runs); and, when ``generation``, the affNIST-style generation rate
-    (a second generation of ``min(n_test, 500) x 2`` images, the first one warming up)."""
+    (a second generation of ``min(n_test, 500) x 2`` images, the first one warming up).
+    ``threads``: the torch threads to time with (the cells' own, when they run in worker
+    processes), restored afterwards; None: this process's."""
 
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure_rates(profile, device, keys, generation)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
+                   generation: bool) -> MeasuredRates:
     t0 = time.perf_counter()
     t = profile.train
     out = MeasuredRates()
@@ -185,14 +198,15 @@ def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[s
 
 def parallel_cells(executor_config, device: torch.device) -> int:
     """Cells assumed to run at once, for the estimate (our choice): Slurm ``max_parallel``;
-    local workers on CUDA one per visible GPU up to ``max_parallel``; local on the CPU 1 (the
-    workers split the same cores)."""
+    local workers on CUDA one per visible GPU up to ``max_parallel``; local on the CPU
+    ``max_parallel`` (the workers split the cores, and their rates are timed at a worker's
+    thread count: :func:`estimate_run`)."""
     n = executor_config.max_parallel
     if executor_config.kind == "slurm":
         return n
     if device.type == "cuda" and n > 1:
         return max(1, min(n, torch.cuda.device_count()))
-    return 1
+    return n if device.type == "cpu" else 1
 
 
 def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_config=None,
@@ -205,9 +219,15 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
     if plan.throughput:
         main = setups(profile)[0]
         keys |= {(main.name, m) for m in main.models}
+    # Local CPU workers each run with their share of the cores, so their rates are timed at that
+    # thread count, one worker at a time: workers running together also share the memory
+    # bandwidth, which the estimate does not see (see docs/long-runs.md for the measured cost).
+    threads = (cell_threads(executor_config)
+               if device.type == "cpu" and executor_config.kind == "local" else None)
     if rates is None:
         rates = measure_rates(profile, device, keys,
-                              generation=plan.throughput or any(plan.sets_build.values()))
+                              generation=plan.throughput or any(plan.sets_build.values()),
+                              threads=threads)
     extra = REPORT_S if plan.report else 0.0
     if plan.throughput:
         extra += throughput_stage_s(profile, rates.train, rates.infer, rates.generation)
@@ -216,17 +236,21 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
                            extra, train_cells=plan.train, eval_cells=evaluated,
                            build_sets=plan.sets_build,
                            parallel=parallel_cells(executor_config, device))
-    est.update(plan=plan.counts(), rates_seconds=rates.seconds, generation_rate=rates.generation,
+    est.update(plan=plan.counts(), threads=threads or torch.get_num_threads(),
+               rates_seconds=rates.seconds, generation_rate=rates.generation,
                train_rates={f"{k[0]}/{k[1]}": v for k, v in rates.train.items()},
                infer_rates={f"{k[0]}/{k[1]}": v for k, v in rates.infer.items()})
     return est
 
 
-def device_words(device: torch.device) -> str:
+def device_words(device: torch.device, workers: int = 1, threads: int | None = None) -> str:
+    """The device as the plan's first line names it, with the cells' workers and threads on
+    the CPU."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    n = torch.get_num_threads()
-    return f"{device.type} ({n} thread{'s' if n != 1 else ''})"
+    n = threads or torch.get_num_threads()
+    each = f"{n} thread{'s' if n != 1 else ''}"
+    return f"{device.type} ({workers} workers x {each} each)" if workers > 1 else f"{device.type} ({each})"
 
 
 def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[str]:
@@ -244,7 +268,8 @@ def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[s
     stages = [s for s in STAGE_ORDER if s in plan.stages and s not in ("train", "eval")]
     if not what:
         what.append("stage " + "+".join(stages))
-    lines = [f"{plan.profile} profile on {device_words(device)}: {', '.join(what)}, "
+    where = device_words(device, est.get("parallel", 1), est.get("threads"))
+    lines = [f"{plan.profile} profile on {where}: {', '.join(what)}, "
              f"{format_duration(est['total_s'])}"]
     if plan.sets_build or plan.sets_cached:
         lines.append(f"  test sets: {n['sets_build']} to build ({est['build_images']:,} images), "

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cell.plan import AFFNIST_SETUP, Cell, cell_dir
+from bench.cell.train import step_budget
 from bench.config import Profile, TuneConfig
 from bench.errors import BenchError
 from bench.runner.cell import CellTask, DataSource, run_cell
@@ -33,14 +34,11 @@ TUNING_COLUMNS = ("model", "lr", "seed", "n", "steps", "final_val_accuracy", "tr
 def tuning_settings(profile: Profile) -> TuneConfig:
     """The profile's ``[tune]`` with its zeros and empties resolved (steps, n, models)."""
     t = profile.tune or TuneConfig()
-    steps = t.steps or profile.train.steps
-    if steps < 1:
-        raise BenchError(f"profile {profile.name}: tune needs a fixed budget: tune.steps or "
-                         "train.steps > 0")
+    n = t.n or max(profile.sizes)
     if profile.train.val_size < 1:
         raise BenchError(f"profile {profile.name}: tune scores validation images: "
                          "train.val_size must be > 0")
-    return dataclasses.replace(t, steps=steps, n=t.n or max(profile.sizes),
+    return dataclasses.replace(t, steps=t.steps or step_budget(profile.train, n), n=n,
                                models=t.models or profile.models)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report.robustness import effective_robustness
+from bench.report.robustness import effective_robustness, table
 
 
 def _logistic(z: float) -> float:
@@ -63,3 +63,25 @@ def test_residuals_from_the_convnets_line_by_hand():
     assert caps.estimate == pytest.approx(0.38)
     assert (caps.low, caps.high) == pytest.approx((0.38 - half, 0.38 + half))
     assert er.per_model["convnet-maxpool"].estimate == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_table_names_fitted_convnets_that_lie_off_their_own_line():
+    """Two ConvNets 0.2 above and 0.2 below one common line (seed jitter of +-0.02): the fitted
+    line is the common one, both lie off it, and the table's note names both; with both on the
+    line (the cells above) no such note."""
+    rows = []
+    for model, lift in (("convnet-maxpool", 0.2), ("convnet-k9", -0.2)):
+        for seed in range(5):
+            jitter = 0.02 * (-1) ** seed
+            for z in (0.5 + 0.1 * seed, 1.5, 2.5 - 0.1 * seed):
+                other = _logistic(-1 + 0.5 * z + lift + jitter)
+                for test_set, v in (("clean", _logistic(z)), ("affnist", other)):
+                    rows.append(dict(setup="affnist", model=model, n=100 + int(z * 1000),
+                                     seed=seed, test_set=test_set, factor_value=math.nan,
+                                     metric="accuracy", value=v))
+    er = effective_robustness(pd.DataFrame(rows))
+    assert er.per_model["convnet-maxpool"].low > 0 > er.per_model["convnet-k9"].high
+    notes = " ".join(table(er).notes)
+    assert "2 of the 2 models in the fit lie off the line" in notes
+    assert "convnet-k9" in notes and "convnet-maxpool" in notes
+    assert "lie off the line" not in " ".join(table(effective_robustness(pd.DataFrame(_cells()))).notes)

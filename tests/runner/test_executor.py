@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.runner.executor import ExecutorConfig, load_executor_config, run_cells
+from bench.runner.executor import (
+    ExecutorConfig,
+    cell_threads,
+    load_executor_config,
+    run_cells,
+    worker_threads,
+)
 from tests.slurm.cells import run_cell
 
 
@@ -145,3 +151,17 @@ def test_load_executor_config_errors(tmp_path, text, overrides, match):
 def test_missing_settings_file(tmp_path):
     with pytest.raises(BenchError, match="not found.*nope.toml"):
         load_executor_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(("cpus", "workers", "threads"), [(4, 1, 4), (4, 2, 2), (4, 3, 1), (2, 8, 1)])
+def test_worker_threads_split_the_cpus(monkeypatch, cpus, workers, threads):
+    """Hand-worked: whole cores per worker, at least one thread."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert worker_threads(workers) == threads
+
+
+def test_cell_threads(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert cell_threads(ExecutorConfig()) is None  # cells run in this process
+    assert cell_threads(ExecutorConfig(max_parallel=2)) == 2
+    assert cell_threads(ExecutorConfig(kind="slurm", max_parallel=8, cpus_per_job=3)) == 3

@@ -135,7 +135,8 @@ def test_download_flag_reaches_training(tmp_path, monkeypatch, argv):
         seen.append((split, dataset, data_dir, download))
         raise BenchError("stop here: the flag was seen")
 
-    def no_timing(profile, device, keys, generation):  # the estimate printed first: not tested here
+    # the estimate printed first: not tested here
+    def no_timing(profile, device, keys, generation, threads=None):
         return todo.MeasuredRates({k: 1.0 for k in keys}, {k: 1.0 for k in keys}, 1.0)
 
     monkeypatch.setattr(train, "load_split", fake_load_split)

@@ -91,7 +91,7 @@ def _run_cells(profile, run_dir):
 def _stub_rates(calls: list):
     """measure_rates returning fixed rates: train 80 images/s, inference 160, generation 1000."""
 
-    def fake(profile, device, keys, generation):
+    def fake(profile, device, keys, generation, threads=None):
         keys = set(keys)
         calls.append((keys, generation))
         return todo.MeasuredRates({k: 80.0 for k in keys}, {k: 160.0 for k in keys},
@@ -161,6 +161,29 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_path, tmp_path, monkeyp
     assert f"tiny profile on cpu (1 thread): 4 cells to train (0 reused), about {total:.0f} s" in text
     assert calls == [({("affnist", "capsnet"), ("affnist", "convnet-maxpool")}, False)]
     assert not out.exists()
+
+
+def test_dry_run_with_local_cpu_workers_times_a_workers_threads(tiny_path, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Two local workers on 4 CPUs: each cell runs with 2 threads, so the rates are timed at 2
+    threads and two cells run at once (the per-cell sum halved)."""
+    seen = []
+
+    def fake(profile, device, keys, generation, threads=None):
+        seen.append(threads)
+        return _stub_rates([])(profile, device, keys, generation)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(todo, "measure_rates", fake)
+    out = tmp_path / "run"
+    rc = main(["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out),
+               "--max-parallel", "2", "--dry-run"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    total = 4 * (0.4 + 0.2 + CELL_OVERHEAD_S) / 2  # as above, two cells at once
+    assert seen == [2]
+    assert (f"tiny profile on cpu (2 workers x 2 threads each): 4 cells to train (0 reused), "
+            f"about {total:.0f} s") in text
 
 
 def test_max_hours_stops_before_training_with_a_one_line_error(tiny_path, tmp_path, monkeypatch,

@@ -96,6 +96,16 @@ def test_search_settings_resolve_the_profiles_defaults(tmp_path):
         tuning_settings(dataclasses.replace(p, train=dataclasses.replace(p.train, val_size=0)))
 
 
+def test_search_budget_follows_the_epochs_rule_at_its_n(tmp_path):
+    """Without a fixed budget (train.steps = 0) the search trains as long as the profile's cells
+    of its n do: max(min_steps, ceil(epochs x n / batch)), by hand 12.8 x 300 / 32 = 120 -> 150."""
+    p = _load(tmp_path, BASE)
+    train = dataclasses.replace(p.train, steps=0, epochs=12.8, min_steps=150, batch_size=32)
+    assert tuning_settings(dataclasses.replace(p, train=train)).steps == 150
+    train = dataclasses.replace(train, epochs=40.0)  # 40 x 300 / 32 = 375
+    assert tuning_settings(dataclasses.replace(p, train=train)).steps == 375
+
+
 def test_tiny_search_end_to_end(tmp_path):
     p = _load(tmp_path, TINY + "[tune]\nlrs = [0.001, 0.01]\nsteps = 4\nmodels = [\"convnet-maxpool\"]\n")
     table, chosen = run_tune(p, tmp_path / "tune", "cpu", progress=False)
