@@ -84,7 +84,7 @@ from bench.runner.cell import (
 )
 from bench.runner.collect import cell_timing, collect
 from bench.runner.estimate import format_duration
-from bench.runner.executor import ExecutorConfig, run_cells
+from bench.runner.executor import ExecutorConfig, cell_threads, run_cells
 from bench.runner.todo import STAGE_ORDER, estimate_run, format_plan, plan_run
 from bench.runtime import environment, plan_record, say, set_deterministic
 
@@ -410,7 +410,7 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
         cells=[dataclasses.asdict(pc.cell) | {"dir": str(pc.folder)} for pc in planned],
         models=model_records(profile),
         environment=env,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=cell_threads(executor_config) or torch.get_num_threads(),  # the cells'
         executor=dataclasses.asdict(executor_config),
     )
     # The plan's record is made once, when the run of this configuration starts (a resume or a
