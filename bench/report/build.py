@@ -171,7 +171,8 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Calibration", _calibration_table(main, models), ""),
             ("Linear decodability of the transform", _probe_table(main, models, manifest), ""),
             ("Per-factor sweeps", _sweeps_table(main, models, manifest), ""),
-            ("Data efficiency", _data_efficiency_table(main, models, targets), ""),
+            ("Data efficiency", _data_efficiency_table(main, models, targets,
+                                                       train_cfg.get("steps") == 0), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
         if er is not None:  # runs with ConvNet cells only

@@ -359,7 +359,9 @@ def _ratio_text(nd: Needed, ref: Needed) -> str:
 
 
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
-                           targets: Sequence[float]) -> Table | None:
+                           targets: Sequence[float], budget_grows: bool = False) -> Table | None:
+    """Training images needed per clean-accuracy target; ``budget_grows``: the run's step budget
+    grew with n (``train.steps = 0``, the epochs rule), which a note then says."""
     d = readout.rows(main, test_set=CLEAN.name, metric="accuracy")
     if d.empty or not targets:  # no target: no table (the profile names none)
         return None
@@ -385,6 +387,10 @@ def _data_efficiency_table(main: pd.DataFrame, models: list[str],
              "error of interpolating between the sizes trained is not in them.",
              "Claim C2 uses the highest of the profile's targets that both models reach on every "
              "seed: a fixed rule, so the target it reports depends on this run's results."]
+    if budget_grows:
+        notes.append("This run's step budget grows with n (train.steps = 0: the epochs rule), "
+                     "so a larger n here also trained longer: these sizes mix training-set size "
+                     "with training length.")
     if ref:
         notes.append(f"Ratios: model ÷ {ref}, per seed on the seeds both share, geometric mean "
                      "[95% paired Student-t interval on the log ratios, exponentiated]; above 1: "

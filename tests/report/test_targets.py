@@ -54,3 +54,12 @@ def test_a_ratio_is_not_printed_from_a_single_seed():
     assert table is not None
     row = next(r for r in table.rows if r[0] == "convnet-maxpool")
     assert row[-1] == "no ratio (one seed: 1 of 2 dropped, not reached)"
+
+
+def test_a_budget_that_grows_with_n_is_said_under_the_data_efficiency_table():
+    main = _main()
+    fixed = _data_efficiency_table(main, ["capsnet", "convnet-maxpool"], [0.9])
+    grows = _data_efficiency_table(main, ["capsnet", "convnet-maxpool"], [0.9], budget_grows=True)
+    assert fixed.rows == grows.rows
+    said = [n for n in grows.notes if n not in fixed.notes]
+    assert len(said) == 1 and "mix training-set size with training length" in said[0]
