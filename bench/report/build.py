@@ -82,6 +82,7 @@ from bench.report.sections import (
     _sweeps_table,
     _test_set_sizes,
     _throughput_tables,
+    budget_grows_with_n,
     plan_section,
 )
 from bench.report.table import Table
@@ -171,8 +172,8 @@ def build_report(run_dir: Path, *, with_figures: bool = True) -> None:
             ("Calibration", _calibration_table(main, models), ""),
             ("Linear decodability of the transform", _probe_table(main, models, manifest), ""),
             ("Per-factor sweeps", _sweeps_table(main, models, manifest), ""),
-            ("Data efficiency", _data_efficiency_table(main, models, targets,
-                                                       train_cfg.get("steps") == 0), ""),
+            ("Data efficiency", _data_efficiency_table(main, models, targets, budget_grows_with_n(
+                None if cells is None else cells[cells["setup"] == MAIN_SETUP])), ""),
             ("Reconstructions", recon, recon_sentence),
         ]
         if er is not None:  # runs with ConvNet cells only

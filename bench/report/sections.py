@@ -358,10 +358,18 @@ def _ratio_text(nd: Needed, ref: Needed) -> str:
     return text
 
 
+def budget_grows_with_n(cells: pd.DataFrame | None) -> bool:
+    """Whether the run's cells (``cells.csv``) of different training-set sizes trained for
+    different numbers of steps (a budget by the epochs rule that min/max steps did not clamp)."""
+    if cells is None or cells.empty or not {"n", "steps"} <= set(cells.columns):
+        return False
+    return cells.groupby("n")["steps"].max().nunique() > 1
+
+
 def _data_efficiency_table(main: pd.DataFrame, models: list[str],
                            targets: Sequence[float], budget_grows: bool = False) -> Table | None:
-    """Training images needed per clean-accuracy target; ``budget_grows``: the run's step budget
-    grew with n (``train.steps = 0``, the epochs rule), which a note then says."""
+    """Training images needed per clean-accuracy target; ``budget_grows``: the run's cells of a
+    larger n trained for more steps (:func:`budget_grows_with_n`), which a note then says."""
     d = readout.rows(main, test_set=CLEAN.name, metric="accuracy")
     if d.empty or not targets:  # no target: no table (the profile names none)
         return None
@@ -384,13 +392,14 @@ def _data_efficiency_table(main: pd.DataFrame, models: list[str],
              f"largest n; {BOUNDED} or ≤: reached at the smallest n, where the size is only an "
              f"upper bound; {CLIPPED}: the interval clipped to the sizes trained (no size "
              "outside them was measured). The intervals cover seed-to-seed variation only: the "
-             "error of interpolating between the sizes trained is not in them.",
-             "Claim C2 uses the highest of the profile's targets that both models reach on every "
-             "seed: a fixed rule, so the target it reports depends on this run's results."]
+             "error of interpolating between the sizes trained is not in them."]
+    if {"capsnet", "convnet-maxpool"} <= set(models):  # the two models of claim C2
+        notes.append("Claim C2 uses the highest of the profile's targets that both models reach "
+                     "on every seed: a fixed rule, so the target it reports depends on this run's "
+                     "results.")
     if budget_grows:
-        notes.append("This run's step budget grows with n (train.steps = 0: the epochs rule), "
-                     "so a larger n here also trained longer: these sizes mix training-set size "
-                     "with training length.")
+        notes.append("In this run a larger n also trained for more steps (cells.csv): these "
+                     "sizes mix training-set size with training length.")
     if ref:
         notes.append(f"Ratios: model ÷ {ref}, per seed on the seeds both share, geometric mean "
                      "[95% paired Student-t interval on the log ratios, exponentiated]; above 1: "

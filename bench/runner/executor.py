@@ -42,8 +42,8 @@ from bench.config import from_dict
 from bench.errors import BenchError
 from bench.runtime import say
 
-__all__ = ["ExecutorConfig", "Outcome", "cell_threads", "load_executor_config", "run_cells",
-           "worker_threads"]
+__all__ = ["ExecutorConfig", "Outcome", "cell_threads", "load_executor_config", "local_cpus",
+           "run_cells", "worker_threads"]
 
 KINDS = ("local", "slurm")
 # Slurm states in which a job may still produce its result (submitit's list): anything else is final.
@@ -203,11 +203,16 @@ def _set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
+def local_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform says, else all)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpus or 1
+
+
 def worker_threads(n_workers: int) -> int:
     """Torch threads in each of ``n_workers`` local worker processes: this process's CPUs split
     evenly, at least 1 (our choice: whole cores per worker, none shared)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) // n_workers)
+    return max(1, local_cpus() // n_workers)
 
 
 def cell_threads(config: ExecutorConfig) -> int | None:
@@ -286,7 +291,9 @@ def _call_in_worker(fn, task, key: str) -> tuple[bool, Any, str]:
 
 def _run_pool(fn, tasks, keys, config: ExecutorConfig, log_dir: Path, progress) -> list[Outcome]:
     n_workers = min(config.max_parallel, len(tasks))
-    threads = worker_threads(n_workers)
+    # Threads from the configured worker count, not from the cells left, so that a resumed run's
+    # last cells train at the thread count its first ones did (CPU results depend on it).
+    threads = worker_threads(config.max_parallel)
     gpus = _visible_gpus()
     # One worker per GPU when several are visible (round-robin if more workers than GPUs);
     # with one or none, the workers share what the parent sees.

@@ -410,7 +410,8 @@ def _run_stages(profile: Profile, stages: Sequence[str], run_dir: Path, device: 
         cells=[dataclasses.asdict(pc.cell) | {"dir": str(pc.folder)} for pc in planned],
         models=model_records(profile),
         environment=env,
-        torch_threads=cell_threads(executor_config) or torch.get_num_threads(),  # the cells'
+        # the threads the cells run with: a worker's or a Slurm job's, else this process's
+        torch_threads=cell_threads(executor_config) or torch.get_num_threads(),
         executor=dataclasses.asdict(executor_config),
     )
     # The plan's record is made once, when the run of this configuration starts (a resume or a

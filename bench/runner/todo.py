@@ -8,6 +8,7 @@ each model's step on this device (:func:`measure_rates`) and applies the formula
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
@@ -32,7 +33,7 @@ from bench.runner.estimate import (
     format_duration,
     throughput_stage_s,
 )
-from bench.runner.executor import ExecutorConfig, cell_threads
+from bench.runner.executor import ExecutorConfig, cell_threads, local_cpus
 
 # The stages in the order they run, one line each (``python -m bench run --help`` prints them).
 STAGE_HELP = {
@@ -151,30 +152,22 @@ class MeasuredRates:
     seconds: float = 0.0  # what the measurement itself took
 
 
-def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
-                  generation: bool, threads: int | None = None) -> MeasuredRates:
-    """Time a few steps of each (setup, model) of ``keys`` with :func:`bench.cell.throughput.measure`:
-    training at the profile's batch, width and canvas with the trainer's switches (bf16 as the
-    trainer decides, ``channels_last``, ``fused_optimizer``), inference at the evaluation batch
-    (fp32, as evaluation runs); and, when ``generation``, the affNIST-style generation rate
-    (a second generation of ``min(n_test, 500) x 2`` images, the first one warming up).
-    ``threads``: the torch threads to time with (the cells' own, when they run in worker
-    processes), restored afterwards; None: this process's."""
-
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), then restored."""
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if n is not None:
+        torch.set_num_threads(n)
     try:
-        return _measure_rates(profile, device, keys, generation)
+        yield
     finally:
         torch.set_num_threads(before)
 
 
-def _measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
-                   generation: bool) -> MeasuredRates:
-    t0 = time.perf_counter()
+def _time_models(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
+                 out: MeasuredRates) -> None:
+    """Training and inference images/s of each (setup, model) of ``keys``, into ``out``."""
     t = profile.train
-    out = MeasuredRates()
     for setup_name, model in sorted(set(keys)):
         canvas = setup_by_name(profile, setup_name).canvas
         common = {"warmup": RATE_WARMUP, "repeats": RATE_REPEATS, "latency": False,
@@ -184,6 +177,23 @@ def _measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[
         i = measure(model, canvas, EVAL_BATCH, profile.model.width, device, train=False, **common)
         out.train[(setup_name, model)] = r["train_images_per_s"]
         out.infer[(setup_name, model)] = i["infer_images_per_s"]
+
+
+def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
+                  generation: bool, threads: int | None = None) -> MeasuredRates:
+    """Time a few steps of each (setup, model) of ``keys`` with :func:`bench.cell.throughput.measure`:
+    training at the profile's batch, width and canvas with the trainer's switches (bf16 as the
+    trainer decides, ``channels_last``, ``fused_optimizer``), inference at the evaluation batch
+    (fp32, as evaluation runs); and, when ``generation``, the affNIST-style generation rate
+    (a second generation of ``min(n_test, 500) x 2`` images, the first one warming up).
+    ``threads``: the torch threads the models are timed with (the cells' own, when they run in
+    worker processes or jobs), restored afterwards; None: this process's. The generation rate is
+    timed with this process's threads, where the test sets are built."""
+
+    t0 = time.perf_counter()
+    out = MeasuredRates()
+    with _torch_threads(threads):
+        _time_models(profile, device, keys, out)
     if generation:
         cfg = dataclasses.replace(profile.data, n_test=min(profile.data.n_test, 500), affnist_k=2)
         generate(AFFNIST_STYLE.name, cfg, device)
@@ -199,14 +209,14 @@ def _measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[
 def parallel_cells(executor_config, device: torch.device) -> int:
     """Cells assumed to run at once, for the estimate (our choice): Slurm ``max_parallel``;
     local workers on CUDA one per visible GPU up to ``max_parallel``; local on the CPU
-    ``max_parallel`` (the workers split the cores, and their rates are timed at a worker's
-    thread count: :func:`estimate_run`)."""
+    ``max_parallel`` up to the number of cores (the workers split the cores, and their rates are
+    timed at a worker's thread count: :func:`estimate_run`)."""
     n = executor_config.max_parallel
     if executor_config.kind == "slurm":
         return n
     if device.type == "cuda" and n > 1:
         return max(1, min(n, torch.cuda.device_count()))
-    return n if device.type == "cpu" else 1
+    return max(1, min(n, local_cpus())) if device.type == "cpu" else 1
 
 
 def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_config=None,
@@ -219,11 +229,10 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
     if plan.throughput:
         main = setups(profile)[0]
         keys |= {(main.name, m) for m in main.models}
-    # Local CPU workers each run with their share of the cores, so their rates are timed at that
-    # thread count, one worker at a time: workers running together also share the memory
-    # bandwidth, which the estimate does not see (see docs/long-runs.md for the measured cost).
-    threads = (cell_threads(executor_config)
-               if device.type == "cpu" and executor_config.kind == "local" else None)
+    # On the CPU, cells in worker processes or Slurm jobs run with their own thread count, so
+    # their rates are timed at it, one at a time: workers running together on one machine also
+    # share its memory bandwidth, which the estimate does not see (docs/slurm.md, measured).
+    threads = cell_threads(executor_config) if device.type == "cpu" else None
     if rates is None:
         rates = measure_rates(profile, device, keys,
                               generation=plan.throughput or any(plan.sets_build.values()),
@@ -235,7 +244,8 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
     est = estimate_profile(profile, rates.train, rates.infer, rates.generation, CELL_OVERHEAD_S,
                            extra, train_cells=plan.train, eval_cells=evaluated,
                            build_sets=plan.sets_build,
-                           parallel=parallel_cells(executor_config, device))
+                           parallel=min(parallel_cells(executor_config, device),
+                                        max(1, len(plan.train) + len(plan.evaluate))))
     est.update(plan=plan.counts(), threads=threads or torch.get_num_threads(),
                rates_seconds=rates.seconds, generation_rate=rates.generation,
                train_rates={f"{k[0]}/{k[1]}": v for k, v in rates.train.items()},
@@ -243,14 +253,15 @@ def estimate_run(profile: Profile, plan: Plan, device: torch.device, executor_co
     return est
 
 
-def device_words(device: torch.device, workers: int = 1, threads: int | None = None) -> str:
-    """The device as the plan's first line names it, with the cells' workers and threads on
-    the CPU."""
+def device_words(device: torch.device, at_once: int = 1, threads: int | None = None) -> str:
+    """The device as the plan's first line names it; on the CPU with the cells' threads and how
+    many cells run at once."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     n = threads or torch.get_num_threads()
     each = f"{n} thread{'s' if n != 1 else ''}"
-    return f"{device.type} ({workers} workers x {each} each)" if workers > 1 else f"{device.type} ({each})"
+    return (f"{device.type} ({at_once} cells at once, {each} each)" if at_once > 1
+            else f"{device.type} ({each})")
 
 
 def format_plan(plan: Plan, est: dict[str, Any], device: torch.device) -> list[str]:

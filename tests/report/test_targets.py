@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.report.build import _targets
 from bench.report.scoreboard import claims
-from bench.report.sections import _data_efficiency_table
+from bench.report.sections import _data_efficiency_table, budget_grows_with_n
 
 
 def _main() -> pd.DataFrame:
@@ -63,3 +63,15 @@ def test_a_budget_that_grows_with_n_is_said_under_the_data_efficiency_table():
     assert fixed.rows == grows.rows
     said = [n for n in grows.notes if n not in fixed.notes]
     assert len(said) == 1 and "mix training-set size with training length" in said[0]
+    # without convnet-maxpool there is no C2, and no note about it
+    alone = _data_efficiency_table(main, ["capsnet"], [0.9])
+    assert not any("Claim C2" in n for n in alone.notes)
+    assert any("Claim C2" in n for n in fixed.notes)
+
+
+def test_budget_grows_with_n_reads_the_cells_steps():
+    """By hand: 375 steps at n = 50 and 1,500 at n = 3,000 grow; 800 at both sizes do not."""
+    grows = pd.DataFrame({"n": [50, 50, 3000, 3000], "steps": [375, 375, 1500, 1500]})
+    same = pd.DataFrame({"n": [50, 3000], "steps": [800, 800]})
+    assert budget_grows_with_n(grows) and not budget_grows_with_n(same)
+    assert not budget_grows_with_n(None) and not budget_grows_with_n(pd.DataFrame())

@@ -163,26 +163,34 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_path, tmp_path, monkeyp
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("cpus", "workers", "at_once", "threads"), [
+    (4, 2, 2, 2),  # two workers of 2 threads
+    (16, 8, 4, 2),  # 8 workers of 2 threads, but the plan has only 4 cells
+    (2, 4, 2, 1),  # 4 one-thread workers on 2 cores: 2 at once
+])
 def test_dry_run_with_local_cpu_workers_times_a_workers_threads(tiny_path, tmp_path, monkeypatch,
-                                                                 capsys):
-    """Two local workers on 4 CPUs: each cell runs with 2 threads, so the rates are timed at 2
-    threads and two cells run at once (the per-cell sum halved)."""
+                                                                 capsys, cpus, workers, at_once,
+                                                                 threads):
+    """Local workers on the CPU: the rates are timed at a worker's threads (the CPUs split
+    evenly), and the per-cell sum is divided by the cells that can run at once (workers, capped
+    by the cores and by the cells left); worked by hand from the stub rates."""
     seen = []
 
     def fake(profile, device, keys, generation, threads=None):
         seen.append(threads)
         return _stub_rates([])(profile, device, keys, generation)
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     monkeypatch.setattr(todo, "measure_rates", fake)
     out = tmp_path / "run"
     rc = main(["run", "train", "--profile", str(tiny_path), "--device", "cpu", "--out", str(out),
-               "--max-parallel", "2", "--dry-run"])
+               "--max-parallel", str(workers), "--dry-run"])
     assert rc == 0
     text = capsys.readouterr().out
-    total = 4 * (0.4 + 0.2 + CELL_OVERHEAD_S) / 2  # as above, two cells at once
-    assert seen == [2]
-    assert (f"tiny profile on cpu (2 workers x 2 threads each): 4 cells to train (0 reused), "
+    total = 4 * (0.4 + 0.2 + CELL_OVERHEAD_S) / at_once  # as above, cells at once
+    assert seen == [threads]
+    each = f"{threads} thread{'s' if threads != 1 else ''} each"
+    assert (f"tiny profile on cpu ({at_once} cells at once, {each}): 4 cells to train (0 reused), "
             f"about {total:.0f} s") in text
 
 
