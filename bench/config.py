@@ -161,6 +161,14 @@ class TrainConfig:
     # own model's rate (bench.cell.plan.spec_for), so naming one model retrains no other.
     lr_by_model: dict[str, float] = field(default_factory=dict)
 
+    def budget(self, n: int) -> int:
+        """Optimisation steps for a training set of ``n`` images: ``steps`` whatever ``n`` when
+        it is set (so training length is not confounded with training-set size), else ``epochs``
+        passes over the set, at least ``min_steps`` and at most ``max_steps``."""
+        if self.steps > 0:
+            return self.steps
+        return min(max(self.min_steps, -(-int(self.epochs * n) // self.batch_size)), self.max_steps)
+
     def lr_for(self, model: str) -> float:
         """The learning rate the cells of ``model`` train with."""
         return self.lr_by_model.get(model, self.lr)

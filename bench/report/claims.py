@@ -36,7 +36,7 @@ from bench.report import store as store_mod
 from bench.report.budget import NOT_CHECKED
 from bench.report.read import MAIN_SETUP, MAXPOOL, REFERENCE, _flag
 from bench.report.readout import BOUNDED, MINUS, NOT_MEASURED, PART_SCORE
-from bench.report.table import _width
+from bench.report.table import _budget, _width
 from bench.stats import Interval
 
 # --------------------------------------------------------------------------------------------
@@ -132,11 +132,8 @@ class _Context:
             lo, hi = steps.min(), steps.max()
             parts.append(f"{lo:,.0f} steps" if lo == hi else f"{lo:,.0f}–{hi:,.0f} steps")
         else:
-            train = self.config.get("train") or {}
-            if train.get("steps"):
-                parts.append(f"{int(train['steps']):,} steps")
-            elif train.get("max_steps"):
-                parts.append(f"≤ {int(train['max_steps']):,} steps")
+            if _budget(self.config):
+                parts.append(_budget(self.config))
         if cells is not None and len(sizes) == 1:
             labelled = cells["labelled_images"].dropna()
             if not labelled.empty and (labelled != sizes[0]).any():

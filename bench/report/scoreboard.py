@@ -28,7 +28,7 @@ from bench.report.claims import (
 from bench.report.published import published_text
 from bench.report.read import GU, K9, MAXPOOL, REFERENCE
 from bench.report.readout import BOUNDED, CLIPPED, MINUS, NOT_MEASURED
-from bench.report.table import Table, _width
+from bench.report.table import Table, _budget, _width
 from bench.stats import VERDICT_RULE
 
 
@@ -366,12 +366,11 @@ def cannot_show(manifest: dict | None, rows: list[Claim]) -> list[str]:
     pre-registration, test-set provenance, the controls' identities."""
     config = (((manifest or {}).get("profile") or {}).get("config") or {})
     width = (config.get("model") or {}).get("width")
-    steps = (config.get("train") or {}).get("steps")
     c_star = next((c.effect.split("c* = ")[1].split("%")[0] for c in rows
                    if c.key == "C1" and "c* = " in c.effect), None)
     scale = "Scale: " + ", ".join(x for x in (
         f"width {_width(width)}" if isinstance(width, (int, float)) else "",
-        f"{int(steps):,} steps" if isinstance(steps, (int, float)) else "",
+        _budget(config),
         f"matched at c* = {c_star} % clean" if c_star else "") if x)
     return [
         f"- {scale}; Sabour et al. matched at 99.23 / 99.22 %, with full-size models.",

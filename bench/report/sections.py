@@ -32,7 +32,7 @@ from bench.report import adversarial as adversarial_report
 from bench.report import figures, readout
 from bench.report.read import MAIN_SETUP, MNIST_SETUP, REFERENCE, _flag
 from bench.report.readout import BOUNDED, CLIPPED, MINUS, PART_SCORE, Needed
-from bench.report.table import Table, _num, _width
+from bench.report.table import Table, _budget, _num, _width
 from bench.report.text import NOTE_DIFF, NOTE_MEAN
 from bench.runtime import code_commit
 from bench.stats import Interval
@@ -622,10 +622,8 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
         scale = []
         if "width" in (config.get("model") or {}):
             scale.append(f"width {_width(config['model']['width'])}")
-        if train.get("steps"):
-            scale.append(f"{int(train['steps']):,} steps per cell")
-        elif train.get("max_steps"):
-            scale.append(f"at most {int(train['max_steps']):,} steps per cell")
+        if _budget(config):
+            scale.append(_budget(config) + (" per cell" if train.get("steps") else ""))
         if train.get("batch_size"):
             scale.append(f"batch {int(train['batch_size'])}")
         if scale:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.config import TrainConfig
 from bench.report.readout import BOUNDED, CLIPPED, MINUS
 
 PM = "±"
@@ -104,3 +105,20 @@ def _width(width: Any) -> str:
     except (TypeError, ValueError):
         return str(width)
     return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+
+
+def _budget(config: dict) -> str:
+    """A run's step budget from its profile config (``manifest.json``): "1,000 steps", or with the
+    epochs rule (``train.steps = 0``) each size's budget, "500 steps at n = 50, 1,500 at
+    n = 3,000" (:meth:`bench.config.TrainConfig.budget`); "" when the config does not say."""
+    train = config.get("train") or {}
+    if train.get("steps"):
+        return f"{int(train['steps']):,} steps"
+    sizes = sorted(int(n) for n in config.get("sizes") or [])
+    keys = ("steps", "epochs", "min_steps", "max_steps", "batch_size")
+    if not sizes or not all(k in train for k in keys):
+        return ""
+    cfg = TrainConfig(**{k: train[k] for k in keys})
+    parts = [f"{cfg.budget(n):,} steps at n = {n:,}" if i == 0 else
+             f"{cfg.budget(n):,} at n = {n:,}" for i, n in enumerate(sizes)]
+    return ", ".join(parts)

@@ -75,3 +75,16 @@ def test_budget_grows_with_n_reads_the_cells_steps():
     same = pd.DataFrame({"n": [50, 3000], "steps": [800, 800]})
     assert budget_grows_with_n(grows) and not budget_grows_with_n(same)
     assert not budget_grows_with_n(None) and not budget_grows_with_n(pd.DataFrame())
+
+
+def test_budget_words_from_the_profile_config():
+    """By hand: a fixed budget is one number; the epochs rule gives each size's,
+    max(min_steps, ceil(epochs x n / batch)) <= max_steps: 16 x 50 / 32 = 25 -> 500 and
+    16 x 3,000 / 32 = 1,500; a config without the keys says nothing."""
+    from bench.report.table import _budget
+
+    rule = {"steps": 0, "epochs": 16.0, "min_steps": 500, "max_steps": 100_000, "batch_size": 32}
+    assert _budget({"train": dict(rule, steps=800), "sizes": [50, 3000]}) == "800 steps"
+    assert _budget({"train": rule, "sizes": [3000, 50]}) == "500 steps at n = 50, 1,500 at n = 3,000"
+    assert _budget({"train": dict(rule, max_steps=1000), "sizes": [3000]}) == "1,000 steps at n = 3,000"
+    assert _budget({"train": {"steps": 0}, "sizes": [50]}) == ""
