@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -272,8 +274,20 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the process that started it exits
+    (prctl PR_SET_PDEATHSIG, man 2 prctl), so a run killed by a signal leaves no worker training
+    on. Elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _init_worker(slots: Any, threads: int) -> None:
-    """Pool initializer: take a GPU slot (set before CUDA is initialised) and cap the threads."""
+    """Pool initializer: die with the parent, take a GPU slot (set before CUDA is initialised)
+    and cap the threads."""
+    _die_with_parent()
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

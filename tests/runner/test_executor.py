@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -165,3 +166,54 @@ def test_cell_threads(monkeypatch):
     assert cell_threads(ExecutorConfig()) is None  # cells run in this process
     assert cell_threads(ExecutorConfig(max_parallel=2)) == 2
     assert cell_threads(ExecutorConfig(kind="slurm", max_parallel=8, cpus_per_job=3)) == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_when_the_run_is_killed(tmp_path):
+    """A run killed by SIGKILL (no chance to clean up) must not leave its worker processes
+    training: the kernel signals them when their parent dies. Oracle: the workers' own pids."""
+    import signal
+    import subprocess
+    import time
+
+    script = (
+        "from pathlib import Path\n"
+        "from bench.runner.executor import ExecutorConfig, run_cells\n"
+        "from tests.slurm.cells import run_cell\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "tasks = [{'op': 'sleep', 'name': f'c{i}', 'out_dir': str(out), 'x': i} for i in range(2)]\n"
+        "run_cells(run_cell, tasks, ['a', 'b'], ExecutorConfig(max_parallel=2), out / 'logs')\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    pids: list[int] = []
+    try:
+        for _ in range(600):  # the workers start (torch import) and say their pids
+            files = list(tmp_path.glob("c*.pid.json"))
+            if len(files) == 2:
+                pids = [int(f.read_text().split(":")[1].strip(" }\n")) for f in files]
+                break
+            time.sleep(0.1)
+        assert len(pids) == 2, "the workers did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        alive = pids
+        for _ in range(100):
+            alive = [p for p in pids if _alive(p)]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"workers {alive} outlived the killed run"
+    finally:
+        parent.kill()
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -48,6 +48,10 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
 
         return {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "threads": torch.get_num_threads(), "host": socket.gethostname()}
+    if op == "sleep":  # says its pid, then outlives any test that does not kill it
+        write_json(out.with_suffix(".pid.json"), {"pid": os.getpid()})
+        time.sleep(120)
+        return {"pid": os.getpid()}
     if op == "not_a_dict":
         return [task["x"]]  # type: ignore[return-value]
     raise ValueError(f"unknown op {op!r}")
