@@ -162,9 +162,10 @@ class TrainConfig:
     lr_by_model: dict[str, float] = field(default_factory=dict)
 
     def budget(self, n: int) -> int:
-        """Optimisation steps for a training set of ``n`` images: ``steps`` whatever ``n`` when
-        it is set (so training length is not confounded with training-set size), else ``epochs``
-        passes over the set, at least ``min_steps`` and at most ``max_steps``."""
+        """Optimisation steps for a training set of ``n`` images, by the rule of
+        :func:`bench.cell.train.step_budget` (the trainer's, which the cells' cache key hashes;
+        this copy is for the report, which may not import the trainer): ``steps`` when set, else
+        ``epochs`` passes over the set, at least ``min_steps`` and at most ``max_steps``."""
         if self.steps > 0:
             return self.steps
         return min(max(self.min_steps, -(-int(self.epochs * n) // self.batch_size)), self.max_steps)

@@ -99,3 +99,5 @@ def test_step_budget():
     assert step_budget(t, 100) == 50  # min_steps dominates
     assert step_budget(t, 1000) == 100  # 10 epochs of 1000 images in batches of 100
     assert step_budget(t, 60000) == 500  # capped
+    # the report's copy of the rule (TrainConfig.budget), on the same hand-worked numbers
+    assert (t.budget(100), t.budget(1000), t.budget(60000)) == (50, 100, 500)

@@ -75,8 +75,13 @@ _DISPLAY_EVERY = 50  # steps between progress-bar loss readings (one host sync e
 
 
 def step_budget(cfg: TrainConfig, n: int) -> int:
-    """Optimisation steps for a training set of ``n`` images (:meth:`TrainConfig.budget`)."""
-    return cfg.budget(n)
+    """Optimisation steps for a training set of ``n`` images: ``cfg.steps`` whatever ``n`` when
+    it is set (so training length is not confounded with training-set size), else ``epochs``
+    passes over the set, at least ``min_steps`` and at most ``max_steps``."""
+    if cfg.steps > 0:
+        return cfg.steps
+    steps = max(cfg.min_steps, -(-int(cfg.epochs * n) // cfg.batch_size))
+    return min(steps, cfg.max_steps)
 
 
 def learning_rate(step: int, cfg: TrainConfig, total: int | None = None) -> float:

@@ -131,9 +131,8 @@ class _Context:
         if not steps.empty:
             lo, hi = steps.min(), steps.max()
             parts.append(f"{lo:,.0f} steps" if lo == hi else f"{lo:,.0f}–{hi:,.0f} steps")
-        else:
-            if _budget(self.config):
-                parts.append(_budget(self.config))
+        elif budget := _budget(self.config):
+            parts.append(budget)
         if cells is not None and len(sizes) == 1:
             labelled = cells["labelled_images"].dropna()
             if not labelled.empty and (labelled != sizes[0]).any():

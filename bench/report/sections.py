@@ -622,8 +622,8 @@ def _run_section(manifest: dict | None, df: pd.DataFrame, convergence: list[str]
         scale = []
         if "width" in (config.get("model") or {}):
             scale.append(f"width {_width(config['model']['width'])}")
-        if _budget(config):
-            scale.append(_budget(config) + (" per cell" if train.get("steps") else ""))
+        if budget := _budget(config):
+            scale.append(budget + (" per cell" if train.get("steps") else ""))
         if train.get("batch_size"):
             scale.append(f"batch {int(train['batch_size'])}")
         if scale:

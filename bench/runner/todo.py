@@ -8,7 +8,6 @@ each model's step on this device (:func:`measure_rates`) and applies the formula
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from bench.runner.estimate import (
     throughput_stage_s,
 )
 from bench.runner.executor import ExecutorConfig, cell_threads, local_cpus
+from bench.runtime import torch_threads
 
 # The stages in the order they run, one line each (``python -m bench run --help`` prints them).
 STAGE_HELP = {
@@ -152,33 +152,6 @@ class MeasuredRates:
     seconds: float = 0.0  # what the measurement itself took
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), then restored."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _time_models(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
-                 out: MeasuredRates) -> None:
-    """Training and inference images/s of each (setup, model) of ``keys``, into ``out``."""
-    t = profile.train
-    for setup_name, model in sorted(set(keys)):
-        canvas = setup_by_name(profile, setup_name).canvas
-        common = {"warmup": RATE_WARMUP, "repeats": RATE_REPEATS, "latency": False,
-                  "memory": False, "channels_last": t.channels_last}
-        r = measure(model, canvas, t.batch_size, profile.model.width, device,
-                    bf16=uses_bf16(t, device), fused=t.fused_optimizer, infer=False, **common)
-        i = measure(model, canvas, EVAL_BATCH, profile.model.width, device, train=False, **common)
-        out.train[(setup_name, model)] = r["train_images_per_s"]
-        out.infer[(setup_name, model)] = i["infer_images_per_s"]
-
-
 def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[str, str]],
                   generation: bool, threads: int | None = None) -> MeasuredRates:
     """Time a few steps of each (setup, model) of ``keys`` with :func:`bench.cell.throughput.measure`:
@@ -192,8 +165,17 @@ def measure_rates(profile: Profile, device: torch.device, keys: Iterable[tuple[s
 
     t0 = time.perf_counter()
     out = MeasuredRates()
-    with _torch_threads(threads):
-        _time_models(profile, device, keys, out)
+    with torch_threads(threads):
+        t = profile.train
+        for setup_name, model in sorted(set(keys)):
+            canvas = setup_by_name(profile, setup_name).canvas
+            common = {"warmup": RATE_WARMUP, "repeats": RATE_REPEATS, "latency": False,
+                      "memory": False, "channels_last": t.channels_last}
+            r = measure(model, canvas, t.batch_size, profile.model.width, device,
+                        bf16=uses_bf16(t, device), fused=t.fused_optimizer, infer=False, **common)
+            i = measure(model, canvas, EVAL_BATCH, profile.model.width, device, train=False, **common)
+            out.train[(setup_name, model)] = r["train_images_per_s"]
+            out.infer[(setup_name, model)] = i["infer_images_per_s"]
     if generation:
         cfg = dataclasses.replace(profile.data, n_test=min(profile.data.n_test, 500), affnist_k=2)
         generate(AFFNIST_STYLE.name, cfg, device)
